@@ -1,6 +1,5 @@
 """The attribution interface and the target handling every method shares."""
 
-
 import abc
 import numbers
 from collections.abc import Callable
@@ -10,12 +9,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
+# The array case is annotated loosely on purpose: a wrongly shaped or typed target
+# then reaches `make_objective`, whose error says how to fix it.
 Target: TypeAlias = (
-    int | np.integer | Int[Array, ""] | Int[np.ndarray, ""] | Callable[..., Any] | None
+    int
+    | np.integer
+    | Shaped[Array, "..."]
+    | Shaped[np.ndarray, "..."]
+    | Callable[..., Any]
+    | None
 )
 Image: TypeAlias = Shaped[Array, "*dims"] | Shaped[np.ndarray, "*dims"]
 Attribution: TypeAlias = Float[Array, "*dims"]
@@ -63,7 +69,9 @@ def check_input(x: Any, name: str = "x") -> Array:
 
     Integer images raise at trace time; NaNs raise at run time via `eqx.error_if`.
     """
-    if isinstance(x, (jax.Array, np.ndarray, np.generic)) or hasattr(x, "__jax_array__"):
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)) or hasattr(
+        x, "__jax_array__"
+    ):
         dtype = x.dtype
     elif isinstance(x, (list, tuple, numbers.Number)):
         raise TypeError(
@@ -139,9 +147,9 @@ def make_objective(target: Target, out_shape: tuple[int, ...]) -> Callable:
 
     if len(out_shape) != 1:
         raise ValueError(
-            f"An integer `target` needs a model whose output is a 1-D vector of scores, "
-            f"but it returns shape {out_shape}. Use a callable `target` to reduce it "
-            "to a scalar (e.g. a segmentation mask sum)."
+            "An integer `target` needs a model whose output is a 1-D vector of "
+            f"scores, but it returns shape {out_shape}. Use a callable `target` to "
+            "reduce it to a scalar (e.g. a segmentation mask sum)."
         )
     (n,) = out_shape
 
@@ -232,17 +240,14 @@ def resolve_target(
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
     """Trace-time check for integer options such as `n_steps` and `chunk_size`."""
     if not _is_int_like(value) or int(value) < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}, got {value!r}."
-        )
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
     """Trace-time check for string options such as `method` or `kind`."""
     if value not in choices:
-        raise ValueError(
-            f"Unknown `{name}={value!r}`; choose one of {', '.join(map(repr, choices))}."
-        )
+        options = ", ".join(map(repr, choices))
+        raise ValueError(f"Unknown `{name}={value!r}`; choose one of {options}.")
 
 
 def batched_map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:

@@ -48,7 +48,7 @@ class AbstractBaseline(eqx.Module):
     @abc.abstractmethod
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         """Return `n_draws` reference inputs shaped like `x`."""
 
     def _key(self, key: PRNGKeyArray | None) -> PRNGKeyArray:
@@ -65,7 +65,7 @@ class Zeros(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         return jnp.zeros((1, *x.shape), x.dtype)
 
 
@@ -79,7 +79,7 @@ class Constant(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         return jnp.full((1, *x.shape), self.value, x.dtype)
 
 
@@ -100,10 +100,12 @@ class UniformNoise(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
-        return jax.random.uniform(
-            self._key(key), (self.n_draws, *x.shape), x.dtype, self.low, self.high
+    ) -> Float[Array, " n *dims"]:
+        # Draw in float32 so a key gives the same baselines whatever x's dtype.
+        u = jax.random.uniform(
+            self._key(key), (self.n_draws, *x.shape), jnp.float32, self.low, self.high
         )
+        return u.astype(x.dtype)
 
 
 class GaussianNoise(AbstractBaseline):
@@ -124,9 +126,9 @@ class GaussianNoise(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
-        noise = jax.random.normal(self._key(key), (self.n_draws, *x.shape), x.dtype)
-        out = x[None] + self.stdev * noise
+    ) -> Float[Array, " n *dims"]:
+        noise = jax.random.normal(self._key(key), (self.n_draws, *x.shape), jnp.float32)
+        out = (x[None] + self.stdev * noise).astype(x.dtype)
         if self.clip_low is not None or self.clip_high is not None:
             out = jnp.clip(out, self.clip_low, self.clip_high)
         return out
@@ -149,7 +151,7 @@ class Blur(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         if x.ndim < 2:
             raise ValueError(
                 f"Blur needs an image with two spatial axes last, got shape {x.shape}."
@@ -176,7 +178,7 @@ class DatasetMean(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         return _broadcast_to_input(self.mean, x, "DatasetMean.mean")[None]
 
 
@@ -192,15 +194,13 @@ class Custom(AbstractBaseline):
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "n *dims"]:
+    ) -> Float[Array, " n *dims"]:
         if self.draws:
             if self.value.ndim < 1:
                 raise ValueError(
                     "`Custom(value, draws=True)` needs a leading axis of draws."
                 )
-            return jax.vmap(lambda v: _broadcast_to_input(v, x, "baseline"))(
-                self.value
-            )
+            return jax.vmap(lambda v: _broadcast_to_input(v, x, "baseline"))(self.value)
         return _broadcast_to_input(self.value, x, "baseline")[None]
 
 
@@ -228,7 +228,7 @@ def as_baseline(value: Any) -> AbstractBaseline:
 
 def draw_baselines(
     baseline: AbstractBaseline, x: Array, key: PRNGKeyArray | None
-) -> Float[Array, "n *dims"]:
+) -> Float[Array, " n *dims"]:
     """Evaluate `baseline` for `x`, checking the shape of what comes back."""
     b = baseline(x, key=key)
     if b.ndim != x.ndim + 1 or b.shape[1:] != x.shape:
@@ -247,8 +247,8 @@ def _broadcast_to_input(value: Array, x: Array, name: str) -> Array:
         shape = None
     if shape != x.shape:
         raise ValueError(
-            f"`{name}` has shape {value.shape}, which does not broadcast to the input's "
-            f"shape {x.shape}. Pass an array of shape {x.shape} (or one that "
+            f"`{name}` has shape {value.shape}, which does not broadcast to the "
+            f"input's shape {x.shape}. Pass an array of shape {x.shape} (or one that "
             "broadcasts to it, e.g. per-channel values shaped (C, 1, 1))."
         )
     value = jnp.reshape(value, (1,) * (x.ndim - value.ndim) + value.shape)

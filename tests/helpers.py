@@ -19,7 +19,7 @@ def tree_allclose(a, b, *, rtol=1e-5, atol=1e-6) -> bool:
         return False
     return all(
         np.allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol, atol)
-        for x, y in zip(la, lb)
+        for x, y in zip(la, lb, strict=True)
     )
 
 

@@ -1,0 +1,276 @@
+"""Gradients, Gradients x Input, SmoothGrad and the shared call contract."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_attr as xa
+
+from .helpers import METHODS, MethodSpec, digit_like, small_cnn, tree_allclose
+
+
+def linear_model():
+    w = jnp.arange(12.0).reshape(3, 4) - 5.0
+
+    def f(x):
+        return w @ x
+
+    return f, w
+
+
+def test_gradients_linear_hand_values():
+    f, w = linear_model()
+    x = jnp.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(xa.Gradients(f)(x, 2), w[2])
+    np.testing.assert_allclose(xa.Gradients(f, abs=True)(x, 0), jnp.abs(w[0]))
+    # For a linear model Gradients x Input is each input's exact contribution.
+    gxi = xa.GradientsXInput(f)(x, 1)
+    np.testing.assert_allclose(gxi, w[1] * x)
+    np.testing.assert_allclose(jnp.sum(gxi), f(x)[1], rtol=1e-6)
+
+
+def test_gradient_relu_hand_values():
+    # f = relu(x1 - x2) + 2 relu(x2): at (1, 3) the first unit is off.
+    def f(x):
+        return jax.nn.relu(x[0] - x[1]) + 2.0 * jax.nn.relu(x[1])
+
+    np.testing.assert_allclose(xa.Gradients(f)(jnp.array([1.0, 3.0])), [0.0, 2.0])
+    np.testing.assert_allclose(xa.Gradients(f)(jnp.array([4.0, 3.0])), [1.0, 1.0])
+
+
+def test_targets_int_array_callable_none():
+    f, w = linear_model()
+    x = jnp.array([1.0, -2.0, 0.5, 3.0])
+    g = xa.Gradients(f)
+    np.testing.assert_allclose(g(x, jnp.array(1)), w[1])
+    np.testing.assert_allclose(g(x, np.int64(1)), w[1])
+    np.testing.assert_allclose(g(x, lambda s: s[0] + s[2]), w[0] + w[2])
+    p = jax.nn.softmax(f(x))
+    soft = g(x, lambda s: jax.nn.softmax(s)[1])
+    np.testing.assert_allclose(soft, p[1] * (w[1] - p @ w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xa.Gradients(lambda z: jnp.sum(z**2))(x), 2 * x)
+
+
+def test_bad_targets():
+    f, _ = linear_model()
+    x = jnp.ones(4)
+    g = xa.Gradients(f)
+    for bad in (3, -1, 100):
+        with pytest.raises(ValueError, match=r"target=.*out of range.*\[0, 2\]"):
+            g(x, bad)
+    with pytest.raises(ValueError, match="target=None"):
+        g(x, None)
+    with pytest.raises(ValueError, match="0-d"):
+        g(x, jnp.array([0, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        g(x, jnp.array(1.0))
+    with pytest.raises(TypeError, match="target"):
+        g(x, "cat")
+    with pytest.raises(ValueError, match="scalar"):
+        g(x, lambda s: s[:2])
+    # A traced target can only be checked at run time; it must not be clamped.
+    with pytest.raises(RuntimeError, match="out of range"):
+        eqx.filter_jit(g)(x, jnp.array(3))
+    with pytest.raises(RuntimeError, match="out of range"):
+        jax.vmap(lambda t: g(x, t))(jnp.array([0, 7]))
+
+
+def test_bad_inputs():
+    m = small_cnn()
+    g = xa.Gradients(m)
+    with pytest.raises(TypeError, match=r"float.*astype"):
+        g(jnp.ones((1, 28, 28), jnp.uint8), 0)
+    with pytest.raises(TypeError, match="array"):
+        g([[0.0]], 0)
+    with pytest.raises(ValueError, match=r"(?s)rejected input `x`.*\(2, 28, 28\).*ONE"):
+        g(jnp.ones((2, 28, 28)), 0)
+    with pytest.raises(ValueError, match="rejected input"):
+        g(jnp.ones((4, 1, 28, 28)), 0)
+    x = digit_like().at[0, 3, 3].set(jnp.nan)
+    with pytest.raises(RuntimeError, match="NaN"):
+        g(x, 0)
+    with pytest.raises(RuntimeError, match="NaN"):
+        eqx.filter_jit(xa.IntegratedGradients(m, n_steps=2))(x, 0)
+
+
+def test_smoothgrad_zero_noise_reduces_to_base():
+    m = small_cnn()
+    x = digit_like()
+    grad = xa.Gradients(m)(x, 4)
+    key = jax.random.key(0)
+    kw = dict(n_samples=3, stdev=0.0)
+    sg = xa.SmoothGrad(xa.Gradients(m), **kw)(x, 4, key=key)
+    sq = xa.SmoothGrad(xa.Gradients(m), kind="smoothgrad_sq", **kw)(x, 4, key=key)
+    vg = xa.SmoothGrad(xa.Gradients(m), kind="vargrad", **kw)(x, 4, key=key)
+    np.testing.assert_allclose(sg, grad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sq, grad**2, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(vg, 0.0, atol=1e-9)
+
+
+def test_smoothgrad_matches_explicit_average():
+    # Linear model: SmoothGrad of Gradients x Input = W * mean(noisy x); we rebuild
+    # the noise from the documented key schedule independently of the method.
+    f, w = linear_model()
+    x = jnp.array([1.0, -2.0, 0.5, 3.0])
+    key = jax.random.key(3)
+    n, stdev = 6, 0.2
+    out = xa.SmoothGrad(xa.GradientsXInput(f), n_samples=n, stdev=stdev)(x, 0, key=key)
+    noise_keys = jax.random.split(key, 2 * n)[:n]
+    sigma = stdev * (x.max() - x.min())
+    noisy = jnp.stack([x + sigma * jax.random.normal(k, x.shape) for k in noise_keys])
+    np.testing.assert_allclose(out, w[0] * noisy.mean(0), rtol=1e-5, atol=1e-6)
+    w0 = w[0][None]
+    # vargrad = smoothgrad_sq - smoothgrad^2 sample-wise identity.
+    vals = w0 * noisy
+    vg = xa.SmoothGrad(xa.GradientsXInput(f), n_samples=n, stdev=stdev, kind="vargrad")(
+        x, 0, key=key
+    )
+    np.testing.assert_allclose(vg, vals.var(0), rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_noise_modes_chunks_and_keys():
+    m = small_cnn(1)
+    x = digit_like(1) * 2.0
+    key = jax.random.key(5)
+    rel = xa.SmoothGrad(xa.Gradients(m), n_samples=5, stdev=0.1)
+    rng = float(x.max() - x.min())
+    absolute = xa.SmoothGrad(
+        xa.Gradients(m), n_samples=5, stdev=0.1 * rng, noise="absolute"
+    )
+    np.testing.assert_allclose(rel(x, 2, key=key), absolute(x, 2, key=key), atol=1e-6)
+    for kind in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        full = xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind)(x, 2, key=key)
+        chunked = xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind, chunk_size=2)(
+            x, 2, key=key
+        )
+        np.testing.assert_allclose(chunked, full, rtol=1e-4, atol=1e-7)
+    assert tree_allclose(rel(x, 2, key=key), rel(x, 2, key=key))
+    assert not tree_allclose(rel(x, 2, key=key), rel(x, 2, key=jax.random.key(6)))
+
+
+def test_smoothgrad_wraps_ig_and_errors():
+    m = small_cnn()
+    x = digit_like()
+    sg = xa.SmoothGrad(xa.IntegratedGradients(m, n_steps=4), n_samples=2)
+    assert sg(x, 1, key=jax.random.key(0)).shape == x.shape
+    assert sg.model is m
+    with pytest.raises(ValueError, match="key"):
+        sg(x, 1)
+    with pytest.raises(ValueError, match="kind"):
+        xa.SmoothGrad(xa.Gradients(m), kind="smoothgrad_cubed")
+    with pytest.raises(ValueError, match="n_samples"):
+        xa.SmoothGrad(xa.Gradients(m), n_samples=0)
+    with pytest.raises(ValueError, match="noise"):
+        xa.SmoothGrad(xa.Gradients(m), noise="percent")
+    with pytest.raises(TypeError, match="base"):
+        xa.SmoothGrad(m)
+    with pytest.raises(TypeError, match="return_delta"):
+        xa.SmoothGrad(
+            xa.IntegratedGradients(m, n_steps=2, return_delta=True), n_samples=2
+        )(x, 1, key=jax.random.key(0))
+
+
+# ------------------------------------------------------------------------------
+# The contract, for every method in the one list.
+
+
+def _call(spec: MethodSpec, method, x, t, key):
+    return method(x, t, key=key) if spec.random else method(x, t)
+
+
+def _expected_shape(spec: MethodSpec, x):
+    return x.shape if spec.output == "input" else x.shape[-2:]
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=repr)
+def test_batched_equals_per_example(spec):
+    m = small_cnn()
+    method = spec.build(m)
+    xs = jax.random.uniform(jax.random.key(7), (3, 1, 28, 28))
+    ts = jnp.array([1, 5, 9])
+    keys = jax.random.split(jax.random.key(8), 3)
+    if spec.random:
+        batched = eqx.filter_vmap(lambda x, t, k: method(x, t, key=k))(xs, ts, keys)
+    else:
+        batched = eqx.filter_vmap(method)(xs, ts)
+    assert batched.shape == (3, *_expected_shape(spec, xs[0]))
+    for i in range(3):
+        single = _call(spec, method, xs[i], int(ts[i]), keys[i])
+        np.testing.assert_allclose(batched[i], single, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=repr)
+def test_vmap_over_targets_equals_loop(spec):
+    m = small_cnn(2)
+    method = spec.build(m)
+    x = digit_like(3)
+    key = jax.random.key(9)
+    per_class = jax.vmap(lambda t: _call(spec, method, x, t, key))(jnp.arange(10))
+    for t in (0, 4, 9):
+        np.testing.assert_allclose(
+            per_class[t], _call(spec, method, x, t, key), rtol=2e-4, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=repr)
+def test_jit_never_retraces(spec):
+    traces = []
+
+    class Counting(eqx.Module):
+        inner: eqx.Module
+
+        def __call__(self, x):
+            traces.append(1)
+            return self.inner(x)
+
+    method = eqx.filter_jit(spec.build(Counting(small_cnn())))
+    key = jax.random.key(0)
+    out1 = _call(spec, method, digit_like(0), jnp.array(3), key)
+    n_first = len(traces)
+    assert n_first > 0
+    for seed, t in ((1, 4), (2, 7), (3, 3)):
+        out = _call(spec, method, digit_like(seed), jnp.array(t), key)
+    assert len(traces) == n_first
+    assert out.shape == out1.shape
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=repr)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes(spec, dtype):
+    m = small_cnn()
+    x = digit_like(4)
+    ref = _call(spec, spec.build(m), x, 2, jax.random.key(1))
+    # A bfloat16 image goes with a bfloat16 model (mixed dtypes are the model's
+    # business: a conv refuses them).
+    m_cast = jax.tree.map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, m
+    )
+    out = _call(spec, spec.build(m_cast), x.astype(dtype), 2, jax.random.key(1))
+    assert out.shape == _expected_shape(spec, x)
+    assert out.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+    if dtype == jnp.float32:
+        assert tree_allclose(out, ref)
+    else:
+        # bfloat16 has 8 bits of mantissa: compare in aggregate, not elementwise.
+        a = np.asarray(out, np.float32).ravel()
+        b = np.asarray(ref, np.float32).ravel()
+        if np.linalg.norm(b) > 0:
+            cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
+            assert cos > 0.9
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=repr)
+def test_methods_are_pure_and_final(spec):
+    m = small_cnn()
+    before = jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array))
+    method = spec.build(m)
+    assert isinstance(method, xa.AbstractAttribution)
+    _call(spec, method, digit_like(), 1, jax.random.key(0))
+    after = jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array))
+    assert all(a is b for a, b in zip(before, after, strict=True))
+    if spec.random:
+        with pytest.raises(ValueError, match="key"):
+            method(digit_like(), 1)

@@ -1,0 +1,249 @@
+"""Integrated Gradients against hand-derived values and the IG axioms."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_attr as xa
+from eqx_attr._integrated import QUADRATURES, quadrature
+
+from .helpers import tree_allclose
+
+
+def saturating(x):
+    """f(x) = 1 - relu(1 - x): flat (zero gradient) for x > 1."""
+    return 1.0 - jax.nn.relu(1.0 - x[0])
+
+
+def test_sensitivity_counterexample():
+    # At x = 2 the function saturates: the gradient is 0 although f(x) - f(0) = 1.
+    x = jnp.array([2.0])
+    assert float(xa.Gradients(saturating)(x)[0]) == 0.0
+    assert float(xa.GradientsXInput(saturating)(x)[0]) == 0.0
+    # IG recovers the whole difference. Path z = 2a: dz f = 1 for a < 1/2, else 0,
+    # so IG = 2 * 1/2 = 1 exactly for any rule with half its weight below a = 1/2.
+    for method in ("gausslegendre", "riemann_left", "riemann_middle"):
+        a = xa.IntegratedGradients(saturating, n_steps=10, method=method)(x)
+        np.testing.assert_allclose(a, [1.0], rtol=1e-6)
+
+
+def test_two_input_relu_net_exact():
+    # f = relu(x1 - 1) + relu(x2 - 2) at x = (4, 4), baseline 0. Along z = a (4, 4)
+    # the first unit is on for a > 1/4, the second for a > 1/2, so
+    # IG = (4 * 3/4, 4 * 1/2) = (3, 2); riemann_middle with 8 nodes is exact here.
+    def f(x):
+        return jax.nn.relu(x[0] - 1.0) + jax.nn.relu(x[1] - 2.0)
+
+    a = xa.IntegratedGradients(f, n_steps=8, method="riemann_middle")(
+        jnp.array([4.0, 4.0])
+    )
+    np.testing.assert_allclose(a, [3.0, 2.0], rtol=1e-6)
+
+
+def test_max_network_exact():
+    # max(x1, x2) = x2 + relu(x1 - x2); at (3, 1) from 0 the gradient is (1, 0) all
+    # along the path, so IG = (3, 0).
+    def f(x):
+        return x[1] + jax.nn.relu(x[0] - x[1])
+
+    a = xa.IntegratedGradients(f, n_steps=5)(jnp.array([3.0, 1.0]))
+    np.testing.assert_allclose(a, [3.0, 0.0], atol=1e-6)
+
+
+def test_ig_with_constant_baseline_hand_value():
+    # f = x1 * x2, baseline (1, 1), x = (3, 2): path z = 1 + a (2, 1);
+    # IG_1 = 2 * int (1 + a) da = 3, IG_2 = 1 * int (1 + 2a) da = 2; sum = 6 - 1.
+    def f(x):
+        return x[0] * x[1]
+
+    a = xa.IntegratedGradients(f, n_steps=4, baseline=1.0)(jnp.array([3.0, 2.0]))
+    np.testing.assert_allclose(a, [3.0, 2.0], rtol=1e-6)
+
+
+def smooth_net(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    w1 = jax.random.normal(k1, (16, 12)) / 3
+    w2 = jax.random.normal(k2, (16, 16)) / 4
+    w3 = jax.random.normal(k3, (4, 16)) / 4
+
+    def f(x):
+        h = jnp.tanh(w1 @ x.reshape(-1))
+        h = jax.nn.softplus(w2 @ h)
+        return w3 @ h
+
+    return f
+
+
+@pytest.mark.parametrize("target", [0, 2])
+def test_completeness_gauss_legendre_32(target):
+    f = smooth_net(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 4)) * 2
+    ig = xa.IntegratedGradients(f, n_steps=32)
+    a, delta = ig.attribute_with_delta(x, target)
+    gap = f(x)[target] - f(jnp.zeros_like(x))[target]
+    assert abs(float(gap)) > 0.05
+    assert abs(float(delta)) <= 1e-4 * abs(float(gap))
+    np.testing.assert_allclose(jnp.sum(a), gap, rtol=1e-4)
+
+
+def test_gauss_legendre_beats_riemann_on_smooth_net():
+    f = smooth_net(jax.random.key(2))
+    x = jax.random.normal(jax.random.key(3), (3, 4)) * 2
+    err = {
+        m: abs(
+            float(
+                xa.IntegratedGradients(f, n_steps=16, method=m).attribute_with_delta(
+                    x, 1
+                )[1]
+            )
+        )
+        for m in QUADRATURES
+    }
+    assert err["gausslegendre"] < min(v for k, v in err.items() if k != "gausslegendre")
+
+
+@pytest.mark.parametrize("method", QUADRATURES)
+def test_quadrature_integrates_polynomials(method):
+    alphas, weights = quadrature(method, 7)
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-12)
+    assert np.all((alphas >= 0) & (alphas <= 1))
+    exact_degree = {"gausslegendre": 13, "riemann_trapezoid": 1, "riemann_middle": 1}
+    for degree in range(exact_degree.get(method, 0) + 1):
+        np.testing.assert_allclose(
+            np.sum(weights * alphas**degree), 1 / (degree + 1), rtol=1e-10
+        )
+
+
+def test_implementation_invariance():
+    # Two functionally equal networks with different weights: rescaled and
+    # permuted hidden units. IG depends on the function only.
+    k1, k2 = jax.random.split(jax.random.key(4))
+    w1 = jax.random.normal(k1, (8, 6))
+    w2 = jax.random.normal(k2, (3, 8))
+    perm = jnp.array([3, 1, 7, 0, 2, 6, 4, 5])
+    c = 2.5
+
+    def net_a(x):
+        return w2 @ jax.nn.relu(w1 @ x)
+
+    def net_b(x):
+        return (w2[:, perm] / c) @ jax.nn.relu((c * w1[perm]) @ x)
+
+    x = jax.random.normal(jax.random.key(5), (6,))
+    np.testing.assert_allclose(net_a(x), net_b(x), rtol=1e-5)
+    for t in range(3):
+        a = xa.IntegratedGradients(net_a, n_steps=64)(x, t)
+        b = xa.IntegratedGradients(net_b, n_steps=64)(x, t)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_linearity():
+    f = smooth_net(jax.random.key(6))
+    x = jax.random.normal(jax.random.key(7), (3, 4))
+    ig = xa.IntegratedGradients(f, n_steps=16)
+    combo = ig(x, lambda s: 2.0 * s[0] - 3.0 * s[2])
+    np.testing.assert_allclose(combo, 2.0 * ig(x, 0) - 3.0 * ig(x, 2), atol=1e-5)
+
+    # And in the model: IG of f + g is IG of f plus IG of g.
+    g = smooth_net(jax.random.key(8))
+    ig_sum = xa.IntegratedGradients(lambda z: f(z) + g(z), n_steps=16)(x, 1)
+    ig_f = xa.IntegratedGradients(f, n_steps=16)(x, 1)
+    ig_g = xa.IntegratedGradients(g, n_steps=16)(x, 1)
+    np.testing.assert_allclose(ig_sum, ig_f + ig_g, atol=1e-5)
+
+
+def test_chunked_equals_unchunked():
+    f = smooth_net(jax.random.key(9))
+    x = jax.random.normal(jax.random.key(10), (3, 4))
+    full = xa.IntegratedGradients(f, n_steps=10)(x, 2)
+    for chunk in (1, 3, 10, 64):
+        part = xa.IntegratedGradients(f, n_steps=10, chunk_size=chunk)(x, 2)
+        np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+
+
+def test_multi_draw_baseline_is_mean_over_draws():
+    f = smooth_net(jax.random.key(11))
+    x = jax.random.normal(jax.random.key(12), (3, 4))
+    draws = jax.random.uniform(jax.random.key(13), (3, 3, 4))
+    multi = xa.IntegratedGradients(
+        f, n_steps=8, baseline=xa.baselines.Custom(draws, draws=True)
+    )
+    single = [xa.IntegratedGradients(f, n_steps=8, baseline=d)(x, 0) for d in draws]
+    np.testing.assert_allclose(multi(x, 0), np.mean(single, axis=0), atol=1e-6)
+    # Completeness holds against the mean baseline output.
+    a, delta = multi.attribute_with_delta(x, 0)
+    assert abs(float(delta)) < 1e-3
+
+
+def test_uniform_noise_baseline_uses_key():
+    f = smooth_net(jax.random.key(14))
+    x = jax.random.normal(jax.random.key(15), (3, 4))
+    base = xa.baselines.UniformNoise(n_draws=4, low=-1.0, high=1.0)
+    ig = xa.IntegratedGradients(f, n_steps=8, baseline=base)
+    k = jax.random.key(16)
+    same = xa.IntegratedGradients(
+        f,
+        n_steps=8,
+        baseline=xa.baselines.Custom(
+            jax.random.uniform(k, (4, 3, 4), minval=-1.0, maxval=1.0), draws=True
+        ),
+    )
+    np.testing.assert_allclose(ig(x, 1, key=k), same(x, 1), atol=1e-6)
+    assert tree_allclose(ig(x, 1, key=k), ig(x, 1, key=k))
+    assert not tree_allclose(ig(x, 1, key=k), ig(x, 1, key=jax.random.key(17)))
+    with pytest.raises(ValueError, match="key"):
+        ig(x, 1)
+
+
+def test_return_delta_and_vmap_gives_per_example_delta():
+    f = smooth_net(jax.random.key(18))
+    xs = jax.random.normal(jax.random.key(19), (5, 3, 4))
+    ts = jnp.array([0, 1, 2, 3, 0])
+    ig = xa.IntegratedGradients(f, n_steps=32, return_delta=True)
+    attrs, deltas = eqx.filter_vmap(ig)(xs, ts)
+    assert attrs.shape == xs.shape and deltas.shape == (5,)
+    for i in range(5):
+        a, d = ig.attribute_with_delta(xs[i], int(ts[i]))
+        np.testing.assert_allclose(attrs[i], a, atol=1e-6)
+        gap = f(xs[i])[ts[i]] - f(jnp.zeros((3, 4)))[ts[i]]
+        np.testing.assert_allclose(deltas[i], jnp.sum(a) - gap, atol=1e-5)
+
+
+def test_ig_bfloat16():
+    f = smooth_net(jax.random.key(20))
+    x = jax.random.normal(jax.random.key(21), (3, 4))
+    a32 = xa.IntegratedGradients(f, n_steps=16)(x, 0)
+    a16 = xa.IntegratedGradients(f, n_steps=16)(x.astype(jnp.bfloat16), 0)
+    assert a16.dtype == jnp.bfloat16 and a16.shape == x.shape
+    np.testing.assert_allclose(
+        np.asarray(a16, np.float32), a32, atol=0.05 * float(jnp.abs(a32).max())
+    )
+
+
+@pytest.mark.parametrize("n_steps", [0, -3, 2.5])
+def test_bad_n_steps(n_steps):
+    # A float is caught by the beartype check in the test run, else by ours.
+    with pytest.raises((ValueError, TypeError), match="n_steps"):
+        xa.IntegratedGradients(saturating, n_steps=n_steps)
+
+
+def test_bad_method_and_chunk():
+    with pytest.raises(ValueError, match="method.*gausslegendre"):
+        xa.IntegratedGradients(saturating, method="simpson")
+    with pytest.raises(ValueError, match="riemann_trapezoid.*n_steps >= 2"):
+        xa.IntegratedGradients(saturating, n_steps=1, method="riemann_trapezoid")
+    with pytest.raises(ValueError, match="chunk_size"):
+        xa.IntegratedGradients(saturating, chunk_size=0)
+
+
+def test_bad_baseline_shape():
+    f = smooth_net(jax.random.key(22))
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match="baseline.*broadcast"):
+        xa.IntegratedGradients(f, baseline=jnp.ones((4, 3)))(x, 0)
+    with pytest.raises(TypeError, match="baseline"):
+        xa.IntegratedGradients(f, baseline="black")
+    # A per-channel baseline broadcasts.
+    xa.IntegratedGradients(f, n_steps=2, baseline=jnp.ones((3, 1)))(x, 0)
