@@ -36,6 +36,20 @@ class MethodSpec:
         return self.name
 
 
+def _unwrap(m):
+    # Layer methods name SmallCNN's layers by `where`; tests that wrap the model
+    # (a module with an `inner` field, e.g. to count traces) keep those paths valid.
+    return getattr(m, "inner", m)
+
+
+def _conv1(m):
+    return _unwrap(m).conv1
+
+
+def _conv2(m):
+    return _unwrap(m).conv2
+
+
 # The one list of every public method, used by parametrised tests. Methods that
 # need a layer use SmallCNN's last feature map.
 METHODS: list[MethodSpec] = [
@@ -63,6 +77,26 @@ METHODS: list[MethodSpec] = [
         "VarGrad",
         lambda m: xa.SmoothGrad(xa.Gradients(m), n_samples=4, kind="vargrad"),
         random=True,
+    ),
+    MethodSpec("GuidedBackprop", lambda m: xa.GuidedBackprop(m)),
+    MethodSpec("Deconvolution", lambda m: xa.Deconvolution(m)),
+    MethodSpec(
+        "CAM",
+        lambda m: xa.CAM(m, _conv2, classifier=lambda m: _unwrap(m).fc),
+        output="map",
+    ),
+    MethodSpec("GradCAM", lambda m: xa.GradCAM(m, _conv2), output="map"),
+    MethodSpec("GuidedGradCAM", lambda m: xa.GuidedGradCAM(m, _conv2)),
+    MethodSpec("GradCAMPlusPlus", lambda m: xa.GradCAMPlusPlus(m, _conv2), "map"),
+    MethodSpec("XGradCAM", lambda m: xa.XGradCAM(m, _conv2), output="map"),
+    MethodSpec("HiResCAM", lambda m: xa.HiResCAM(m, _conv1), output="map"),
+    MethodSpec("LayerCAM", lambda m: xa.LayerCAM(m, _conv1), output="map"),
+    MethodSpec("EigenCAM", lambda m: xa.EigenCAM(m, _conv2), output="map"),
+    MethodSpec(
+        "ScoreCAM", lambda m: xa.ScoreCAM(m, _conv2, chunk_size=8), output="map"
+    ),
+    MethodSpec(
+        "AblationCAM", lambda m: xa.AblationCAM(m, _conv2, chunk_size=8), output="map"
     ),
 ]
 

@@ -274,3 +274,14 @@ def test_methods_are_pure_and_final(spec):
     if spec.random:
         with pytest.raises(ValueError, match="key"):
             method(digit_like(), 1)
+
+
+def test_public_annotations_are_checked_in_the_test_run():
+    # pyproject's `--jaxtyping-packages=eqx_attr,beartype...` must be active: a key
+    # of the wrong type is rejected by the annotation even where the method
+    # ignores `key`.
+    import jaxtyping
+
+    f, _ = linear_model()
+    with pytest.raises(jaxtyping.TypeCheckError, match="key"):
+        xa.Gradients(f)(jnp.ones(4), 0, key="not-a-key")  # pyright: ignore

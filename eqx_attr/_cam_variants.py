@@ -1,0 +1,418 @@
+"""The Grad-CAM variants: Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, Eigen-CAM,
+Score-CAM and Ablation-CAM.
+
+They share [`eqx_attr.GradCAM`][]'s options and machinery (`_cam.py`) and differ
+only in how the channels of the layer's activation are combined into one map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+from ._attribution import (
+    AbstractAttribution,
+    Image,
+    Target,
+    batched_map,
+    check_input,
+    check_positive_int,
+    make_objective,
+)
+from ._cam import (
+    Map,
+    _float,
+    _grid_converter,
+    channel_keep_mask,
+    check_cam_options,
+    finish_map,
+    gradient_cam,
+    inspect_cam_layer,
+    spatial_size,
+    to_maps,
+    weighted_sum,
+)
+from ._layers import read_layer, replace_layer_output
+
+
+def _safe_divide(num: Array, den: Array) -> Array:
+    """`num / den`, and 0 where `den == 0` (no NaN, also in the gradient)."""
+    nonzero = den != 0
+    return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), 0)
+
+
+def gradcam_plus_plus_map(a: Array, g: Array) -> Array:
+    """Grad-CAM++ weights from the closed form for an exponential score."""
+    g2 = g * g
+    g3 = g2 * g
+    sum_a = jnp.sum(a, axis=(1, 2)).reshape(-1, 1, 1)
+    alpha = _safe_divide(g2, 2 * g2 + sum_a * g3)
+    weights = jnp.sum(alpha * jnp.maximum(g, 0), axis=(1, 2))
+    return weighted_sum(weights, a)
+
+
+def xgradcam_map(a: Array, g: Array) -> Array:
+    """XGrad-CAM: gradients averaged with the normalised activation as weights."""
+    weights = _safe_divide(jnp.sum(g * a, axis=(1, 2)), jnp.sum(a, axis=(1, 2)))
+    return weighted_sum(weights, a)
+
+
+def hirescam_map(a: Array, g: Array) -> Array:
+    """HiResCAM: the element-wise product of gradient and activation, summed."""
+    return jnp.sum(g * a, axis=0)
+
+
+def layercam_map(a: Array, g: Array) -> Array:
+    """LayerCAM: positive gradients as per-location weights."""
+    return jnp.sum(jnp.maximum(g, 0) * a, axis=0)
+
+
+def eigencam_map(a: Array) -> Array:
+    """Projection of the activations on their first principal component."""
+    c, h, w = a.shape
+    feats = a.reshape(c, h * w).T  # one row per location
+    centred = feats - jnp.mean(feats, axis=0, keepdims=True)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    v = vt[0]
+    # An eigenvector's sign is arbitrary; orient it so its channel weights sum to
+    # >= 0, i.e. so the map correlates positively with the total activation.
+    v = jnp.where(jnp.sum(v) >= 0, v, -v)
+    return (centred @ v).reshape(h, w)
+
+
+class GradCAMPlusPlus(AbstractAttribution):
+    """Grad-CAM++: pixel-wise weighting of the positive gradients.
+
+    Chattopadhay et al., *Grad-CAM++: Improved Visual Explanations for Deep
+    Convolutional Networks*, WACV 2018. The closed form for the score `exp(Y)`
+    with a piecewise-linear network (second and third derivatives `G^2`, `G^3`):
+    `alpha_kij = G^2 / (2 G^2 + sum_ab A_kab G^3)` (0 where the denominator is 0),
+    `w_k = sum_ij alpha_kij relu(G_kij)`, map `relu(sum_k w_k A_k)`. The positive
+    factor `exp(Y)` common to all weights is dropped; it only rescales the map.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.GradCAMPlusPlus(model, lambda m: m.conv2)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        return gradient_cam(self, x, target, gradcam_plus_plus_map)
+
+
+class XGradCAM(AbstractAttribution):
+    """XGrad-CAM: gradients weighted by the normalised activation.
+
+    Fu et al., *Axiom-based Grad-CAM: Towards Accurate Visualization and
+    Explanation of CNNs*, BMVC 2020. `w_k = sum_ij G_kij A_kij / sum_ij A_kij`
+    (0 for a channel whose activation sums to 0), map `relu(sum_k w_k A_k)`.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.XGradCAM(model, lambda m: m.conv2)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        return gradient_cam(self, x, target, xgradcam_map)
+
+
+class HiResCAM(AbstractAttribution):
+    """HiResCAM: the gradient times the activation, summed over channels.
+
+    Draelos & Carin, *Use HiResCAM instead of Grad-CAM for faithful explanations
+    of convolutional neural networks*, 2020. Map `relu(sum_k G_k * A_k)`; unlike
+    Grad-CAM it keeps the gradient's spatial detail, and for a network ending in
+    global average pooling and a linear layer it equals Grad-CAM.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.HiResCAM(model, lambda m: m.conv2)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        return gradient_cam(self, x, target, hirescam_map)
+
+
+class LayerCAM(AbstractAttribution):
+    """LayerCAM: the positive gradient times the activation, summed over channels.
+
+    Jiang et al., *LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization*, IEEE TIP 2021. Map `relu(sum_k relu(G_k) * A_k)`; reliable at
+    shallow layers too.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.LayerCAM(model, lambda m: m.conv1)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        return gradient_cam(self, x, target, layercam_map)
+
+
+class EigenCAM(AbstractAttribution):
+    """Eigen-CAM: the first principal component of the layer's activations.
+
+    Muhammad & Yeasin, *Eigen-CAM: Class Activation Map using Principal
+    Components*, IJCNN 2020. The activations form a matrix with one row per
+    location and one column per channel; its columns are centred (mean over
+    locations) and the map is the projection of each location on the first right
+    singular vector `v`. The sign of `v` is fixed deterministically: it is chosen
+    so that `sum_k v_k >= 0`, equivalently so that the map correlates positively
+    with the total activation `sum_k A_k` (high where the layer fires most).
+
+    Class-agnostic: `target` is accepted for a uniform call and ignored. No
+    gradient is needed (the activation is still read with a backward pass through
+    the part of the model after `layer`).
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.EigenCAM(model, lambda m: m.conv2)(x)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        del target
+        x = check_input(x)
+        spatial_size(x, "EigenCAM")
+        info = inspect_cam_layer(self, x)
+        _, _, act, _ = read_layer(self.model, self.layer, x, lambda s: jnp.sum(s), info)
+        a = _float(to_maps(act, self))
+        return finish_map(eigencam_map(a), x, self)
+
+
+class ScoreCAM(AbstractAttribution):
+    """Score-CAM: channels weighted by the score of the input they mask.
+
+    Wang et al., *Score-CAM: Score-Weighted Visual Explanations for Convolutional
+    Neural Networks*, CVPR Workshops 2020. Each channel `A_k` is upsampled
+    (bilinearly) to the input's size and min-max normalised to `[0, 1]` (a
+    constant channel gives an all-zero mask); `s_k = target(model(x * mask_k))`;
+    the weights are `softmax_k(s_k)` (subtracting the baseline's score, as the
+    paper does, would not change a softmax over channels); map
+    `relu(sum_k w_k A_k)`. No gradient is used.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][] (`model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`), and
+
+    - `chunk_size`: forward at most this many masked inputs at a time (bounded
+        memory, via `jax.lax.map`); `None` runs all channels in one batch.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.ScoreCAM(model, lambda m: m.conv2, chunk_size=16)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+        if self.chunk_size is not None:
+            check_positive_int(self.chunk_size, "chunk_size")
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        x = check_input(x)
+        size = spatial_size(x, "ScoreCAM")
+        info = inspect_cam_layer(self, x)
+        objective = make_objective(target, info.out.shape)
+        _, _, act, _ = read_layer(self.model, self.layer, x, lambda s: jnp.sum(s), info)
+        a = _float(to_maps(act, self))
+        mask_shape = (1,) * (x.ndim - 2) + size
+
+        def channel_score(k):
+            up = jax.image.resize(a[k], size, "bilinear")
+            lo, hi = jnp.min(up), jnp.max(up)
+            mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1), 0)
+            masked = x * mask.reshape(mask_shape).astype(x.dtype)
+            return objective(self.model(masked))
+
+        scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
+        weights = jax.nn.softmax(_float(scores))
+        return finish_map(weighted_sum(weights, a), x, self)
+
+
+class AblationCAM(AbstractAttribution):
+    """Ablation-CAM: channels weighted by the score drop when each is zeroed.
+
+    Desai & Ramaswamy, *Ablation-CAM: Visual Explanations for Deep Convolutional
+    Network via Gradient-free Localization*, WACV 2020. With `y` the target's
+    score and `y_k` the score when channel `k` of the layer's output is set to
+    zero (the rest of the network is rerun from the layer, see
+    [`eqx_attr.replace_layer_output`][]), `w_k = (y - y_k) / y` and the map is
+    `relu(sum_k w_k A_k)`. With `layout="tokens"` a channel is zeroed in the patch
+    tokens only (the class/register tokens are kept). The formula divides by `y`:
+    a negative score flips the map's sign, as in the paper.
+
+    **Arguments:** as for [`eqx_attr.GradCAM`][] (`model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`), and
+
+    - `chunk_size`: rerun at most this many ablated activations at a time (bounded
+        memory, via `jax.lax.map`); `None` runs all channels in one batch.
+
+    **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
+
+    ```python
+    h = xa.AblationCAM(model, lambda m: m.conv2, chunk_size=16)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+        if self.chunk_size is not None:
+            check_positive_int(self.chunk_size, "chunk_size")
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        x = check_input(x)
+        spatial_size(x, "AblationCAM")
+        info = inspect_cam_layer(self, x)
+        objective = make_objective(target, info.out.shape)
+        _, score, act, _ = read_layer(self.model, self.layer, x, objective, info)
+        a = _float(to_maps(act, self))
+
+        def ablated_score(k):
+            keep = channel_keep_mask(act.shape, k, self)
+            value = jnp.where(keep, act, jnp.zeros((), act.dtype))
+            rest = replace_layer_output(
+                self.model, self.layer, value, call_index=self.call_index
+            )
+            return objective(rest(x))
+
+        drops = batched_map(ablated_score, jnp.arange(a.shape[0]), self.chunk_size)
+        y = _float(score)
+        weights = (y - _float(drops)) / y
+        return finish_map(weighted_sum(weights, a), x, self)

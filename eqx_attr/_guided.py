@@ -1,0 +1,116 @@
+"""Guided Backprop and Deconvolution: gradients with swapped ReLU backward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+from ._attribution import (
+    AbstractAttribution,
+    Attribution,
+    Image,
+    Target,
+    check_choice,
+    check_input,
+    resolve_target,
+)
+from ._surgery import POLICIES, swap_relu
+
+
+def swapped_gradient(
+    model: Callable,
+    rule: str,
+    other_activations: str,
+    x: Image,
+    target: Target,
+) -> Attribution:
+    """d target / dx through `model` with every ReLU's backward pass replaced.
+
+    Only the model is rewritten, not the `target` reduction: a callable target is
+    part of the question asked, not of the network.
+    """
+    x = check_input(x)
+    objective = resolve_target(model, x, target)
+    swapped = swap_relu(model, rule, other_activations=other_activations)
+    return jax.grad(lambda z: objective(swapped(z)))(x)
+
+
+class GuidedBackprop(AbstractAttribution):
+    """Guided backpropagation: the gradient with every ReLU's backward pass guided.
+
+    Springenberg et al., *Striving for Simplicity: The All Convolutional Net*, 2015.
+    At each ReLU the backward signal passes only where the ReLU's input was positive
+    *and* the signal itself is positive, which gives sharp, image-like maps (that,
+    as Adebayo et al. 2018 showed, depend little on the model's upper layers).
+
+    Every ReLU is reached, wherever it lives (see [`eqx_attr.swap_relu`][]); the
+    model is never modified. A model without a ReLU raises rather than silently
+    returning the plain gradient, as do rectifiers without a guided variant (GELU,
+    SiLU, ELU, leaky ReLU, softplus, PReLU, ...) unless `other_activations="ignore"`.
+
+    **Arguments:**
+
+    - `model`: maps one example to a 1-D vector of scores.
+    - `other_activations`: `"raise"` (default) or `"ignore"`, to keep the plain
+        gradient through non-ReLU rectifiers.
+
+    **Returns:** an array shaped like `x`.
+
+    ```python
+    a = xa.GuidedBackprop(model)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    other_activations: str = eqx.field(static=True, default="raise")
+
+    def __check_init__(self):
+        check_choice(self.other_activations, "other_activations", POLICIES)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Attribution:
+        return swapped_gradient(self.model, "guided", self.other_activations, x, target)
+
+
+class Deconvolution(AbstractAttribution):
+    """Deconvnet attribution: the gradient with every ReLU's backward pass rectified.
+
+    Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks*, 2014.
+    Their "deconvolutional network" projects a signal back through transposed
+    convolutions, max-unpooling with the forward pass's switches, and ReLUs applied
+    to the projected signal. That is exactly the gradient of the network with each
+    ReLU's backward pass replaced by `g -> relu(g)`, ignoring the forward mask,
+    which is how it is computed here (the test suite checks the equivalence against
+    an explicit transposed-convolution network).
+
+    The same reach and errors as [`eqx_attr.GuidedBackprop`][].
+
+    **Arguments:**
+
+    - `model`: maps one example to a 1-D vector of scores.
+    - `other_activations`: `"raise"` (default) or `"ignore"`.
+
+    **Returns:** an array shaped like `x`.
+
+    ```python
+    a = xa.Deconvolution(model)(x, target=3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    other_activations: str = eqx.field(static=True, default="raise")
+
+    def __check_init__(self):
+        check_choice(self.other_activations, "other_activations", POLICIES)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Attribution:
+        return swapped_gradient(
+            self.model, "deconvnet", self.other_activations, x, target
+        )

@@ -1,0 +1,418 @@
+"""Training small classifiers with optax, and the cached pretrained MNIST CNN.
+
+```python
+import eqx_attr as xa
+
+model = xa.training.pretrained_small_cnn()          # trains once, then cached
+data = xa.datasets.mnist()
+xa.training.accuracy(model, data.x_test, data.y_test)   # >= 0.97
+```
+
+The cache lives in `$EQX_ATTR_CACHE`, else `$XDG_CACHE_HOME/eqx_attr`, else
+`~/.cache/eqx_attr`. Weights are saved without pickle and keyed by a hash of the
+architecture and the training configuration, so changing either retrains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "accuracy",
+    "cache_dir",
+    "pretrained_small_cnn",
+    "predict",
+    "train",
+]
+
+# Bump when the training code changes in a way that changes the weights it produces.
+_TRAINING_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of [`eqx_attr.training.train`][].
+
+    - `epochs`: passes over the training set.
+    - `batch_size`: examples per step (the last partial batch of an epoch is
+        dropped; every epoch draws a fresh permutation).
+    - `learning_rate`: the peak of the one-cycle schedule (warm-up for
+        `warmup` of the steps, then cosine decay to `learning_rate / 1e3`).
+    - `weight_decay`: AdamW's decoupled weight decay.
+    - `shift`: random translation of each training image by up to this many
+        pixels in each direction (zero padding); `0` disables augmentation.
+    - `label_smoothing`: cross-entropy label smoothing.
+    - `seed`: seeds the batch order and the augmentation.
+    """
+
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.2
+    shift: int = 2
+    label_smoothing: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if not isinstance(self.shift, int) or self.shift < 0:
+            raise ValueError(f"`shift` must be an integer >= 0, got {self.shift!r}.")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"`warmup` must lie in [0, 1), got {self.warmup!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"`learning_rate` must be > 0, got {self.learning_rate!r}."
+            )
+
+
+class TrainResult(NamedTuple):
+    """What [`eqx_attr.training.train`][] returns.
+
+    - `model`: the trained model.
+    - `loss`: the training loss of every step, shape `(epochs * steps_per_epoch,)`.
+    - `seconds`: wall-clock time of the whole run, compilation included.
+    """
+
+    model: Any
+    loss: np.ndarray
+    seconds: float
+
+
+def _as_arrays(x: Any, y: Any) -> tuple[Array, Array]:
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"Training images must be floating point, got dtype {x.dtype}; divide "
+            "8-bit pixels by 255 first."
+        )
+    if not jnp.issubdtype(y.dtype, jnp.integer) or y.ndim != 1:
+        raise TypeError(
+            f"Labels must be a 1-D integer array, got dtype {y.dtype} and shape "
+            f"{y.shape}."
+        )
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{x.shape[0]} images but {y.shape[0]} labels; they must match."
+        )
+    return x, y.astype(jnp.int32)
+
+
+def _shift_matrices(shifts: Int[Array, " b"], size: int) -> Float[Array, "b n n"]:
+    """`S[b] @ v` moves a length-`size` vector by `shifts[b]` places, filling with 0.
+
+    jax.nn.one_hot gives an all-zero row for an out-of-range index, which is exactly
+    the zero fill at the border.
+    """
+    rows = jnp.arange(size)[None, :] - shifts[:, None]
+    return jax.nn.one_hot(rows, size, dtype=jnp.float32)
+
+
+def random_shift(
+    xs: Float[Array, "b c h w"], key: PRNGKeyArray, shift: int
+) -> Float[Array, "b c h w"]:
+    """Translate each image of a batch by up to `shift` pixels (zero fill).
+
+    Done with two small one-hot matrix products per image rather than a vmapped
+    `dynamic_slice`, which XLA lowers to a gather that is several times slower on
+    CPU than the whole training step.
+    """
+    b, _, h, w = xs.shape
+    ky, kx = jax.random.split(key)
+    dy = jax.random.randint(ky, (b,), -shift, shift + 1)
+    dx = jax.random.randint(kx, (b,), -shift, shift + 1)
+    sy = _shift_matrices(dy, h).astype(xs.dtype)
+    sx = _shift_matrices(dx, w).astype(xs.dtype)
+    return jnp.einsum("bij,bcjk,blk->bcil", sy, xs, sx)
+
+
+def _make_step(config: TrainConfig, optimizer, static, n_classes: int):
+    """One jitted optimisation step on a minibatch.
+
+    The epoch is a Python loop over this step rather than one `lax.scan`: on XLA's
+    CPU backend, convolutions inside a rolled while-loop ran ~15x slower than the
+    same step compiled on its own (measured with JAX 0.10 on this CNN), and the
+    dispatch cost of a step is negligible next to its compute.
+    """
+
+    import optax
+
+    def loss_fn(params, xb, yb):
+        model = eqx.combine(params, static)
+        logits = jax.vmap(model)(xb)
+        labels = optax.smooth_labels(
+            jax.nn.one_hot(yb, n_classes), config.label_smoothing
+        )
+        return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+
+    @jax.jit
+    def step(params, opt_state, xb, yb, key):
+        if config.shift > 0:
+            xb = random_shift(xb, key, config.shift)
+        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, loss
+
+    return step
+
+
+def train(
+    model: Any,
+    data: tuple[Any, Any],
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "training",
+) -> TrainResult:
+    """Train a classifier with AdamW, a one-cycle schedule and random shifts.
+
+    Every floating-point array of `model` is trained; the model must be a plain
+    function of its input (no state, no dropout key). The step (augmentation,
+    loss, gradient, AdamW update) is compiled once and reused for every batch.
+
+    **Arguments:**
+
+    - `model`: an Equinox module mapping ONE example to a vector of logits.
+    - `data`: `(images, labels)`, or any tuple whose first two entries are those
+        (e.g. an [`eqx_attr.datasets.MNIST`][]). Images `(N, C, H, W)` float,
+        labels `(N,)` int.
+    - `config`: a [`eqx_attr.training.TrainConfig`][]; defaults reach >= 97% on
+        the held-out MNIST digits with [`eqx_attr.models.SmallCNN`][].
+    - `progress`: show a tqdm progress bar (one tick per epoch, with the loss).
+    - `desc`: the progress bar's label.
+
+    **Returns:** a [`eqx_attr.training.TrainResult`][] `(model, loss, seconds)`.
+
+    ```python
+    data = xa.datasets.mnist()
+    result = xa.training.train(xa.models.SmallCNN(key=jax.random.key(0)), data)
+    acc = xa.training.accuracy(result.model, data.x_test, data.y_test)
+    ```
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(data, tuple) or len(data) < 2:
+        raise TypeError(
+            "`data` must be a tuple `(images, labels)` or an "
+            "`eqx_attr.datasets.MNIST`."
+        )
+    xs, ys = _as_arrays(data[0], data[1])
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    n = xs.shape[0]
+    if n < config.batch_size:
+        raise ValueError(
+            f"`batch_size={config.batch_size}` exceeds the {n} training examples; "
+            "pass a smaller `TrainConfig(batch_size=...)`."
+        )
+    out = jax.eval_shape(model, xs[0])
+    if out.ndim != 1:
+        raise ValueError(
+            f"The model must return a 1-D vector of logits, got shape {out.shape}."
+        )
+    n_classes = out.shape[0]
+    import optax
+
+    steps_per_epoch = n // config.batch_size
+    total = steps_per_epoch * config.epochs
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=config.learning_rate / 25,
+        peak_value=config.learning_rate,
+        warmup_steps=max(1, int(config.warmup * total)),
+        decay_steps=total,
+        end_value=config.learning_rate / 1e3,
+    )
+    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    step = _make_step(config, optimizer, static, n_classes)
+
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    keys = jax.random.split(jax.random.key(config.seed), total)
+    losses = np.zeros(total, np.float32)
+    i = 0
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+        for _ in range(config.epochs):
+            perm = rng.permutation(n)
+            for j in range(steps_per_epoch):
+                idx = perm[j * config.batch_size : (j + 1) * config.batch_size]
+                params, opt_state, loss = step(
+                    params, opt_state, xs[idx], ys[idx], keys[i]
+                )
+                losses[i] = loss
+                i += 1
+                bar.update()
+                if j == steps_per_epoch - 1:
+                    recent = losses[i - steps_per_epoch : i].mean()
+                    bar.set_postfix(loss=f"{recent:.4f}")
+    seconds = time.perf_counter() - start
+    return TrainResult(eqx.combine(params, static), losses, seconds)
+
+
+def predict(
+    model: Callable, xs: Float[Array, "n ..."] | np.ndarray, batch_size: int = 500
+) -> Int[np.ndarray, " n"]:
+    """The predicted class (argmax of the logits) of each example in `xs`."""
+    xs = jnp.asarray(xs)
+    fn = eqx.filter_jit(lambda m, b: jnp.argmax(jax.vmap(m)(b), axis=-1))
+    preds = [np.asarray(fn(model, xs[i : i + batch_size])) for i in range(
+        0, xs.shape[0], batch_size
+    )]
+    return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
+
+
+def accuracy(
+    model: Callable,
+    xs: Float[Array, "n ..."] | np.ndarray,
+    ys: Int[Array, " n"] | np.ndarray,
+) -> float:
+    """The fraction of examples whose argmax logit equals the label.
+
+    ```python
+    xa.training.accuracy(model, data.x_test, data.y_test)
+    ```
+    """
+    ys = np.asarray(ys)
+    if ys.shape != (np.shape(xs)[0],):
+        raise ValueError(
+            f"`ys` has shape {ys.shape}; expected one label per image, "
+            f"({np.shape(xs)[0]},)."
+        )
+    return float(np.mean(predict(model, xs) == ys))
+
+
+# ---------------------------------------------------------------------------------
+# Cache
+
+
+def cache_dir() -> pathlib.Path:
+    """Where trained weights are cached.
+
+    `$EQX_ATTR_CACHE` if set, else `$XDG_CACHE_HOME/eqx_attr`, else
+    `~/.cache/eqx_attr`.
+    """
+    if os.environ.get("EQX_ATTR_CACHE"):
+        return pathlib.Path(os.environ["EQX_ATTR_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return pathlib.Path(base).expanduser() / "eqx_attr"
+
+
+def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
+    """A hash of the architecture (tree structure, shapes, dtypes) and the config."""
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    shapes = [
+        (tuple(leaf.shape), str(leaf.dtype)) if eqx.is_array(leaf) else repr(leaf)
+        for leaf in leaves
+    ]
+    blob = json.dumps(
+        {
+            "version": _TRAINING_VERSION,
+            "treedef": str(treedef),
+            "leaves": repr(shapes),
+            "config": dataclasses.asdict(config),
+            "extra": extra,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save(path: pathlib.Path, model: Any) -> None:
+    from .models import save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so a concurrent reader never sees half a file.
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    save(tmp, model)
+    os.replace(tmp, path)
+
+
+def _load(path: pathlib.Path, like: Any) -> Any:
+    from .models import load
+
+    return load(path, like)
+
+
+def cached_train(
+    model: Any,
+    data: tuple[Any, Any],
+    config: TrainConfig | None = None,
+    *,
+    name: str = "model",
+    progress: bool = True,
+    verbose: bool = True,
+) -> Any:
+    """[`eqx_attr.training.train`][] with a cache: load the weights if this exact
+    architecture + config was trained before, else train and save.
+
+    The key also covers the training data's shape and a checksum of its values,
+    so different data never reuses weights.
+
+    **Returns:** the trained model.
+    """
+    config = TrainConfig() if config is None else config
+    xs, ys = np.asarray(data[0]), np.asarray(data[1])
+    digest = hashlib.sha256(xs.tobytes() + ys.tobytes()).hexdigest()[:16]
+    key = _fingerprint(model, config, {"data": digest, "shape": list(xs.shape)})
+    path = cache_dir() / f"{name}-{key}.safetensors"
+    if path.is_file():
+        try:
+            return _load(path, model)
+        except Exception as e:  # a corrupt cache entry: say so, then retrain
+            if verbose:
+                print(f"ignoring unreadable cache file {path} ({e}); retraining")
+    result = train(model, (xs, ys), config, progress=progress, desc=name)
+    if verbose:
+        print(f"trained {name} in {result.seconds:.1f} s; cached at {path}")
+    _save(path, result.model)
+    return result.model
+
+
+def pretrained_small_cnn(
+    *, width: int = 32, config: TrainConfig | None = None, progress: bool = True
+) -> Any:
+    """The demo's [`eqx_attr.models.SmallCNN`][], trained on `datasets.mnist()`.
+
+    Trained on the 4,000 training digits the first time (well under a minute on two
+    CPU cores), then loaded from the cache. Reaches >= 97% on the 1,000 held-out
+    digits with the default config.
+
+    **Arguments:** `width` of the CNN, `config` of the training run, `progress`
+    bar on or off.
+
+    ```python
+    model = xa.training.pretrained_small_cnn()
+    ```
+    """
+    from . import datasets, models
+
+    data = datasets.mnist()
+    model = models.SmallCNN(width=width, key=jax.random.key(0))
+    return cached_train(
+        model,
+        (data.x_train, data.y_train),
+        config,
+        name=f"small_cnn_w{width}",
+        progress=progress,
+    )

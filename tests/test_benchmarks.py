@@ -1,0 +1,97 @@
+"""Smoke test of benchmarks/run.py: one tiny scenario per kind, one repeat.
+
+Checks the report structure and that ours and Captum agree on identical weights;
+no wall-clock assertions (the machine is shared).
+"""
+
+import importlib.util
+import json
+import pathlib
+import sys
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("captum")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location(
+        "bench_run", ROOT / "benchmarks" / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up while being created.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_smoke(tmp_path):
+    run = _load_run()
+    H = run.H
+    sizes = replace(run.QUICK, small_batch=2, ig_steps=(4,), cnn_ig_steps=(4,))
+    settings = H.Settings(repeats=1, budget_s=0.0)
+    lines: list[str] = []
+    results = run.run(["mlp"], ["ig"], sizes, settings, log=lines.append)
+    results += run.run(["cnn"], ["gradcam"], sizes, settings, log=lines.append)
+
+    names = [r.name for r in results]
+    assert names == ["mlp/ig-gl-4", "mlp/ig-trapezoid-4", "cnn/gradcam"]
+    assert len(lines) == len(results)
+    for r in results:
+        assert r.repeats == 1 and len(r.ours_times_s) == 1
+        assert r.ours_s > 0 and r.peer_s > 0 and r.ours_first_s > 0
+        assert r.ratio == pytest.approx(r.ours_s / r.peer_s)
+        # A non-trivial reference, matched closely: the same function on both sides.
+        assert r.ref_max_abs > 1e-6
+        assert r.max_abs_diff <= 2e-3 * r.ref_max_abs
+        assert r.agree is True
+        if H.rss_supported():
+            assert r.ours_peak_mb is not None and r.ours_peak_mb >= 0
+            assert r.peer_peak_mb is not None and r.peer_peak_mb >= 0
+
+    targets = run.evaluate_targets(results, "cpu")
+    assert {t["status"] for t in targets} <= {"met", "MISSED", "n/a"}
+    agree = [t for t in targets if t["target"] == "attributions agree with Captum"]
+    assert agree and agree[0]["status"] == "met"
+
+    meta = H.machine_info("cpu")
+    json_path, md_path = H.write_reports(results, meta, targets, str(tmp_path / "r"))
+    data = json.loads(pathlib.Path(json_path).read_text())
+    assert set(data) == {"meta", "results", "targets"}
+    assert data["meta"]["cores"] >= 1 and data["meta"]["torch"]
+    assert [r["name"] for r in data["results"]] == names
+    for key in ("ours_s", "ours_first_s", "peer_s", "ratio", "max_abs_diff"):
+        assert all(isinstance(r[key], float) for r in data["results"])
+    md = pathlib.Path(md_path).read_text()
+    header = [line for line in md.splitlines() if line.startswith("| scenario")][0]
+    n_cols = header.count("|")
+    rows = [line for line in md.splitlines() if line.startswith("| mlp/ig-gl-4")]
+    assert len(rows) == 1 and rows[0].count("|") == n_cols
+    assert "cnn/gradcam" in md and "DISAGREE" not in md
+
+
+def test_disagreement_is_flagged():
+    """A peer computing something else must be flagged, not averaged away."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    run = _load_run()
+    H = run.H
+    case = H.Case(
+        "toy/off-by-one",
+        "toy",
+        "x + 1 vs x",
+        3,
+        lambda: jnp.arange(3.0) + 1.0,
+        lambda: np.arange(3.0),
+    )
+    r = H.run_case(case, H.Settings(repeats=1, memory=False), log=lambda s: None)
+    assert r.max_abs_diff == pytest.approx(1.0)
+    assert r.ref_max_abs == pytest.approx(2.0)
+    assert r.agree is False
+    md = H.markdown([r], H.machine_info("cpu"), [])
+    assert "DISAGREE" in md

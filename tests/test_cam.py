@@ -1,0 +1,550 @@
+"""The CAM family, checked against hand-derived values and defining formulas."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_attr as xa
+
+from .helpers import digit_like, small_cnn, tree_allclose
+
+# ---------------------------------------------------------------------------------
+# A tiny net whose Grad-CAM is derived by hand:
+#   conv 3x3 (1 -> 2 channels, bias, no padding) -> ReLU -> flatten -> linear -> ReLU
+# Input x[i, j] = 4 i + j on a 4x4 grid, so the conv output is 2x2.
+# Channel 0 copies the centre pixel:        A0 = [[5, 6], [9, 10]]
+# Channel 1 is 16 - 2 * centre pixel:       A1 = [[6, 4], [-2, -4]]  (pre-ReLU)
+#                                       relu(A1) = [[6, 4], [0, 0]]
+# Flattened (channel, row, col): [5, 6, 9, 10, 6, 4, 0, 0]
+# Class 0: v0 = [1, 0, 0, 1, 0, 2, -1, 0], b0 = 0 -> 5 + 10 + 8 = 23 > 0 (ReLU open)
+# Class 1: v1 = [-1, 0, 0, 0, 0, 0, 0, 0], b1 = 10 -> 5 > 0.
+
+
+def _tiny_net():
+    conv = eqx.nn.Conv2d(1, 2, 3, key=jax.random.key(0))
+    w = np.zeros((2, 1, 3, 3), np.float32)
+    w[0, 0, 1, 1] = 1.0
+    w[1, 0, 1, 1] = -2.0
+    b = np.array([0.0, 16.0], np.float32).reshape(2, 1, 1)
+    conv = eqx.tree_at(lambda c: (c.weight, c.bias), conv, (jnp.asarray(w), b))
+    lin = eqx.nn.Linear(8, 2, key=jax.random.key(1))
+    v = np.array([[1, 0, 0, 1, 0, 2, -1, 0], [-1, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    lin = eqx.tree_at(
+        lambda lin: (lin.weight, lin.bias),
+        lin,
+        (jnp.asarray(v), jnp.array([0.0, 10.0])),
+    )
+    relu = eqx.nn.Lambda(jax.nn.relu)
+    return eqx.nn.Sequential([conv, relu, eqx.nn.Lambda(jnp.ravel), lin, relu])
+
+
+def _tiny_x():
+    return jnp.arange(16.0).reshape(1, 4, 4)
+
+
+def test_gradcam_hand_derived_at_relu_output():
+    # d score0 / d relu(A) = v0 reshaped: G0 = [[1,0],[0,1]] (mean 1/2),
+    # G1 = [[0,2],[-1,0]] (mean 1/4). Map = A0/2 + relu(A1)/4 = [[4,4],[4.5,5]].
+    net, x = _tiny_net(), _tiny_x()
+    assert tree_allclose(net(x), jnp.array([23.0, 5.0]))
+    cam = xa.GradCAM(net, lambda m: m.layers[1], resize=None)
+    assert tree_allclose(cam(x, 0), jnp.array([[4.0, 4.0], [4.5, 5.0]]))
+    # Class 1: G0 = [[-1,0],[0,0]] (mean -1/4), G1 = 0: map = -A0/4, all negative.
+    raw = xa.GradCAM(net, lambda m: m.layers[1], relu=False, resize=None)(x, 1)
+    assert tree_allclose(raw, jnp.array([[-1.25, -1.5], [-2.25, -2.5]]))
+    assert tree_allclose(cam(x, 1), jnp.zeros((2, 2)))
+
+
+def test_gradcam_hand_derived_at_conv_output():
+    # Before the ReLU, G1 is masked where A1 < 0: G1 = [[0,2],[0,0]] (mean 1/2),
+    # G0 unchanged (mean 1/2). Map = A0/2 + A1/2 = [[5.5,5],[3.5,3]].
+    net, x = _tiny_net(), _tiny_x()
+    cam = xa.GradCAM(net, lambda m: m.layers[0], relu=False, resize=None)
+    assert tree_allclose(cam(x, 0), jnp.array([[5.5, 5.0], [3.5, 3.0]]))
+    # resized to the 4x4 input: bilinear keeps the mean of a 2x upsampled ramp
+    big = xa.GradCAM(net, lambda m: m.layers[0])(x, 0)
+    assert big.shape == (4, 4)
+    assert np.isclose(float(jnp.mean(big)), 17.0 / 4)
+    near = xa.GradCAM(net, lambda m: m.layers[0], resize="nearest")(x, 0)
+    assert tree_allclose(near, jnp.repeat(jnp.repeat(cam(x, 0), 2, 0), 2, 1))
+
+
+# ---------------------------------------------------------------------------------
+# CAM on conv -> ReLU -> global average pooling -> linear (SmallCNN's end)
+
+
+def test_cam_is_classifier_weighted_sum_and_gradcam_is_cam_over_hw():
+    m, x = small_cnn(3), digit_like(3)
+    layer, fc = (lambda m: m.conv2), (lambda m: m.fc)
+    kw = dict(relu=False, resize=None)
+
+    @jax.jit
+    def maps(x):
+        cams = [xa.CAM(m, layer, classifier=fc, **kw)(x, t) for t in (0, 6)]
+        grad_cams = [xa.GradCAM(m, layer, **kw)(x, t) for t in (0, 6)]
+        return cams, grad_cams, xa.CAM(m, layer, classifier=fc)(x, 6)
+
+    cams, grad_cams, default = maps(x)
+    a = m.features(x)  # conv -> ReLU output, (16, 14, 14)
+    for t, cam, grad_cam in zip((0, 6), cams, grad_cams, strict=True):
+        expected = jnp.tensordot(m.fc.weight[t], a, axes=1)
+        assert tree_allclose(cam, expected, rtol=1e-5, atol=1e-6)
+        # CAM's defining identity: its mean plus the bias is the class score
+        assert np.isclose(float(jnp.mean(cam) + m.fc.bias[t]), float(m(x)[t]))
+        assert tree_allclose(grad_cam, cam / (14 * 14), rtol=1e-4, atol=1e-7)
+    assert default.shape == (28, 28) and float(jnp.min(default)) >= 0
+
+
+class _Doubled(eqx.Module):
+    net: eqx.Module
+
+    def __call__(self, x):
+        return 2.0 * self.net(x)
+
+
+def test_cam_errors():
+    m, x = small_cnn(), digit_like()
+    with pytest.raises(ValueError, match="classifier's weight has shape"):
+        xa.CAM(m, lambda m: m.conv1, classifier=lambda m: m.fc)(x, 0)
+    with pytest.raises(ValueError, match="2-D `weight`"):
+        xa.CAM(m, lambda m: m.conv2, classifier=lambda m: m.conv2)(x, 0)
+    with pytest.raises(ValueError, match="`classifier`"):
+        xa.CAM(m, lambda m: m.conv2, classifier=lambda m: m.head)(x, 0)
+    # Something after the classifier: shapes agree, the run-time identity fails.
+    d = _Doubled(m)
+    cam = xa.CAM(d, lambda d: d.net.conv2, classifier=lambda d: d.net.fc)
+    with pytest.raises(Exception, match="global average pooling"):
+        jax.block_until_ready(cam(x, 0))
+
+
+# ---------------------------------------------------------------------------------
+# The variants against their defining formulas, on activations and gradients
+# computed by splitting SmallCNN by hand (layer conv1, where gradients vary in
+# space, unlike after global average pooling).
+
+
+def _split(m, x, t):
+    a = m.conv1(x)
+    g = jax.grad(lambda a: m.fc(jnp.mean(m.conv2(a), axis=(1, 2)))[t])(a)
+    return np.asarray(a, np.float64), np.asarray(g, np.float64)
+
+
+def _gradcampp(a, g):
+    g2, g3 = g**2, g**3
+    den = 2 * g2 + a.sum(axis=(1, 2))[:, None, None] * g3
+    alpha = np.divide(g2, den, out=np.zeros_like(g2), where=den != 0)
+    w = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
+    return np.einsum("k,kij->ij", w, a)
+
+
+def _xgradcam(a, g):
+    s = a.sum(axis=(1, 2))
+    w = np.divide((g * a).sum(axis=(1, 2)), s, out=np.zeros_like(s), where=s != 0)
+    return np.einsum("k,kij->ij", w, a)
+
+
+FORMULAS = {
+    "GradCAM": lambda a, g: np.einsum("k,kij->ij", g.mean(axis=(1, 2)), a),
+    "GradCAMPlusPlus": _gradcampp,
+    "XGradCAM": _xgradcam,
+    "HiResCAM": lambda a, g: (g * a).sum(axis=0),
+    "LayerCAM": lambda a, g: (np.maximum(g, 0) * a).sum(axis=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_gradient_variants_match_formulas(name):
+    m, x = small_cnn(4), digit_like(4)
+    a, g = _split(m, x, 5)
+    expected = FORMULAS[name](a, g)
+    method = getattr(xa, name)
+    raw = method(m, lambda m: m.conv1, relu=False, resize=None)(x, 5)
+    scale = np.max(np.abs(expected))
+    assert scale > 0
+    assert np.allclose(raw, expected, rtol=1e-4, atol=1e-5 * scale)
+    clipped = method(m, lambda m: m.conv1, resize=None)(x, 5)
+    assert np.allclose(clipped, np.maximum(expected, 0), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_eigencam_matches_numpy_svd_with_documented_sign():
+    m, x = small_cnn(4), digit_like(4)
+    a = np.asarray(m.conv1(x), np.float64)
+    feats = a.reshape(a.shape[0], -1).T
+    centred = feats - feats.mean(axis=0)
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    v = v if v.sum() >= 0 else -v
+    expected = (centred @ v).reshape(a.shape[1:])
+    raw = xa.EigenCAM(m, lambda m: m.conv1, relu=False, resize=None)(x)
+    assert np.allclose(raw, expected, rtol=1e-3, atol=1e-4 * np.max(np.abs(expected)))
+    # the documented orientation: positive correlation with the total activation
+    total = a.sum(axis=0)
+    assert np.sum((raw - raw.mean()) * (total - total.mean())) > 0
+
+
+def _bilinear_np(a, size):
+    """Half-pixel bilinear upsampling with edge clamping, written out."""
+
+    def matrix(n_in, n_out):
+        w = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+            lo = int(np.floor(src))
+            hi = min(lo + 1, n_in - 1)
+            w[i, lo] += 1 - (src - lo)
+            w[i, hi] += src - lo
+        return w
+
+    return matrix(a.shape[0], size[0]) @ a @ matrix(a.shape[1], size[1]).T
+
+
+def test_scorecam_matches_python_loop():
+    m, x = small_cnn(5), digit_like(5)
+    a = np.asarray(m.features(x), np.float64)  # (8, 14, 14) for width 4
+    scores = []
+    for k in range(a.shape[0]):
+        up = _bilinear_np(a[k], (28, 28))
+        lo, hi = up.min(), up.max()
+        mask = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
+        masked = x * jnp.asarray(mask, jnp.float32).reshape(1, 28, 28)
+        scores.append(float(m(masked)[2]))
+    w = np.exp(np.array(scores) - max(scores))
+    w /= w.sum()
+    expected = np.einsum("k,kij->ij", w, a)
+    for chunk in (None, 3):
+        got = xa.ScoreCAM(
+            m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
+        )(x, 2)
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ablationcam_matches_python_loop():
+    m, x = small_cnn(6), digit_like(6)
+    a = m.features(x)
+    y = float(m(x)[4])
+    weights = []
+    for k in range(a.shape[0]):
+        ablated = a.at[k].set(0.0)
+        y_k = float(m.fc(jnp.mean(ablated, axis=(1, 2)))[4])
+        weights.append((y - y_k) / y)
+    expected = np.einsum("k,kij->ij", np.array(weights), np.asarray(a, np.float64))
+    for chunk in (None, 3):
+        got = xa.AblationCAM(
+            m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
+        )(x, 4)
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_gradcam_is_the_product_of_its_parts():
+    m, x = small_cnn(7), digit_like(7)
+    layer = lambda m: m.conv1
+    guided = xa.GuidedBackprop(m)(x, 3)
+    for kw in ({}, dict(relu=False, resize="nearest")):
+        got = xa.GuidedGradCAM(m, layer, **kw)(x, 3)
+        h = xa.GradCAM(m, layer, **kw)(x, 3)
+        expected = h.reshape(1, 28, 28) * guided
+        scale = float(jnp.max(jnp.abs(expected)))
+        assert got.shape == x.shape and scale > 0
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-6 * scale)
+    with pytest.raises(ValueError, match="must be resized"):
+        xa.GuidedGradCAM(m, layer, resize=None)
+
+
+# ---------------------------------------------------------------------------------
+# Every CAM method: shapes, jit, vmap over examples and over targets
+
+BUILDERS = {
+    "CAM": lambda m, **kw: xa.CAM(m, lambda m: m.conv2, lambda m: m.fc, **kw),
+    "GradCAM": lambda m, **kw: xa.GradCAM(m, lambda m: m.conv2, **kw),
+    "GradCAMPlusPlus": lambda m, **kw: xa.GradCAMPlusPlus(m, lambda m: m.conv1, **kw),
+    "XGradCAM": lambda m, **kw: xa.XGradCAM(m, lambda m: m.conv1, **kw),
+    "HiResCAM": lambda m, **kw: xa.HiResCAM(m, lambda m: m.conv1, **kw),
+    "LayerCAM": lambda m, **kw: xa.LayerCAM(m, lambda m: m.conv1, **kw),
+    "EigenCAM": lambda m, **kw: xa.EigenCAM(m, lambda m: m.conv2, **kw),
+    "ScoreCAM": lambda m, **kw: xa.ScoreCAM(m, lambda m: m.conv2, chunk_size=4, **kw),
+    "AblationCAM": lambda m, **kw: xa.AblationCAM(
+        m, lambda m: m.conv2, chunk_size=4, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_shapes_jit_and_vmap(name):
+    m = small_cnn(8)
+    xs = jnp.stack([digit_like(10), digit_like(11)])
+    build = BUILDERS[name]
+    method = build(m)
+    first = method(xs[0], 2)  # eager
+
+    @eqx.filter_jit
+    def everything(xs):
+        return (
+            method(xs[0], 2),
+            build(m, resize=None)(xs[0], 2),
+            build(m, resize="nearest")(xs[0], 2),
+            eqx.filter_vmap(method)(xs, jnp.array([2, 7])),
+            jax.vmap(lambda t: method(xs[0], t))(jnp.array([7, 2])),
+        )
+
+    jitted, small, near, batch, per_target = everything(xs)
+    assert first.shape == near.shape == (28, 28) and small.shape == (14, 14)
+    assert float(jnp.min(first)) >= 0 and float(jnp.max(first)) > 0
+    for other in (jitted, batch[0], per_target[1]):
+        assert tree_allclose(other, first, rtol=1e-4, atol=1e-5 * jnp.max(first))
+    assert batch.shape == per_target.shape == (2, 28, 28)
+    assert not np.allclose(batch[1], batch[0])
+
+
+def test_option_errors():
+    m, x = small_cnn(), digit_like()
+    layer = lambda m: m.conv2
+    with pytest.raises(ValueError, match="resize"):
+        xa.GradCAM(m, layer, resize="bicubic")
+    with pytest.raises(ValueError, match="layout"):
+        xa.GradCAM(m, layer, layout="nchw")
+    with pytest.raises(ValueError, match="layout='tokens'"):
+        xa.GradCAM(m, layer, n_prefix_tokens=1)
+    with pytest.raises(ValueError, match="grid"):
+        xa.GradCAM(m, layer, layout="tokens", grid=(0, 4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        xa.ScoreCAM(m, layer, chunk_size=0)
+    with pytest.raises(ValueError, match="call_index"):
+        xa.LayerCAM(m, layer, call_index=-1)
+    with pytest.raises(ValueError, match="tokens `\\(N, D\\)`"):
+        xa.GradCAM(m, layer, layout="tokens")(x, 0)
+    with pytest.raises(ValueError, match="called 2 times"):
+        # a where naming a shared ReLU object would be fine; a repeated call is not
+        xa.GradCAM(_Reused(m), lambda r: r.net.conv2)(x, 0)
+    with pytest.raises(ValueError, match="could not select"):
+        xa.HiResCAM(m, lambda m: m.conv9)(x, 0)
+
+
+class _Reused(eqx.Module):
+    net: eqx.Module
+
+    def __call__(self, x):
+        return self.net(x) + 0.5 * self.net(x)
+
+
+# ---------------------------------------------------------------------------------
+# Token layout on a tiny ViT-like model: 8x8 image, 2x2 patches -> 16 tokens plus a
+# class token; one token-mixing block; the head reads the class token.
+
+
+class _Block(eqx.Module):
+    mix: jax.Array
+    lin: eqx.nn.Linear
+
+    def __call__(self, t):
+        return t + jnp.tanh(self.mix @ jax.vmap(self.lin)(t))
+
+
+class _TinyViT(eqx.Module):
+    embed: eqx.nn.Conv2d
+    cls: jax.Array
+    block: _Block
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k = jax.random.split(key, 5)
+        self.embed = eqx.nn.Conv2d(1, 6, 2, stride=2, key=k[0])
+        self.cls = jax.random.normal(k[1], (1, 6))
+        mix = jax.random.normal(k[2], (17, 17)) / 4
+        self.block = _Block(mix, eqx.nn.Linear(6, 6, key=k[3]))
+        self.head = eqx.nn.Linear(6, 3, key=k[4])
+
+    def tokens(self, x):
+        y = self.embed(x)  # (6, 4, 4)
+        patches = y.reshape(6, 16).T  # row-major over the 4x4 grid
+        return jnp.concatenate([self.cls, patches], axis=0)
+
+    def __call__(self, x):
+        return self.head(self.block(self.tokens(x))[0])
+
+
+def test_tokens_layout_gradcam_and_grid():
+    model = _TinyViT(jax.random.key(3))
+    x = jax.random.normal(jax.random.key(4), (1, 8, 8))
+    tokens = model.block(model.tokens(x))  # (17, 6)
+    g = jax.grad(lambda t: model.head(t[0])[1])(tokens)
+    # By hand: drop the class token, fold the 16 patch tokens to 4x4, weights are
+    # the mean gradient over the patch tokens.
+    a_grid = np.asarray(tokens[1:]).reshape(4, 4, 6)
+    w = np.asarray(g[1:]).mean(axis=0)
+    expected = np.einsum("ijd,d->ij", a_grid, w)
+    kw = dict(layout="tokens", n_prefix_tokens=1, relu=False, resize=None)
+    kw2 = dict(kw, grid=(2, 8))  # an explicit non-square grid, folded row-major
+    block = lambda m: m.block
+
+    @jax.jit
+    def maps(x):
+        return (
+            xa.GradCAM(model, block, **kw)(x, 1),
+            xa.GradCAM(model, block, layout="tokens", n_prefix_tokens=1)(x, 1),
+            xa.HiResCAM(model, block, **kw2)(x, 1),
+            xa.EigenCAM(model, block, **kw)(x),
+            xa.AblationCAM(model, block, **kw)(x, 1),
+        )
+
+    got, resized, got2, eigen, ablation = maps(x)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert resized.shape == (8, 8)
+    hires = np.einsum("nd,nd->n", np.asarray(tokens[1:]), np.asarray(g[1:]))
+    assert np.allclose(got2, hires.reshape(2, 8), rtol=1e-4, atol=1e-6)
+    # EigenCAM folds the same patch tokens (rows = locations, columns = features)
+    centred = np.asarray(tokens[1:], np.float64)
+    centred = centred - centred.mean(axis=0)
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    v = v if v.sum() >= 0 else -v
+    assert np.allclose(eigen, (centred @ v).reshape(4, 4), rtol=1e-3, atol=1e-4)
+    # Ablation-CAM zeroes a feature in the patch tokens only; the head reads the
+    # class token after this block, so no ablation changes the score: map 0.
+    assert ablation.shape == (4, 4) and float(jnp.max(jnp.abs(ablation))) == 0.0
+    # 17 tokens are no square: the error suggests dropping the class token
+    with pytest.raises(ValueError, match="n_prefix_tokens=1"):
+        xa.GradCAM(model, lambda m: m.block, layout="tokens")(x, 1)
+    with pytest.raises(ValueError, match="cells"):
+        xa.GradCAM(model, lambda m: m.block, layout="tokens", grid=(4, 5))(x, 1)
+    with pytest.raises(ValueError, match="layout='tokens'"):
+        xa.GradCAM(model, lambda m: m.block)(x, 1)
+
+
+# ---------------------------------------------------------------------------------
+# Captum's LayerGradCam on a PyTorch twin with identical weights
+
+
+def test_gradcam_matches_captum_layergradcam():
+    torch = pytest.importorskip("torch")
+    captum_attr = pytest.importorskip("captum.attr")
+    nn = torch.nn
+    m = xa.models.SmallCNN(width=4, key=jax.random.key(9))
+    xs = jnp.stack([digit_like(20), digit_like(21)])
+
+    def conv(c):
+        t = nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1)
+        t.weight.data = torch.from_numpy(np.array(c.weight))
+        t.bias.data = torch.from_numpy(np.array(c.bias).reshape(-1))
+        return t
+
+    class Twin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Sequential(
+                conv(m.conv1[0]),
+                nn.ReLU(),
+                conv(m.conv1[2]),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+            self.conv2 = nn.Sequential(conv(m.conv2[0]), nn.ReLU())
+            self.fc = nn.Linear(8, 10)
+            self.fc.weight.data = torch.from_numpy(np.array(m.fc.weight))
+            self.fc.bias.data = torch.from_numpy(np.array(m.fc.bias))
+
+        def forward(self, x):
+            return self.fc(self.conv2(self.conv1(x)).mean(dim=(2, 3)))
+
+    twin = Twin().eval()
+    inp = torch.from_numpy(np.array(xs))
+    assert np.allclose(twin(inp).detach().numpy(), jax.vmap(m)(xs), atol=1e-5)
+    targets = [3, 8]
+    for name in ("conv1", "conv2"):
+        lgc = captum_attr.LayerGradCam(twin, getattr(twin, name))
+        ref = lgc.attribute(inp, target=targets, relu_attributions=False)
+        ref = ref.detach().numpy()[:, 0]
+        layer = lambda m, name=name: getattr(m, name)
+        ours = eqx.filter_vmap(xa.GradCAM(m, layer, relu=False, resize=None))(
+            xs, jnp.array(targets)
+        )
+        assert np.allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+        # Captum's relu + bilinear interpolation (align_corners=False) as well
+        up = captum_attr.LayerAttribution.interpolate(
+            lgc.attribute(inp, target=targets, relu_attributions=True),
+            (28, 28),
+            "bilinear",
+        )
+        ours_up = eqx.filter_vmap(xa.GradCAM(m, layer))(xs, jnp.array(targets))
+        up = up.detach().numpy()[:, 0]
+        assert np.allclose(ours_up, up, rtol=1e-4, atol=1e-6 * np.abs(up).max())
+
+
+# ---------------------------------------------------------------------------------
+# The model zoo
+
+
+def _random_weights(build, seed):
+    """A zoo model with random weights, without running its (slow) initialiser.
+
+    Shapes come from `eqx.filter_eval_shape`; every array is drawn with NumPy,
+    except batch-norm variances, which must be positive.
+    """
+    shapes = eqx.filter_eval_shape(build, jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        if "running_var" in jax.tree_util.keystr(path):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+        fan_in = max(1, int(np.prod(leaf.shape[1:])))
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def test_zoo_resnet_and_vit():
+    r = _random_weights(
+        lambda k: xa.models.resnet18(n_classes=5, in_channels=1, width=4, key=k), 0
+    )
+    x = jax.random.uniform(jax.random.key(1), (1, 64, 64))
+    where = lambda m: m.layer4
+
+    @jax.jit
+    def resnet_maps(x):
+        h = xa.GradCAM(r, where)(x, 2)
+        raw = xa.GradCAM(r, where, relu=False, resize=None)(x, 2)
+        cam = xa.CAM(r, where, lambda m: m.fc, relu=False, resize=None)(x, 2)
+        return h, raw, cam
+
+    h, raw, cam = resnet_maps(x)
+    assert h.shape == (64, 64) and raw.shape == (2, 2)
+    assert bool(jnp.all(jnp.isfinite(h)))
+    assert float(jnp.max(jnp.abs(cam))) > 0
+    # ResNet ends in global average pooling and `fc`: Grad-CAM = CAM / (h w)
+    assert tree_allclose(raw, cam / 4, rtol=1e-4, atol=1e-6)
+
+    v = _random_weights(
+        lambda k: xa.models.ViT(
+            image_size=28,
+            patch_size=7,
+            in_channels=1,
+            n_classes=10,
+            dim=16,
+            depth=1,
+            heads=2,
+            key=k,
+        ),
+        1,
+    )
+
+    @jax.jit
+    def vit_maps(x):
+        kw = dict(layout="tokens", n_prefix_tokens=1)
+        return [
+            (
+                xa.GradCAM(v, where, **kw)(x, 4),
+                xa.GradCAM(v, where, relu=False, resize=None, **kw)(x, 4),
+            )
+            for where in (lambda m: m.blocks[-1], lambda m: m.blocks[-1].norm1)
+        ]
+
+    (h_out, small_out), (h_norm, small_norm) = vit_maps(digit_like(3))
+    for h in (h_out, h_norm):
+        assert h.shape == (28, 28) and bool(jnp.all(jnp.isfinite(h)))
+    assert small_out.shape == small_norm.shape == (4, 4)
+    # The head reads only the class token after the last block, so the patch
+    # tokens of the last block's OUTPUT have zero gradient (hence the usual choice
+    # of `blocks[-1].norm1`, whose patch tokens feed the class token by attention).
+    assert float(jnp.max(jnp.abs(small_out))) == 0.0
+    assert float(jnp.max(jnp.abs(small_norm))) > 0

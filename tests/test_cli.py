@@ -1,0 +1,159 @@
+"""The command line, end to end and in process: `main([...])` with captured output."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import eqx_attr as xa  # noqa: E402
+from eqx_attr._cli import main  # noqa: E402
+
+from .helpers import tree_allclose  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    cnn = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    xa.models.save(d / "cnn.safetensors", cnn)
+    resnet = xa.models.resnet18(n_classes=10, width=8, key=jax.random.key(1))
+    xa.models.save(d / "resnet.safetensors", resnet)
+    digit = np.asarray(xa.datasets.mnist().x_test[0, 0] * 255, np.uint8)
+    Image.fromarray(digit, mode="L").save(d / "digit.png")
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    Image.fromarray(photo, mode="RGB").save(d / "photo.png")
+    Image.fromarray(digit[:20, :20], mode="L").save(d / "small.png")
+    (d / "not_an_image.png").write_text("hello")
+    (d / "garbage.safetensors").write_bytes(b"\x00\x01garbage" * 10)
+    return {"dir": d, "cnn": cnn, "resnet": resnet, "digit": digit}
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_complete(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0
+    for word in ("demo", "explain", "methods", "examples:", "--model resnet50"):
+        assert word in out
+    code, out, _ = _run(capsys, "explain", "--help")
+    assert code == 0
+    for option in ("--model", "--weights", "--image", "--method", "--target",
+                   "--out", "--layer", "--normalize", "--size", "--no-resize",
+                   "--n-steps", "--baseline", "imagenet", "safetensors"):  # fmt: skip
+        assert option in out
+    for name in xa._cli.METHOD_NAMES:
+        assert name in out.replace("\n", " ").replace("  ", " ") or name in out
+    code, out, _ = _run(capsys, "methods")
+    assert code == 0 and "gradcam_plus_plus" in out and "resnet50" in out
+
+
+def test_explain_small_cnn_gradcam_matches_the_library(capsys, files):
+    d = files["dir"]
+    out_png, arr = d / "map.png", d / "map.npy"
+    code, out, err = _run(
+        capsys, "explain", "--model", "small_cnn", "--weights", d / "cnn.safetensors",
+        "--image", d / "digit.png", "--method", "gradcam", "--out", out_png,
+        "--save-array", arr,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    # The same computation done directly: pixels / 255, no normalisation (1-channel
+    # default), predicted class as target, the default layer conv2.
+    x = jnp.asarray(files["digit"], jnp.float32)[None] / 255.0
+    scores = np.asarray(files["cnn"](x))
+    top5 = np.argsort(-scores)[:5]
+    assert out.splitlines()[0].startswith("top-5: ")
+    printed = [int(s.split(" (")[0]) for s in out.splitlines()[0][7:].split(", ")]
+    assert printed == list(top5)
+    expected = xa.GradCAM(files["cnn"], lambda m: m.conv2)(x, int(top5[0]))
+    assert tree_allclose(np.load(arr), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_explain_ig_with_target_and_normalisation(capsys, files):
+    d = files["dir"]
+    code, out, err = _run(
+        capsys, "explain", "--model", "small_cnn", "--weights", d / "cnn.safetensors",
+        "--image", d / "digit.png", "--method", "ig", "--target", 7,
+        "--n-steps", 16, "--normalize", "0.5,0.25", "--out", d / "ig.png",
+        "--save-array", d / "ig.npy",
+    )  # fmt: skip
+    assert code == 0, err and "target 7" in out
+    x = (jnp.asarray(files["digit"], jnp.float32)[None] / 255.0 - 0.5) / 0.25
+    black = jnp.full_like(x, (0.0 - 0.5) / 0.25)  # black pixels, normalised
+    ig = xa.IntegratedGradients(files["cnn"], n_steps=16, baseline=black)
+    assert tree_allclose(np.load(d / "ig.npy"), ig(x, 7), rtol=1e-4, atol=1e-6)
+
+
+def test_explain_resnet_rgb_resize_and_crop(capsys, files):
+    d = files["dir"]
+    code, out, err = _run(
+        capsys, "explain", "--model", "resnet18", "--weights",
+        d / "resnet.safetensors", "--image", d / "photo.png", "--method",
+        "gradcam_plus_plus", "--size", 32, "--out", d / "r.png",
+        "--save-array", d / "r.npy",
+    )  # fmt: skip
+    assert code == 0, err
+    a = np.load(d / "r.npy")
+    assert a.shape == (32, 32) and np.all(np.isfinite(a)) and np.all(a >= 0)
+    assert len(out.splitlines()[0].split(", ")) == 5
+    # --layer override, and an input-space method on the 3-channel model.
+    code, _, err = _run(
+        capsys, "explain", "--model", "resnet18", "--weights",
+        d / "resnet.safetensors", "--image", d / "photo.png", "--method",
+        "gradcam", "--layer", "layer3[-1]", "--size", 32, "--out", d / "r3.png",
+        "--save-array", d / "r3.npy",
+    )  # fmt: skip
+    assert code == 0, err and np.load(d / "r3.npy").shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "case, args, needle",
+    [
+        ("missing image", ["--image", "{d}/nope.png"], "image file not found"),
+        ("unreadable image", ["--image", "{d}/not_an_image.png"], "cannot read image"),
+        ("missing weights", ["--weights", "{d}/nope.safetensors"], "weights file not"),
+        ("corrupt weights", ["--weights", "{d}/garbage.safetensors"], "garbage"),
+        ("mismatched weights", ["--weights", "{d}/resnet.safetensors"], "conv1"),
+        ("wrong channels", ["--image", "{d}/photo.png"], "3 channel(s)"),
+        ("wrong size", ["--image", "{d}/small.png", "--no-resize"], "20x20"),
+        ("unknown model", ["--model", "lenet"], "unknown model 'lenet'"),
+        ("unknown method", ["--method", "shap"], "unknown method 'shap'"),
+        ("target range", ["--target", "10"], "out of range"),
+        ("bad normalize", ["--normalize", "imagenet"], "3-channel"),
+        ("bad layer", ["--layer", "conv9"], "conv9"),
+        ("bad layer syntax", ["--layer", "conv2()"], "cannot parse"),
+        ("bad n-steps", ["--method", "ig", "--n-steps", "0"], "--n-steps"),
+        ("no value", ["--target"], "expected one argument"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(capsys, files, case, args, needle):
+    d = files["dir"]
+    base = {
+        "--model": "small_cnn",
+        "--weights": f"{d}/cnn.safetensors",
+        "--image": f"{d}/digit.png",
+        "--method": "gradcam",
+        "--out": f"{d}/bad.png",
+    }
+    extra = [a.format(d=d) for a in args]
+    for flag in list(base):
+        if flag in extra:
+            del base[flag]
+    argv = ["explain", *[s for kv in base.items() for s in kv], *extra]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2, (case, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, (case, err)
+    assert "Traceback" not in err and needle in lines[0], (case, err)

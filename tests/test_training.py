@@ -1,0 +1,144 @@
+"""Training with optax, accuracy, augmentation and the weights cache."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_attr as xa
+from eqx_attr import training
+
+from .helpers import tree_allclose
+
+
+@pytest.fixture(scope="module")
+def data():
+    return xa.datasets.mnist()
+
+
+def _short_config(**kw):
+    base = dict(epochs=2, batch_size=50, learning_rate=1e-2, warmup=0.1, shift=1)
+    base.update(kw)
+    return training.TrainConfig(**base)
+
+
+def test_short_run_learns(data):
+    # 1,000 digits, 2 epochs of 20 steps: a few seconds, far from converged, but the
+    # loss must fall from chance level (ln 10 = 2.30) and the held-out accuracy must
+    # be far above chance (10%).
+    model = xa.models.SmallCNN(width=8, key=jax.random.key(0))
+    before = training.accuracy(model, data.x_test, data.y_test)
+    result = training.train(
+        model, (data.x_train[:1000], data.y_train[:1000]), _short_config(),
+        progress=False,
+    )  # fmt: skip
+    loss = result.loss
+    assert loss.shape == (40,) and np.all(np.isfinite(loss))
+    assert loss[:5].mean() > 2.0  # starts near ln(10)
+    assert loss[-5:].mean() < loss[:5].mean() - 0.5
+    acc = training.accuracy(result.model, data.x_test, data.y_test)
+    assert acc > 0.4 and acc > before + 0.2
+    assert result.seconds > 0
+    # The trained model has the original structure; only arrays changed.
+    assert jax.tree_util.tree_structure(result.model) == jax.tree_util.tree_structure(
+        model
+    )
+
+
+def test_accuracy_and_predict_on_a_known_model():
+    # A "model" whose logits are the input's first 3 pixels: the prediction is the
+    # argmax of those pixels, so the accuracy is known by construction.
+    model = lambda x: x.reshape(-1)[:3]
+    xs = np.zeros((4, 1, 2, 2), np.float32)
+    xs[0, 0, 0, 0] = 1.0  # -> 0
+    xs[1, 0, 0, 1] = 1.0  # -> 1
+    xs[2, 0, 1, 0] = 1.0  # -> 2
+    xs[3, 0, 0, 1] = 1.0  # -> 1
+    assert list(training.predict(model, xs)) == [0, 1, 2, 1]
+    assert training.accuracy(model, xs, np.array([0, 1, 2, 2])) == 0.75
+    with pytest.raises(ValueError, match="one label per image"):
+        training.accuracy(model, xs, np.array([0, 1]))
+
+
+def test_random_shift_is_a_zero_filled_translation():
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.uniform(size=(64, 2, 9, 9)), jnp.float32)
+    out = np.asarray(training.random_shift(xs, jax.random.key(0), 2))
+    seen = set()
+    for x, y in zip(np.asarray(xs), out):
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                # Reference: np.roll, then zero the rows/columns that wrapped.
+                ref = np.roll(x, (dy, dx), axis=(1, 2))
+                if dy > 0:
+                    ref[:, :dy] = 0
+                if dy < 0:
+                    ref[:, dy:] = 0
+                if dx > 0:
+                    ref[:, :, :dx] = 0
+                if dx < 0:
+                    ref[:, :, dx:] = 0
+                if np.allclose(ref, y, atol=1e-6):
+                    matches.append((dy, dx))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 10  # different images get different shifts
+    same = training.random_shift(xs, jax.random.key(0), 2)
+    assert np.array_equal(np.asarray(same), out)  # same key, same shifts
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="epochs"):
+        training.TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="shift"):
+        training.TrainConfig(shift=-1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        training.TrainConfig(learning_rate=0.0)
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    xs, ys = np.zeros((10, 1, 28, 28), np.float32), np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match="batch_size"):
+        training.train(model, (xs, ys), training.TrainConfig(batch_size=64))
+    with pytest.raises(TypeError, match="floating"):
+        training.train(model, (xs.astype(np.uint8), ys))
+    with pytest.raises(ValueError, match="labels"):
+        training.train(model, (xs, ys[:5]))
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("EQX_ATTR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert training.cache_dir() == tmp_path / "xdg" / "eqx_attr"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert training.cache_dir() == tmp_path / "home" / ".cache" / "eqx_attr"
+    monkeypatch.setenv("EQX_ATTR_CACHE", str(tmp_path / "mine"))
+    assert training.cache_dir() == tmp_path / "mine"
+
+
+def test_cached_train_second_run_loads_without_training(monkeypatch, tmp_path, data):
+    monkeypatch.setenv("EQX_ATTR_CACHE", str(tmp_path))
+    xs, ys = data.x_train[:200], data.y_train[:200]
+    config = _short_config(epochs=1)
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    first = training.cached_train(model, (xs, ys), config, name="t", progress=False)
+    files = list(tmp_path.glob("t-*.safetensors"))
+    assert len(files) == 1
+    assert not tree_allclose(eqx.filter(first, eqx.is_array), eqx.filter(model, eqx.is_array))
+
+    def no_training(*a, **k):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(training, "train", no_training)
+    again = training.cached_train(model, (xs, ys), config, name="t", progress=False)
+    assert tree_allclose(first, again, rtol=0, atol=0)
+    # Another architecture, config or data set is another cache entry (so it would
+    # train): the key covers all three.
+    for other in [
+        (xa.models.SmallCNN(width=5, key=jax.random.key(0)), (xs, ys), config),
+        (model, (xs, ys), _short_config(epochs=2)),
+        (model, (xs[:100], ys[:100]), config),
+    ]:
+        with pytest.raises(AssertionError, match="cache"):
+            training.cached_train(*other, name="t", progress=False)
