@@ -323,7 +323,10 @@ class CAM(AbstractAttribution):
         if bias is not None:
             predicted = predicted + _float(jnp.asarray(bias)).reshape(predicted.shape)
         s = _float(scores)
-        tol = 1e-3 * (1.0 + jnp.max(jnp.abs(s)))
+        # Loose enough for the rounding of low-precision models (bfloat16), tight
+        # enough that any layer between the pooling and the scores shows.
+        rel = max(1e-3, 8 * float(jnp.finfo(act.dtype).eps))
+        tol = rel * (1.0 + jnp.max(jnp.abs(s)))
         a = eqx.error_if(
             a,
             jnp.max(jnp.abs(s - predicted)) > tol,

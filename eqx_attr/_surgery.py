@@ -263,9 +263,10 @@ _ZERO_PRESERVING = (
 _NN_FILE = os.path.join("jax", "_src", "nn", "functions.py")
 _JAX_DIR = os.path.dirname(jax.__file__) + os.sep
 _EQX_DIR = os.path.dirname(eqx.__file__) + os.sep
-# The jax modules a user's `jnp.maximum(x, 0)` / `lax.max` / `jnp.clip` passes
-# through on its way to the `max` primitive. A `max` reached through any other jax
-# module (e.g. `jax.image.resize`'s triangle kernel) is not a ReLU.
+_THIS_FILE = __file__
+# The jax modules a user's `jnp.maximum(x, 0)` / `lax.max` / `jnp.clip` /
+# `jnp.where` / `*` passes through on its way to the primitive. One reached through
+# any other jax module (e.g. `jax.image.resize`'s triangle kernel) is not a ReLU.
 _PLUMBING = tuple(
     os.path.join(_JAX_DIR, "_src", *p.split("/"))
     for p in (
@@ -286,6 +287,10 @@ _PLUMBING = tuple(
         "numpy/util.py",
         "lax/lax.py",
         "nn/functions.py",  # jax.nn.relu and relu6 themselves
+        # The machinery of transformations, which only forwards a call.
+        "custom_derivatives.py",
+        "ad_checkpoint.py",
+        "lax/control_flow/",
     )
 )
 
@@ -338,68 +343,239 @@ def _is_zero_value(value) -> bool:
     return arr.dtype != object and arr.size > 0 and bool(np.all(arr == 0))
 
 
-class _Zeros:
-    """Which variables of one jaxpr are known to hold a constant zero."""
+# A fact about one input of a sub-jaxpr, as passed down from the enclosing jaxpr
+# (hashable, and relative to the sub-jaxpr's own inputs so that the scan cache is
+# shared between call sites): False (nothing known), True (a constant zero),
+# ("same", j) (the same value as input j), ("sign", s, j) (a boolean `x > 0`, or
+# its negation when s == -1, of input j) or ("indicator", j) (`1.0 where x > 0
+# else 0.0` for x = input j).
+Fact = Any
 
-    def __init__(self, jaxpr, consts: Sequence, mask: Sequence[bool]):
-        self.zero: set = {v for v, z in zip(jaxpr.invars, mask, strict=True) if z}
+
+@dataclass(frozen=True)
+class _Known:
+    """What the enclosing jaxpr knows about a (sub-)jaxpr: one `Fact` per input,
+    and whether the code that called it was model code (see `_written_as_relu`)."""
+
+    facts: tuple
+    caller: bool = True
+
+    @classmethod
+    def nothing(cls, n: int, caller: bool = True) -> _Known:
+        return cls((False,) * n, caller)
+
+
+# Comparisons against zero, by which operand the zero is: +1 for a test that is
+# true where x > 0 (`x > 0`, `x >= 0`, `0 < x`), -1 for its negation (`x <= 0`).
+# `>=` and `>` differ only at x == 0, where a ReLU gives 0 either way.
+_SIGN_ZERO_RIGHT = {"gt": 1, "ge": 1, "lt": -1, "le": -1}
+_SIGN_ZERO_LEFT = {"lt": 1, "le": 1, "gt": -1, "ge": -1}
+_CASTS = ("convert_element_type", "copy", "copy_p")
+
+
+def _is_float(atom) -> bool:
+    return jnp.issubdtype(atom.aval.dtype, jnp.floating)
+
+
+class _Facts:
+    """What is statically known about the variables of one jaxpr.
+
+    - `zero`: variables holding a constant zero (a literal or small constant, a
+      broadcast or cast of one, or `0 * x`, which is zero for finite `x`).
+    - `root`: a variable that is the same value as another under a new name (a
+      sub-jaxpr input, a float-to-float cast), mapped to a canonical one, so that
+      `jnp.where(x > 0, x, 0)` is recognised across the `jit` that `jnp.where`
+      wraps around its `select_n`.
+    - `sign`: boolean variables that test the sign of a float `x` against a
+      constant zero, as `(+1 or -1, root of x)`.
+    - `indicator`: floats cast from a `+1` sign test, as the root of `x`.
+    """
+
+    def __init__(self, jaxpr, consts: Sequence, known: _Known):
+        mask = known.facts
+        self.caller = known.caller
+        self.zero: set = set()
+        self.root: dict = {}
+        self.sign: dict = {}
+        self.indicator: dict = {}
+        invars = jaxpr.invars
+        for v, fact in zip(invars, mask, strict=True):
+            if fact is True:
+                self.zero.add(v)
+            elif isinstance(fact, tuple) and fact[0] == "same":
+                self.root[v] = invars[fact[1]]
+        for v, fact in zip(invars, mask, strict=True):
+            if isinstance(fact, tuple) and fact[0] == "sign":
+                self.sign[v] = (fact[1], self.find(invars[fact[2]]))
+            elif isinstance(fact, tuple) and fact[0] == "indicator":
+                self.indicator[v] = self.find(invars[fact[1]])
         for v, c in zip(jaxpr.constvars, consts, strict=True):
             # Only small constants can be a ReLU's zero; skip weight matrices.
             if np.size(c) <= 1 and _is_zero_value(c):
                 self.zero.add(v)
         for eqn in jaxpr.eqns:
-            if (
-                eqn.primitive.name in _ZERO_PRESERVING
-                and eqn.invars
-                and self(eqn.invars[0])
-            ):
-                self.zero.update(eqn.outvars)
+            self._learn(eqn)
 
     def __call__(self, atom) -> bool:
+        """Whether `atom` is a constant zero."""
         if isinstance(atom, jex.Literal):
             return _is_zero_value(atom.val)
         return atom in self.zero
 
+    def find(self, atom):
+        """The canonical variable holding the same value as `atom` (None: literal)."""
+        if isinstance(atom, jex.Literal):
+            return None
+        return self.root.get(atom, atom)
 
-def _written_as_relu(eqn) -> bool:
-    """Whether a `max(x, 0)` was written by model code, as an activation.
+    def sign_of(self, atom) -> tuple[int, Any] | None:
+        root = self.find(atom)
+        return None if root is None else self.sign.get(root)
 
-    Libraries clamp with `max(., 0)` for other reasons: Equinox's LayerNorm,
-    GroupNorm and BatchNorm clamp the variance, `jax.image.resize` its kernel.
-    Swapping those would change the backward pass of a normalisation, so a `max`
-    counts only when the first frame outside jax (the code that called
-    `jnp.maximum`/`lax.max`/`jnp.clip`) is not Equinox's, and nothing but jax's
-    numpy/lax plumbing lies in between.
-    """
+    def indicator_of(self, atom):
+        root = self.find(atom)
+        return None if root is None else self.indicator.get(root)
+
+    def _learn(self, eqn) -> None:
+        name = eqn.primitive.name
+        ins, outs = eqn.invars, eqn.outvars
+        if len(outs) != 1 or not ins:
+            return
+        (out,) = outs
+        if name in _ZERO_PRESERVING and self(ins[0]):
+            self.zero.add(out)
+        elif name == "mul" and any(self(v) for v in ins):
+            self.zero.add(out)
+        elif name in _CASTS and len(ins) == 1:
+            (a,) = ins
+            if self.find(a) is None:
+                return
+            if _is_float(a) and _is_float(out):
+                self.root[out] = self.find(a)
+            elif self.sign_of(a) is not None:
+                s, x = self.sign_of(a)
+                if out.aval.dtype == jnp.bool_:
+                    self.sign[out] = (s, x)
+                elif s == 1 and _is_float(out):
+                    self.indicator[out] = x
+        elif name == "not" and self.sign_of(ins[0]) is not None:
+            s, x = self.sign_of(ins[0])
+            self.sign[out] = (-s, x)
+        elif name in _SIGN_ZERO_RIGHT and len(ins) == 2:
+            a, b = ins
+            if not (_is_float(a) and _is_float(b)):
+                return
+            if self(b) and not self(a) and self.find(a) is not None:
+                self.sign[out] = (_SIGN_ZERO_RIGHT[name], self.find(a))
+            elif self(a) and not self(b) and self.find(b) is not None:
+                self.sign[out] = (_SIGN_ZERO_LEFT[name], self.find(b))
+
+    def describe(self, atoms: Sequence) -> list[Fact]:
+        """The facts for a sub-jaxpr whose i-th input is `atoms[i]` (None: an input
+        that is not a fixed value of this jaxpr, such as a scan's carry)."""
+        roots = [None if a is None else self.find(a) for a in atoms]
+        first: dict = {}
+        for i, r in enumerate(roots):
+            if r is not None:
+                first.setdefault(r, i)
+        out: list[Fact] = []
+        for i, (a, r) in enumerate(zip(atoms, roots, strict=True)):
+            sign = None if r is None else self.sign.get(r)
+            ind = None if r is None else self.indicator.get(r)
+            if a is not None and self(a):
+                out.append(True)
+            elif r is None:
+                out.append(False)
+            elif first[r] != i:
+                out.append(("same", first[r]))
+            elif sign is not None and sign[1] in first:
+                out.append(("sign", sign[0], first[sign[1]]))
+            elif ind is not None and ind in first:
+                out.append(("indicator", first[ind]))
+            else:
+                out.append(False)
+        return out
+
+
+def _frames_verdict(eqn) -> bool | None:
+    """Whether `eqn` was traced from model code, judged by its own stack: the first
+    frame outside jax decides (model code unless it is Equinox's or this module's);
+    a jax frame that is not numpy/lax plumbing on the way means library code. None
+    when every recorded frame is jax plumbing: the body of a jitted jax function
+    (as `jnp.where` and `jnp.clip` are) records only the frames of its own trace,
+    and that trace is cached and shared by every caller."""
     tb = getattr(eqn.source_info, "traceback", None)
     if tb is None:
-        return True
+        return None
     for frame in tb.frames:  # innermost first
         name = frame.file_name
         if not name.startswith(_JAX_DIR):
-            return not name.startswith(_EQX_DIR)
+            return not name.startswith(_EQX_DIR) and name != _THIS_FILE
         if not name.startswith(_PLUMBING):
             return False
-    return True
+    return None
 
 
-def _max_relu_operand(eqn, zeros: _Zeros) -> int | None:
-    """For a ReLU written `max(x, 0)` or `max(0, x)` on floats, the index of `x`."""
-    if eqn.primitive.name != "max" or len(eqn.invars) != 2:
+def _written_as_relu(eqn, caller: bool = True) -> bool:
+    """Whether a ReLU-shaped operation was written by model code, as an activation.
+
+    Libraries clamp with `max(., 0)` or gate with `jnp.where` for other reasons:
+    Equinox's LayerNorm, GroupNorm and BatchNorm clamp the variance,
+    `jax.image.resize` its kernel, and the rules `guided_relu`/`deconvnet_relu`
+    are themselves written with `jnp.where`. Swapping those would change the
+    backward pass of a normalisation, so an operation counts only when the code
+    that called `jnp.maximum`/`lax.max`/`jnp.clip`/`jnp.where`/`*` is model code
+    (see `_frames_verdict`). When its own frames cannot tell, the enclosing
+    equation's verdict `caller` decides (the `jnp.where` call site, for the
+    `select_n` inside `jnp.where`'s jit).
+    """
+    verdict = _frames_verdict(eqn)
+    return caller if verdict is None else verdict
+
+
+def _relu_operand(eqn, facts: _Facts) -> int | None:
+    """For an equation that is a ReLU of a float `x`, the index of `x` in its inputs.
+
+    Recognised: `max(x, 0)` and `max(0, x)`; `select_n(p, 0, x)` with `p` testing
+    `x > 0` (or `x >= 0`, `0 < x`), or `select_n(p, x, 0)` with `p` testing
+    `x <= 0` (how `jnp.where` and `lax.select` spell it); and `x * (x > 0)` in
+    either order, the test cast to `x`'s dtype.
+    """
+    name = eqn.primitive.name
+    if name not in ("max", "select_n", "mul") or len(eqn.outvars) != 1:
         return None
-    if not jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating):
+    if not _is_float(eqn.outvars[0]):
         return None
-    a, b = (zeros(v) for v in eqn.invars)
-    idx = 0 if (b and not a) else 1 if (a and not b) else None
-    if idx is None or not _written_as_relu(eqn):
+    ins = eqn.invars
+    idx = None
+    if name == "max" and len(ins) == 2:
+        a, b = (facts(v) for v in ins)
+        idx = 0 if (b and not a) else 1 if (a and not b) else None
+    elif name == "select_n" and len(ins) == 3:
+        pred = ins[0]
+        sign = facts.sign_of(pred)
+        if sign is not None and pred.aval.dtype == jnp.bool_:
+            s, x = sign
+            # select_n(p, a, b) is `b where p else a`: x must be picked where p
+            # says x > 0 (s == +1, x is b) or where p says x <= 0 is false.
+            on, off = (2, 1) if s == 1 else (1, 2)
+            if facts(ins[off]) and facts.find(ins[on]) is x:
+                idx = on
+    elif name == "mul" and len(ins) == 2:
+        for i in (0, 1):
+            x = facts.find(ins[i])
+            if x is not None and facts.indicator_of(ins[1 - i]) is x:
+                idx = i
+                break
+    if idx is None or not _written_as_relu(eqn, facts.caller):
         return None
     return idx
 
 
-def _sub_jaxprs(eqn, zeros: _Zeros) -> list[tuple[Any, Sequence, list[bool]]]:
-    """`(jaxpr, consts, zero_mask)` for every jaxpr in `eqn.params`."""
+def _sub_jaxprs(eqn, facts: _Facts) -> list[tuple[Any, Sequence, _Known]]:
+    """`(jaxpr, consts, known)` for every jaxpr in `eqn.params`."""
     name = eqn.primitive.name
-    outer = [zeros(v) for v in eqn.invars]
+    caller = _written_as_relu(eqn, facts.caller)
     found = []
     for value in eqn.params.values():
         items = value if isinstance(value, (tuple, list)) else (value,)
@@ -411,17 +587,16 @@ def _sub_jaxprs(eqn, zeros: _Zeros) -> list[tuple[Any, Sequence, list[bool]]]:
     out = []
     for jaxpr, consts in found:
         n = len(jaxpr.invars)
+        atoms: list = [None] * n
         if name == "scan":
-            # Only the constants stay constant across iterations (the carry does not).
+            # Only the constants stay fixed across iterations (the carry does not).
             nc = eqn.params["num_consts"]
-            mask = outer[:nc] + [False] * (n - nc)
+            atoms[:nc] = eqn.invars[:nc]
         elif name == "cond":
-            mask = outer[1:]
-        elif name == "while" or n != len(outer):
-            mask = [False] * n
-        else:
-            mask = outer
-        out.append((jaxpr, consts, mask))
+            atoms = list(eqn.invars[1:])
+        elif name != "while" and n == len(eqn.invars):
+            atoms = list(eqn.invars)
+        out.append((jaxpr, consts, _Known(tuple(facts.describe(atoms)), caller)))
     return out
 
 
@@ -436,7 +611,7 @@ class Site:
 
 @dataclass(frozen=True)
 class _Action:
-    kind: str  # "plain", "max_relu", "relu_call", "swapped", "other", "descend", ...
+    kind: str  # "plain", "relu_op", "relu_call", "swapped", "other", "descend", ...
     arg: Any = None
 
 
@@ -451,21 +626,21 @@ def _is_relu_call(eqn) -> float | None | bool:
     if not jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating):
         return False
     # The name alone could be anyone's; the body must really be a ReLU.
-    inner = _scan(closed.jaxpr, closed.consts, [False], {})
+    inner = _scan(closed.jaxpr, closed.consts, _Known.nothing(1), {})
     if not any(s.kind == "relu" for s in inner):
         return False
     return _RELU_CALLS[name]
 
 
-def _classify(eqn, zeros: _Zeros, cache: dict) -> _Action:
+def _classify(eqn, facts: _Facts, cache: dict) -> _Action:
     name = eqn.primitive.name
     # First: anything traced inside a jax.nn rectifier (elu's body has a max(x, 0)).
     act = _frame_activation(eqn)
     if act is not None:
         return _Action("other", act)
-    idx = _max_relu_operand(eqn, zeros)
+    idx = _relu_operand(eqn, facts)
     if idx is not None:
-        return _Action("max_relu", idx)
+        return _Action("relu_op", idx)
     cap = _is_relu_call(eqn)
     if cap is not False:
         return _Action("relu_call", cap)
@@ -475,7 +650,7 @@ def _classify(eqn, zeros: _Zeros, cache: dict) -> _Action:
             return _Action("swapped")
         if jit_name in OTHER_ACTIVATIONS:
             return _Action("other", jit_name)
-    subs = _sub_jaxprs(eqn, zeros)
+    subs = _sub_jaxprs(eqn, facts)
     if not subs:
         return _Action("plain")
     inner = [s for j, c, m in subs for s in _scan(j, c, m, cache)]
@@ -493,17 +668,17 @@ def _classify(eqn, zeros: _Zeros, cache: dict) -> _Action:
     return _Action("descend", inner)
 
 
-def _scan(jaxpr, consts, mask, cache: dict) -> list[Site]:
+def _scan(jaxpr, consts, mask: _Known, cache: dict) -> list[Site]:
     """Every activation in `jaxpr`, recursively (static: nothing is evaluated)."""
-    key = (id(jaxpr), tuple(mask))
+    key = (id(jaxpr), mask)
     if key in cache:
         return cache[key][1]
-    zeros = _Zeros(jaxpr, consts, mask)
+    facts = _Facts(jaxpr, consts, mask)
     sites = []
     for eqn in jaxpr.eqns:
-        action = _classify(eqn, zeros, cache)
+        action = _classify(eqn, facts, cache)
         where = _summary(eqn)
-        if action.kind in ("max_relu", "relu_call"):
+        if action.kind in ("relu_op", "relu_call"):
             sites.append(Site("relu", where))
         elif action.kind == "swapped":
             sites.append(Site("swapped", where))
@@ -537,10 +712,10 @@ def _bind(eqn, invals):
     return out if eqn.primitive.multiple_results else [out]
 
 
-def _eval(jaxpr, consts, args, mask, ctx: _Context, path: tuple) -> list:
+def _eval(jaxpr, consts, args, mask: _Known, ctx: _Context, path: tuple) -> list:
     """Evaluate `jaxpr` with every ReLU replaced by `ctx.rule`."""
     env: dict = {}
-    zeros = _Zeros(jaxpr, consts, mask)
+    facts = _Facts(jaxpr, consts, mask)
 
     def read(atom):
         return atom.val if isinstance(atom, jex.Literal) else env[atom]
@@ -549,9 +724,9 @@ def _eval(jaxpr, consts, args, mask, ctx: _Context, path: tuple) -> list:
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        action = _classify(eqn, zeros, ctx.cache)
+        action = _classify(eqn, facts, ctx.cache)
         here = (*path, id(eqn))
-        if action.kind == "max_relu":
+        if action.kind == "relu_op":
             x = invals[action.arg]
             shape = eqn.outvars[0].aval.shape
             if jnp.shape(x) != shape:
@@ -568,18 +743,18 @@ def _eval(jaxpr, consts, args, mask, ctx: _Context, path: tuple) -> list:
             outs = _bind(eqn, invals)
             ctx.sites.add(here)
         elif action.kind == "descend":
-            outs = _eval_higher_order(eqn, invals, zeros, ctx, here)
+            outs = _eval_higher_order(eqn, invals, facts, ctx, here)
         else:  # "plain", "opaque", and "other" once the policy has accepted it
             outs = _bind(eqn, invals)
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
 
-def _eval_higher_order(eqn, invals, zeros, ctx, path) -> list:
+def _eval_higher_order(eqn, invals, facts, ctx, path) -> list:
     """Rebuild a `jit`/`checkpoint`/`scan`/`while`/`cond` with a rewritten body."""
     name = eqn.primitive.name
     p = eqn.params
-    subs = _sub_jaxprs(eqn, zeros)
+    subs = _sub_jaxprs(eqn, facts)
     if name in _JIT:
         # Inlined: a jit boundary has no effect on values or derivatives.
         (jaxpr, consts, mask), *_ = subs
@@ -615,11 +790,13 @@ def _eval_higher_order(eqn, invals, zeros, ctx, path) -> list:
         cn, bn = p["cond_nconsts"], p["body_nconsts"]
         cc, bc, init = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
         n = len(init)
+        caller = _written_as_relu(eqn, facts.caller)
+        cmask, bmask = _Known.nothing(cn + n, caller), _Known.nothing(bn + n, caller)
         cond = lambda s: _eval(
-            cj.jaxpr, cj.consts, [*cc, *s], [False] * (cn + n), ctx, path + ("c",)
+            cj.jaxpr, cj.consts, [*cc, *s], cmask, ctx, path + ("c",)
         )[0]
         body = lambda s: _eval(
-            bj.jaxpr, bj.consts, [*bc, *s], [False] * (bn + n), ctx, path + ("b",)
+            bj.jaxpr, bj.consts, [*bc, *s], bmask, ctx, path + ("b",)
         )
         return list(jax.lax.while_loop(cond, body, list(init)))
     if name == "cond":
@@ -716,7 +893,7 @@ def rewrite_call(
 
     closed, out_shape = jax.make_jaxpr(flat_call, return_shape=True)(*flat)
     ctx = _Context(rule)
-    mask = [False] * len(flat)
+    mask = _Known.nothing(len(flat))
     sites = _scan(closed.jaxpr, closed.consts, mask, ctx.cache)
     _, pytree_others = pytree_activations(fn)
     _check_sites(name, sites, pytree_others, other_activations)

@@ -327,6 +327,35 @@ class _Reused(eqx.Module):
         return self.net(x) + 0.5 * self.net(x)
 
 
+class _ToHWC(eqx.Module):
+    def __call__(self, a):
+        return jnp.transpose(a, (1, 2, 0))
+
+
+class _ChannelsLast(eqx.Module):
+    """SmallCNN with its last feature map moved to channels-last `(H, W, C)`."""
+
+    net: eqx.Module
+    to_hwc: _ToHWC
+
+    def __call__(self, x):
+        a = self.to_hwc(self.net.features(x))
+        return self.net.fc(jnp.mean(a, axis=(0, 1)))
+
+
+def test_channels_last_layout_equals_channels_first():
+    m, x = small_cnn(12), digit_like(12)
+    hwc = _ChannelsLast(m, _ToHWC())
+    kw = dict(relu=False, resize=None)
+    for name in ("GradCAM", "LayerCAM", "AblationCAM"):
+        method = getattr(xa, name)
+        ref = method(m, lambda m: m.conv2, **kw)(x, 4)
+        got = method(hwc, lambda m: m.to_hwc, layout="hwc", **kw)(x, 4)
+        assert np.allclose(got, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="3-D feature map"):
+        xa.GradCAM(m, lambda m: m.fc, layout="hwc")(x, 4)
+
+
 # ---------------------------------------------------------------------------------
 # Token layout on a tiny ViT-like model: 8x8 image, 2x2 patches -> 16 tokens plus a
 # class token; one token-mixing block; the head reads the class token.
