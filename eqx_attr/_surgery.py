@@ -5,13 +5,35 @@ A ReLU can live in two places, and both are reached:
 1. In the model's PyTree: `eqx.nn.Lambda(jax.nn.relu)`, the `activation` of
    `eqx.nn.MLP`, or any callable field equal to `jax.nn.relu` / `jax.nn.relu6`.
    These are replaced with `eqx.tree_at`, giving a copy of the model.
-2. Inline in `__call__`: `jax.nn.relu(x)` (a `custom_jvp_call` named `relu` in the
-   jaxpr) or `jnp.maximum(x, 0)` (a `max` against a constant zero). No PyTree
-   rewrite reaches these, so the model's call is traced to a jaxpr and evaluated
-   again by a small interpreter that substitutes the new ReLU, recursing into
-   `jit`, `scan`, `while`, `cond` and `checkpoint` bodies (`vmap` needs nothing
-   special: it is traced away into batched primitives). The interpreter runs at
-   trace time, so the result is still jit-able, vmap-able and differentiable.
+2. Inline in `__call__`, found in the traced jaxpr:
+   - `jax.nn.relu(x)`, `jax.nn.relu6(x)`: a `custom_jvp_call` named `relu`/`relu6`;
+   - `jnp.maximum(x, 0)`, `lax.max`, `jnp.clip(x, 0, ...)`: a `max` against a
+     constant zero;
+   - `jnp.where(x > 0, x, 0)` and `lax.select`: a `select_n` whose predicate
+     compares the same `x` with a constant zero (`x > 0`, `x >= 0`, `0 < x`, or
+     `x <= 0` / `x < 0` with the branches swapped, or `~` of one of these) and
+     whose other branch is a constant zero (a literal, `jnp.zeros_like(x)`, or
+     `0.0 * x`);
+   - `x * (x > 0)` (either order, the test cast to x's dtype): a `mul` of `x`
+     by the cast of such a test.
+   A float-to-float cast of `x` counts as `x`. No PyTree rewrite reaches these, so
+   the model's call is traced to a jaxpr and evaluated again by a small
+   interpreter that substitutes the new ReLU, recursing into `jit`, `scan`,
+   `while`, `cond` and `checkpoint` bodies (`vmap` needs nothing special: it is
+   traced away into batched primitives). The interpreter runs at trace time, so
+   the result is still jit-able, vmap-able and differentiable. The rewritten
+   forward pass is the rule's (`jnp.where(x > 0, x, 0)` for the built-in rules),
+   so it differs from `x * (x > 0)` or `jnp.where(x > 0, x, 0.0 * x)` only where
+   `x` is not finite (those give NaN at `x = -inf` or NaN).
+
+Not recognised (the plain gradient flows through them, so `swap_relu` can only
+raise "No ReLU found" when nothing else is a ReLU): any other spelling, e.g.
+`jnp.where(x > 0, x, 0)` where `x` is reshaped, broadcast or sliced between the
+test and the branch, `(x + abs(x)) / 2`, or `x * jnp.heaviside(x, 0)`. (A ReLU
+inside a user's own `custom_jvp`/`custom_vjp` is recognised but raises, as its
+rule cannot be swapped.) A hand-written leaky ReLU
+`jnp.where(x > 0, x, a * x)` is not a ReLU and is left alone: unlike
+`jax.nn.leaky_relu` it is not reported as an activation without a guided variant.
 
 Everything else is bound unchanged with `prim.bind(*invals, **params)`, so custom
 primitives (e.g. `eqx.error_if`) keep working. A ReLU that cannot be rewritten (inside
@@ -264,6 +286,13 @@ _NN_FILE = os.path.join("jax", "_src", "nn", "functions.py")
 _JAX_DIR = os.path.dirname(jax.__file__) + os.sep
 _EQX_DIR = os.path.dirname(eqx.__file__) + os.sep
 _THIS_FILE = __file__
+_RULE_BODIES = ("guided_relu", "deconvnet_relu")
+# Equinox modules that only forward a call (`eqx.nn.Lambda`, `eqx.nn.Sequential`,
+# `filter_jit`, ...): a frame there says nothing about who wrote the operation.
+_EQX_FORWARDING = tuple(
+    os.path.join(_EQX_DIR, *p.split("/"))
+    for p in ("nn/_sequential.py", "_jit.py", "_vmap_pmap.py", "_ad.py", "_module/")
+)
 # The jax modules a user's `jnp.maximum(x, 0)` / `lax.max` / `jnp.clip` /
 # `jnp.where` / `*` passes through on its way to the primitive. One reached through
 # any other jax module (e.g. `jax.image.resize`'s triangle kernel) is not a ReLU.
@@ -499,18 +528,28 @@ class _Facts:
 
 def _frames_verdict(eqn) -> bool | None:
     """Whether `eqn` was traced from model code, judged by its own stack: the first
-    frame outside jax decides (model code unless it is Equinox's or this module's);
-    a jax frame that is not numpy/lax plumbing on the way means library code. None
-    when every recorded frame is jax plumbing: the body of a jitted jax function
-    (as `jnp.where` and `jnp.clip` are) records only the frames of its own trace,
-    and that trace is cached and shared by every caller."""
+    frame outside jax decides (model code unless it is Equinox's, or the forward
+    pass of this module's rules); a jax frame that is not numpy/lax plumbing on the
+    way means library code.
+
+    None when every recorded frame is jax plumbing (or Equinox call forwarding):
+    the body of a jitted jax function (as `jnp.where` and `jnp.clip` are) records
+    only the frames of its own trace, which is cached and shared by every caller,
+    and jax keeps only the innermost few frames of any stack.
+    """
     tb = getattr(eqn.source_info, "traceback", None)
     if tb is None:
         return None
     for frame in tb.frames:  # innermost first
         name = frame.file_name
+        if name.startswith(_EQX_FORWARDING):
+            continue
+        if name == _THIS_FILE:
+            # The rules' own forward passes are not the model's ReLUs; any other
+            # frame here is `rewrite_call` calling the model itself.
+            return frame.function_name not in _RULE_BODIES
         if not name.startswith(_JAX_DIR):
-            return not name.startswith(_EQX_DIR) and name != _THIS_FILE
+            return not name.startswith(_EQX_DIR)
         if not name.startswith(_PLUMBING):
             return False
     return None
@@ -556,8 +595,8 @@ def _relu_operand(eqn, facts: _Facts) -> int | None:
         sign = facts.sign_of(pred)
         if sign is not None and pred.aval.dtype == jnp.bool_:
             s, x = sign
-            # select_n(p, a, b) is `b where p else a`: x must be picked where p
-            # says x > 0 (s == +1, x is b) or where p says x <= 0 is false.
+            # select_n(p, a, b) is `b where p else a`: x is b when p tests x > 0
+            # (s == +1) and a when p tests x <= 0 (s == -1); the other is zero.
             on, off = (2, 1) if s == 1 else (1, 2)
             if facts(ins[off]) and facts.find(ins[on]) is x:
                 idx = on
@@ -828,7 +867,8 @@ def _no_relu_message(name: str, sites: Sequence[Site]) -> str:
         "held in the model (eqx.nn.Lambda(jax.nn.relu), "
         "eqx.nn.MLP(activation=jax.nn.relu), any field equal to jax.nn.relu or "
         "jax.nn.relu6) and ReLUs called inline (jax.nn.relu(x), jax.nn.relu6(x), "
-        f"jnp.maximum(x, 0), jnp.clip(x, 0, ...)).{seen} Write the model's ReLUs in "
+        "jnp.maximum(x, 0), jnp.clip(x, 0, ...), jnp.where(x > 0, x, 0), "
+        f"x * (x > 0)).{seen} Write the model's ReLUs in "
         "one of these forms, or use `xa.Gradients` if the plain gradient is what you "
         "want."
     )
@@ -955,9 +995,10 @@ def swap_relu(
     The forward pass is unchanged; only derivatives change. ReLUs held in the model's
     PyTree (`eqx.nn.Lambda(jax.nn.relu)`, `eqx.nn.MLP`'s `activation`, any field equal
     to `jax.nn.relu` or `jax.nn.relu6`) are replaced with `eqx.tree_at`; ReLUs called
-    inline in `__call__` (`jax.nn.relu(x)`, `jnp.maximum(x, 0)`, also inside `jit`,
-    `vmap`, `scan`, `while`, `cond` and `checkpoint` bodies) are rewritten in the
-    traced jaxpr on every call. `relu6(x)` and `jnp.clip(x, 0, c)` are treated as a
+    inline in `__call__` (`jax.nn.relu(x)`, `jnp.maximum(x, 0)`,
+    `jnp.where(x > 0, x, 0)`, `x * (x > 0)`, also inside `jit`, `vmap`, `scan`,
+    `while`, `cond` and `checkpoint` bodies) are rewritten in the traced jaxpr on
+    every call. `relu6(x)` and `jnp.clip(x, 0, c)` are treated as a
     ReLU followed by a cap whose gradient is kept. A `max(., 0)` inside library code
     (the variance clamp of Equinox's normalisation layers, `jax.image.resize`) is
     not an activation and is left alone. The caller's `model` is never modified.

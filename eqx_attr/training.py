@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -61,9 +62,9 @@ class TrainConfig:
     - `seed`: seeds the batch order and the augmentation.
     """
 
-    epochs: int = 12
+    epochs: int = 18
     batch_size: int = 128
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     warmup: float = 0.2
     shift: int = 2
@@ -253,7 +254,9 @@ def train(
     keys = jax.random.split(jax.random.key(config.seed), total)
     losses = np.zeros(total, np.float32)
     i = 0
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5
+    ) as bar:
         for _ in range(config.epochs):
             perm = rng.permutation(n)
             for j in range(steps_per_epoch):
@@ -319,11 +322,25 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(base).expanduser() / "eqx_attr"
 
 
+def _describe(leaf: Any) -> str:
+    """A process-independent description of a non-array leaf (e.g. `jax.nn.relu`).
+
+    `repr` of functions contains memory addresses, which would change the cache
+    key in every process.
+    """
+    name = getattr(leaf, "__qualname__", None) or getattr(leaf, "__name__", None)
+    if name is None and hasattr(leaf, "__wrapped__"):
+        name = getattr(leaf.__wrapped__, "__qualname__", None)
+    if name is None:
+        name = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(leaf))
+    return f"{type(leaf).__module__}.{type(leaf).__qualname__}:{name}"
+
+
 def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
     """A hash of the architecture (tree structure, shapes, dtypes) and the config."""
     leaves, treedef = jax.tree_util.tree_flatten(model)
     shapes = [
-        (tuple(leaf.shape), str(leaf.dtype)) if eqx.is_array(leaf) else repr(leaf)
+        (tuple(leaf.shape), str(leaf.dtype)) if eqx.is_array(leaf) else _describe(leaf)
         for leaf in leaves
     ]
     blob = json.dumps(

@@ -1,5 +1,6 @@
 """Model surgery: the swapped ReLUs, where they are reached, and what raises."""
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -61,6 +62,28 @@ SPELLINGS: dict[str, Callable] = {
     "cond": lambda h: jax.lax.cond(jnp.sum(h) > -1e9, jax.nn.relu, lambda v: v, h),
     "nested": lambda h: jax.jit(jax.checkpoint(_relu_scan))(h),
     "fori_loop": lambda h: jax.lax.fori_loop(0, 1, lambda i, v: jax.nn.relu(v), h),
+    # jnp.where / lax.select: select_n on a sign test of the same x.
+    "where": lambda h: jnp.where(h > 0, h, 0),
+    "where_float_zero": lambda h: jnp.where(h > 0, h, 0.0),
+    "where_ge": lambda h: jnp.where(h >= 0, h, 0),
+    "where_zero_left": lambda h: jnp.where(0 < h, h, 0),
+    "where_lax_lt": lambda h: jnp.where(jax.lax.lt(0.0, h), h, 0),
+    "where_le_swapped": lambda h: jnp.where(h <= 0, 0, h),
+    "where_not": lambda h: jnp.where(~(h < 0), h, 0),
+    "where_zeros_like": lambda h: jnp.where(h > 0, h, jnp.zeros_like(h)),
+    "where_zero_times_x": lambda h: jnp.where(h > 0, h, 0.0 * h),
+    "lax_select": lambda h: jax.lax.select(h > 0, h, jnp.zeros_like(h)),
+    "where_in_jit": lambda h: jax.jit(lambda v: jnp.where(v > 0, v, 0))(h),
+    "where_test_outside_jit": lambda h: jax.jit(lambda v, p: jnp.where(p, v, 0))(
+        h, h > 0
+    ),
+    "where_scan": lambda h: jax.lax.scan(
+        lambda c, r: (c, jnp.where(r > 0, r, 0)), None, h
+    )[1],
+    # A mask multiply: mul(x, convert(x > 0)), either order.
+    "mask_mul": lambda h: h * (h > 0),
+    "mask_mul_left": lambda h: (h > 0) * h,
+    "mask_mul_astype": lambda h: h * (h >= 0).astype(h.dtype),
 }
 
 
@@ -215,6 +238,152 @@ def test_relu6_is_a_relu_followed_by_a_cap():
     got = jax.grad(xa.swap_relu(held, "deconvnet"))(x)
     # Deconvnet ignores the ReLU mask but keeps the cap's: only the capped unit is 0.
     np.testing.assert_array_equal(got, [1.0, 1.0, 0.0])
+
+
+# ---------------------------------------------------------------------------------
+# ReLUs written by hand (jnp.where, mask multiply), alone and mixed with others
+
+
+class Mixed(eqx.Module):
+    """x -> l1 -> act1 -> l2 -> act2 -> l3 (3 scores)."""
+
+    l1: eqx.nn.Linear
+    l2: eqx.nn.Linear
+    l3: eqx.nn.Linear
+    act1: Callable
+    act2: Callable
+
+    def __call__(self, x):
+        return self.l3(self.act2(self.l2(self.act1(self.l1(x)))))
+
+
+def mixed(act1, act2) -> Mixed:
+    k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
+    lin = lambda i, o, k: eqx.nn.Linear(i, o, key=k)
+    return Mixed(lin(4, 6, k1), lin(6, 6, k2), lin(6, 3, k3), act1, act2)
+
+
+X4 = jnp.array([0.7, -0.4, 1.1, -0.9])
+
+
+def hand_gradient(model: Mixed, x, k: int, back1: str, back2: str):
+    """d score_k / dx, each activation's backward pass chosen by name: "guided",
+    "deconvnet", "relu" (the plain ReLU derivative) or "leaky" (slope 0.1)."""
+    z1 = model.l1.weight @ x + model.l1.bias
+    h1 = jnp.maximum(z1, 0.0) if back1 != "leaky" else jnp.where(z1 > 0, z1, 0.1 * z1)
+    z2 = model.l2.weight @ h1 + model.l2.bias
+
+    def back(g, z, how):
+        if how == "guided":
+            return jnp.where((z > 0) & (g > 0), g, 0.0)
+        if how == "deconvnet":
+            return jnp.maximum(g, 0.0)
+        if how == "relu":
+            return jnp.where(z > 0, g, 0.0)
+        return jnp.where(z > 0, g, 0.1 * g)  # leaky
+
+    g2 = back(model.l3.weight[k], z2, back2)
+    g1 = back(model.l2.weight.T @ g2, z1, back1)
+    return model.l1.weight.T @ g1
+
+
+def _where_relu(h):
+    return jnp.where(h > 0, h, 0)
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_where_relu_mixed_with_jax_nn_relu_both_swapped(rule):
+    # A PyTree jax.nn.relu and an inline jnp.where ReLU: both take the rule.
+    model = mixed(jax.nn.relu, _where_relu)
+    swapped = xa.swap_relu(model, rule)
+    assert swapped.n_swapped(X4) == 2
+    method = xa.GuidedBackprop if rule == "guided" else xa.Deconvolution
+    for k in range(3):
+        want = hand_gradient(model, X4, k, rule, rule)
+        got = method(model)(X4, k)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            jax.grad(lambda v, k=k: swapped(v)[k])(X4), want, rtol=1e-5, atol=1e-7
+        )
+    # Had the jnp.where kept its plain gradient, some score would differ.
+    stale = [hand_gradient(model, X4, k, rule, "relu") for k in range(3)]
+    fresh = [hand_gradient(model, X4, k, rule, rule) for k in range(3)]
+    assert not all(np.allclose(a, b) for a, b in zip(stale, fresh, strict=True))
+
+
+def test_model_with_only_hand_written_relus_works():
+    # Used to raise "No ReLU found"; now both spellings are swapped.
+    model = mixed(_where_relu, lambda h: h * (h > 0))
+    assert xa.swap_relu(model, "guided").n_swapped(X4) == 2
+    for method, rule in (
+        (xa.GuidedBackprop, "guided"),
+        (xa.Deconvolution, "deconvnet"),
+    ):
+        got = method(model)(X4, 1)
+        want = hand_gradient(model, X4, 1, rule, rule)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # The forward pass is unchanged.
+    np.testing.assert_allclose(
+        xa.swap_relu(model, "guided")(X4), mixed(jax.nn.relu, jax.nn.relu)(X4)
+    )
+
+
+def test_hand_written_leaky_relu_is_not_a_relu():
+    # jnp.where(x > 0, x, 0.1 x) is a leaky ReLU: never rewritten, so it keeps its
+    # plain gradient beside a swapped ReLU ...
+    leaky = lambda h: jnp.where(h > 0, h, 0.1 * h)
+    model = mixed(leaky, jax.nn.relu)
+    assert xa.swap_relu(model, "guided").n_swapped(X4) == 1
+    got = xa.GuidedBackprop(model)(X4, 2)
+    want = hand_gradient(model, X4, 2, "leaky", "guided")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # ... and on its own it is no ReLU at all, nor are these look-alikes:
+    # min(x, 0) written with the branches the wrong way round, and x * (x <= 0).
+    identity = lambda h: h
+    for act in (leaky, lambda h: jnp.where(h > 0, 0.0, h), lambda h: h * (h <= 0)):
+        for method in (xa.GuidedBackprop, xa.Deconvolution):
+            with pytest.raises(ValueError, match="No ReLU found"):
+                method(mixed(act, identity))(X4, 0)
+
+
+def test_rule_bodies_are_not_rewritten():
+    # guided_relu is itself written with jnp.where; called directly in a model it
+    # keeps its own (guided) backward pass and is neither swapped nor an error.
+    model = mixed(xa.guided_relu, jax.nn.relu)
+    swapped = xa.swap_relu(model, "deconvnet")
+    assert swapped.n_swapped(X4) == 1
+    got = jax.grad(lambda v: swapped(v)[0])(X4)
+    want = hand_gradient(model, X4, 0, "guided", "deconvnet")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_hand_written_relus_in_equinox_containers():
+    # eqx.nn.Lambda and eqx.nn.Sequential only forward the call: a jnp.clip or
+    # jnp.where passed to them is still the model's own ReLU.
+    m = mixed(jax.nn.relu, jax.nn.relu)
+    seq = eqx.nn.Sequential(
+        [
+            m.l1,
+            eqx.nn.Lambda(functools.partial(jnp.clip, min=0.0)),
+            m.l2,
+            eqx.nn.Lambda(_where_relu),
+            m.l3,
+        ]
+    )
+    assert xa.swap_relu(seq, "guided").n_swapped(X4) == 2
+    got = xa.GuidedBackprop(seq)(X4, 2)
+    np.testing.assert_allclose(
+        got, hand_gradient(m, X4, 2, "guided", "guided"), rtol=1e-5, atol=1e-7
+    )
+    # Beside a LayerNorm (whose variance clamp is not a ReLU) it is found once.
+    x = jnp.array([0.3, -1.2, 0.8])
+    normed = Normed(eqx.nn.Linear(3, 4, key=jax.random.key(0)), eqx.nn.LayerNorm(4), 0)
+    inline = eqx.tree_at(lambda n: n.relu, normed, _where_relu)
+    by_hand = eqx.tree_at(lambda n: n.relu, normed, xa.guided_relu)
+    assert xa.swap_relu(inline, "guided").n_swapped(x) == 1
+    np.testing.assert_allclose(
+        xa.GuidedBackprop(inline)(x), jax.grad(by_hand)(x), rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_short_run_learns(data):
     # 1,000 digits, 2 epochs of 20 steps: a few seconds, far from converged, but the
     # loss must fall from chance level (ln 10 = 2.30) and the held-out accuracy must
     # be far above chance (10%).
-    model = xa.models.SmallCNN(width=8, key=jax.random.key(0))
+    model = xa.models.SmallCNN(width=8, deep=True, key=jax.random.key(0))
     before = training.accuracy(model, data.x_test, data.y_test)
     result = training.train(
         model, (data.x_train[:1000], data.y_train[:1000]), _short_config(),
@@ -125,14 +125,17 @@ def test_cached_train_second_run_loads_without_training(monkeypatch, tmp_path, d
     first = training.cached_train(model, (xs, ys), config, name="t", progress=False)
     files = list(tmp_path.glob("t-*.safetensors"))
     assert len(files) == 1
-    assert not tree_allclose(eqx.filter(first, eqx.is_array), eqx.filter(model, eqx.is_array))
+    assert not tree_allclose(
+        eqx.filter(first, eqx.is_array), eqx.filter(model, eqx.is_array)
+    )
 
     def no_training(*a, **k):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(training, "train", no_training)
     again = training.cached_train(model, (xs, ys), config, name="t", progress=False)
-    assert tree_allclose(first, again, rtol=0, atol=0)
+    arrays = lambda m: eqx.filter(m, eqx.is_array)
+    assert tree_allclose(arrays(first), arrays(again), rtol=0, atol=0)
     # Another architecture, config or data set is another cache entry (so it would
     # train): the key covers all three.
     for other in [
@@ -142,3 +145,17 @@ def test_cached_train_second_run_loads_without_training(monkeypatch, tmp_path, d
     ]:
         with pytest.raises(AssertionError, match="cache"):
             training.cached_train(*other, name="t", progress=False)
+
+
+def test_cache_key_is_the_same_in_every_process():
+    # Non-array leaves (jax.nn.relu in a Lambda, max-pool's init value) are
+    # described by name: a `repr` with a memory address would change the key in
+    # every process, and the cache would never hit.
+    model = xa.models.SmallCNN(width=4, deep=True, key=jax.random.key(0))
+    described = [
+        training._describe(leaf)
+        for leaf in jax.tree_util.tree_leaves(model)
+        if not eqx.is_array(leaf)
+    ]
+    assert described and not any("0x" in d for d in described)
+    assert any(d.endswith(":relu") for d in described)
