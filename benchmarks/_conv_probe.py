@@ -1,8 +1,8 @@
 """Where the time goes in conv nets on CPU: layouts, XLA flags, forward vs backward.
 
 ```
-python benchmarks/_conv_probe.py            # every XLA flag set below, a subprocess each
-python benchmarks/_conv_probe.py --one      # only the current XLA_FLAGS
+python benchmarks/_conv_probe.py         # each XLA flag set below, one subprocess each
+python benchmarks/_conv_probe.py --one   # only the current XLA_FLAGS
 ```
 
 For each XLA flag set it times, against PyTorch on the same weights:

@@ -121,7 +121,7 @@ def compare(ours: Any, peer: Any) -> tuple[float, float]:
     if len(a) != len(b):
         raise ValueError(f"ours returned {len(a)} arrays, the peer {len(b)}")
     diff, ref = 0.0, 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch: ours {x.shape}, peer {y.shape}")
         diff = max(diff, float(np.max(np.abs(x - y))))

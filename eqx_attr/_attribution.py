@@ -133,7 +133,7 @@ def make_objective(target: Target, out_shape: tuple[int, ...]) -> Callable:
 
     if callable(target) and not isinstance(target, (jax.Array, np.ndarray)):
 
-        def objective(scores):
+        def call_target(scores):
             value = target(scores)
             if jnp.shape(value) != ():
                 raise ValueError(
@@ -143,7 +143,7 @@ def make_objective(target: Target, out_shape: tuple[int, ...]) -> Callable:
                 )
             return value
 
-        return objective
+        return call_target
 
     if len(out_shape) != 1:
         raise ValueError(

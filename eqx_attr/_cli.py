@@ -54,18 +54,21 @@ def _method_table() -> dict[str, tuple[str, Callable[..., Any]]]:
         return xa.CAM(m, layer.where, classifier=layer.classifier, **layer.cam_kwargs)
 
     return {
-        "gradients": ("gradient of the score (saliency)", lambda m, l, a, b: xa.Gradients(m)),
+        "gradients": (
+            "gradient of the score (saliency)",
+            lambda m, layer, a, b: xa.Gradients(m),
+        ),
         "gradients_x_input": (
             "input x gradient",
-            lambda m, l, a, b: xa.GradientsXInput(m),
+            lambda m, layer, a, b: xa.GradientsXInput(m),
         ),
         "integrated_gradients": ("Integrated Gradients (--n-steps, --baseline)", ig),
         "smoothgrad": ("SmoothGrad of the gradient (--n-samples, --stdev)", sg),
         "guided_backprop": (
             "Guided Backpropagation",
-            lambda m, l, a, b: xa.GuidedBackprop(m),
+            lambda m, layer, a, b: xa.GuidedBackprop(m),
         ),
-        "deconvolution": ("Deconvnet", lambda m, l, a, b: xa.Deconvolution(m)),
+        "deconvolution": ("Deconvnet", lambda m, layer, a, b: xa.Deconvolution(m)),
         "cam": ("Class Activation Mapping (GAP + linear models)", classic_cam),
         "gradcam": ("Grad-CAM", cam("GradCAM")),
         "guided_gradcam": ("Guided Grad-CAM", cam("GuidedGradCAM")),
@@ -188,7 +191,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def parse_normalize(spec: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """`imagenet`, `none`, `MEAN,STD` or `M1,..,Mc,S1,..,Sc` -> (mean, std) per channel."""
+    """`imagenet`, `none`, `MEAN,STD` or `M1,..,Mc,S1,..,Sc` -> per-channel arrays."""
     if spec == "imagenet":
         if channels != 3:
             raise CLIError(
@@ -216,9 +219,7 @@ def parse_normalize(spec: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def load_image(
-    path: str, channels: int, size: int, resize: int | None
-) -> np.ndarray:
+def load_image(path: str, channels: int, size: int, resize: int | None) -> np.ndarray:
     """Read an image file into `(channels, size, size)` float32 pixels in [0, 1].
 
     With `resize`, the shorter side is first scaled to `resize` pixels (bicubic),
@@ -270,7 +271,9 @@ def load_image(
                 )
             arr = np.asarray(img, dtype=np.float32)
     except UnidentifiedImageError as e:
-        raise CLIError(f"cannot read image {path}: not an image file Pillow knows") from e
+        raise CLIError(
+            f"cannot read image {path}: not an image file Pillow knows"
+        ) from e
     except OSError as e:
         raise CLIError(f"cannot read image {path}: {e}") from e
     if img.mode != "F":
@@ -365,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"eqx_attr {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"eqx_attr {__version__}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
@@ -381,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument(
+        "--out", default="demo_out", help="output folder (default: demo_out)"
+    )
     demo.add_argument(
         "--digits", type=int, default=8, help="number of held-out digits (default: 8)"
     )
@@ -405,11 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="NAME",
-        help="architecture: small_cnn, mlp, vgg11..vgg19 (_bn), resnet18/34/50/101/152, "
-        "vit_tiny/small/base",
+        help="architecture: small_cnn, mlp, vgg11..vgg19 (_bn), "
+        "resnet18/34/50/101/152, vit_tiny/small/base",
     )
     ex.add_argument(
-        "--weights", required=True, metavar="FILE", help="pretrained weights (see below)"
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="pretrained weights (see below)",
     )
     ex.add_argument(
         "--image", required=True, metavar="FILE", help="image file (PNG, JPEG, ...)"
@@ -418,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="gradcam",
         metavar="NAME",
-        help="one of: " + ", ".join(METHOD_NAMES) + " (aliases: "
-        + ", ".join(f"{k}={v}" for k, v in _ALIASES.items()) + "); default: gradcam",
+        help="one of: "
+        + ", ".join(METHOD_NAMES)
+        + " (aliases: "
+        + ", ".join(f"{k}={v}" for k, v in _ALIASES.items())
+        + "); default: gradcam",
     )
     ex.add_argument(
         "--target",
@@ -472,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the image as is; it must already have the model's size",
     )
     ex.add_argument("--n-steps", type=int, default=50,
-                    help="integrated_gradients: quadrature steps (default: 50)")  # fmt: skip
+                    help="integrated_gradients: steps (default: 50)")  # fmt: skip
     ex.add_argument(
         "--baseline",
         default="black",
@@ -493,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs at a time (bounds memory)",
     )
     ex.add_argument("--alpha", type=float, default=0.5,
-                    help="opacity of the map over the image (default: 0.5)")  # fmt: skip
+                    help="opacity of the map (default: 0.5)")  # fmt: skip
     ex.add_argument("--seed", type=int, default=0,
                     help="PRNG seed for random methods (default: 0)")  # fmt: skip
 
@@ -568,7 +581,9 @@ def cmd_explain(args: argparse.Namespace, out=print) -> int:
         )
 
     _, builder = _method_table()[method_name]
-    layer = default_layer(arch, model, args.layer) if _needs_layer(method_name) else None
+    layer = (
+        default_layer(arch, model, args.layer) if _needs_layer(method_name) else None
+    )
 
     def pixel_baseline(value: float):
         return jnp.asarray((np.full_like(pixels, value) - mean_b) / std_b, jnp.float32)

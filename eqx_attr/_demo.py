@@ -181,9 +181,7 @@ def _batched(method):
     return lambda xs, ts, keys: run(method, xs, ts, keys)
 
 
-def time_method(
-    fn: Callable, *args, repeats: int = 3
-) -> tuple[Any, float, float]:
+def time_method(fn: Callable, *args, repeats: int = 3) -> tuple[Any, float, float]:
     """`(output, compile_seconds, steady_seconds)`.
 
     The first call compiles and runs; steady state is the best of `repeats` later
@@ -216,7 +214,9 @@ def completeness_error(ig, xs, ts, key) -> float:
     attrs, deltas = run(ig, xs, ts, keys)
     sums = jnp.sum(attrs.reshape(attrs.shape[0], -1), axis=1)
     gap = np.abs(np.asarray(sums - deltas, np.float64))
-    return float(np.max(np.abs(np.asarray(deltas, np.float64)) / np.maximum(gap, 1e-12)))
+    return float(
+        np.max(np.abs(np.asarray(deltas, np.float64)) / np.maximum(gap, 1e-12))
+    )
 
 
 def run_demo(
@@ -262,9 +262,7 @@ def run_demo(
     maps: dict[str, np.ndarray] = {}
     timings: dict[str, tuple[float, float]] = {}
     width = max(len(p.name) for p in present)
-    print_fn(
-        f"{'method':<{width}}  compile [s]  steady [ms / {xs.shape[0]} digits]"
-    )
+    print_fn(f"{'method':<{width}}  compile [s]  steady [ms / {xs.shape[0]} digits]")
     for p in present:
         method = p.build(model, data)
         out, compile_s, steady_s = time_method(_batched(method), xs, ts, keys)
@@ -272,7 +270,7 @@ def run_demo(
         timings[p.name] = (compile_s, steady_s)
         print_fn(f"{p.name:<{width}}  {compile_s:11.2f}  {1e3 * steady_s:10.1f}")
 
-    row_labels = [f"label {y}, pred {t}" for y, t in zip(labels, preds)]
+    row_labels = [f"label {y}, pred {t}" for y, t in zip(labels, preds, strict=True)]
     grid_path = os.path.join(out_dir, "attributions.png")
     fig = viz.grid(xs, maps, row_labels=row_labels, path=grid_path)
     del fig
@@ -291,9 +289,7 @@ def run_demo(
             continue
         err = completeness_error(p.build(model, data), xs, ts, jax.random.key(0))
         deltas[p.name] = err
-        print_fn(
-            f"IG completeness, {p.name}: max |delta| / |f(x) - f(b)| = {err:.2e}"
-        )
+        print_fn(f"IG completeness, {p.name}: max |delta| / |f(x) - f(b)| = {err:.2e}")
     print_fn(f"wrote {grid_path} and {len(maps)} per-method PNGs in {out_dir}/")
     return {
         "accuracy": acc,

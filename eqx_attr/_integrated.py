@@ -23,7 +23,6 @@ from ._attribution import (
 )
 from .baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
-UNROLL = 1
 QUADRATURES = (
     "gausslegendre",
     "riemann_left",
@@ -188,5 +187,5 @@ def path_mean_gradients(
         return acc, None
 
     acc0 = jnp.zeros((n_draws, *x.shape), jnp.float32)
-    acc, _ = jax.lax.scan(body, acc0, xs, unroll=UNROLL)
+    acc, _ = jax.lax.scan(body, acc0, xs)
     return acc

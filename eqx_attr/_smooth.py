@@ -59,6 +59,24 @@ class SmoothGrad(AbstractAttribution):
     noise: str = eqx.field(static=True, default="relative")
     chunk_size: int | None = eqx.field(static=True, default=None)
 
+    # Written out so that `base` comes first for type checkers too (they would
+    # otherwise count the inherited abstract `model` as a constructor argument).
+    def __init__(
+        self,
+        base: AbstractAttribution,
+        n_samples: int = 25,
+        stdev: float = 0.15,
+        kind: str = "smoothgrad",
+        noise: str = "relative",
+        chunk_size: int | None = None,
+    ):
+        self.base = base
+        self.n_samples = n_samples
+        self.stdev = stdev
+        self.kind = kind
+        self.noise = noise
+        self.chunk_size = chunk_size
+
     def __check_init__(self):
         if not isinstance(self.base, AbstractAttribution):
             raise TypeError(
@@ -74,7 +92,9 @@ class SmoothGrad(AbstractAttribution):
             raise ValueError(f"`stdev` must be >= 0, got {self.stdev}.")
 
     @property
-    def model(self) -> Callable[..., Any]:
+    def model(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+    ) -> Callable[..., Any]:
         return self.base.model
 
     def __call__(

@@ -481,14 +481,14 @@ class _Facts:
                 return
             if _is_float(a) and _is_float(out):
                 self.root[out] = self.find(a)
-            elif self.sign_of(a) is not None:
-                s, x = self.sign_of(a)
+            elif (sign := self.sign_of(a)) is not None:
+                s, x = sign
                 if out.aval.dtype == jnp.bool_:
                     self.sign[out] = (s, x)
                 elif s == 1 and _is_float(out):
                     self.indicator[out] = x
-        elif name == "not" and self.sign_of(ins[0]) is not None:
-            s, x = self.sign_of(ins[0])
+        elif name == "not" and (sign := self.sign_of(ins[0])) is not None:
+            s, x = sign
             self.sign[out] = (-s, x)
         elif name in _SIGN_ZERO_RIGHT and len(ins) == 2:
             a, b = ins

@@ -111,6 +111,4 @@ def mnist() -> MNIST:
     test = np.concatenate(test_idx)
     train = train[rng.permutation(len(train))]
     test = test[rng.permutation(len(test))]
-    return MNIST(
-        images[train], labels[train], images[test], labels[test]
-    )
+    return MNIST(images[train], labels[train], images[test], labels[test])

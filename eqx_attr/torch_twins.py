@@ -91,19 +91,25 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Twin of [`eqx_attr.models.SmallCNN`][]: `conv1.{0,2}`, `conv2.0`, `fc`."""
+    """Twin of [`eqx_attr.models.SmallCNN`][]: `conv1.{0,3}`, `conv2.{0,2}`, `fc`."""
 
-    def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 32):
+    def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 16):
         super().__init__()
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
         )
-        self.conv2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU())
-        self.fc = nn.Linear(2 * width, n_classes)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4 * width, 4 * width, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(4 * width, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv2(self.conv1(x)).mean(dim=(2, 3)))

@@ -214,8 +214,7 @@ def train(
     config = TrainConfig() if config is None else config
     if not isinstance(data, tuple) or len(data) < 2:
         raise TypeError(
-            "`data` must be a tuple `(images, labels)` or an "
-            "`eqx_attr.datasets.MNIST`."
+            "`data` must be a tuple `(images, labels)` or an `eqx_attr.datasets.MNIST`."
         )
     xs, ys = _as_arrays(data[0], data[1])
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -280,9 +279,10 @@ def predict(
     """The predicted class (argmax of the logits) of each example in `xs`."""
     xs = jnp.asarray(xs)
     fn = eqx.filter_jit(lambda m, b: jnp.argmax(jax.vmap(m)(b), axis=-1))
-    preds = [np.asarray(fn(model, xs[i : i + batch_size])) for i in range(
-        0, xs.shape[0], batch_size
-    )]
+    preds = [
+        np.asarray(fn(model, xs[i : i + batch_size]))
+        for i in range(0, xs.shape[0], batch_size)
+    ]
     return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
 
@@ -410,19 +410,18 @@ def cached_train(
 def pretrained_small_cnn(
     *,
     width: int = 16,
-    deep: bool = True,
     config: TrainConfig | None = None,
     progress: bool = True,
     verbose: bool = True,
 ) -> Any:
     """The demo's [`eqx_attr.models.SmallCNN`][], trained on `datasets.mnist()`.
 
-    `SmallCNN(width=16, deep=True)`, trained on the 4,000 training digits with
-    [`eqx_attr.training.TrainConfig`][]'s defaults the first time (well under a
-    minute on two idle CPU cores), then loaded from the cache. Reaches >= 97% on
+    The default `SmallCNN(width=16)`, trained on the 4,000 training digits with
+    [`eqx_attr.training.TrainConfig`][]'s defaults the first time (about a minute
+    on two idle CPU cores), then loaded from the cache. Reaches >= 97% on
     the 1,000 held-out digits.
 
-    **Arguments:** `width` and `deep` of the CNN, `config` of the training run,
+    **Arguments:** `width` of the CNN, `config` of the training run,
     `progress` bar on or off, `verbose` (print where the weights were cached).
 
     ```python
@@ -432,12 +431,12 @@ def pretrained_small_cnn(
     from . import datasets, models
 
     data = datasets.mnist()
-    model = models.SmallCNN(width=width, deep=deep, key=jax.random.key(0))
+    model = models.SmallCNN(width=width, key=jax.random.key(0))
     return cached_train(
         model,
         (data.x_train, data.y_train),
         config,
-        name=f"small_cnn_w{width}{'_deep' if deep else ''}",
+        name=f"small_cnn_w{width}",
         progress=progress,
         verbose=verbose,
     )

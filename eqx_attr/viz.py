@@ -248,7 +248,12 @@ def heatmap(
     fig = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), dpi=100)
     ax = fig.add_subplot()
     artist = _draw_map(
-        ax, attr, signed=signed, abs=abs, percentile=percentile, cmap=cmap,
+        ax,
+        attr,
+        signed=signed,
+        abs=abs,
+        percentile=percentile,
+        cmap=cmap,
         reduce=reduce,
     )
     if colorbar:
@@ -290,8 +295,15 @@ def overlay(
     fig = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), dpi=100)
     ax = fig.add_subplot()
     artist = _draw_map(
-        ax, attr, image=image, signed=signed, abs=abs, percentile=percentile,
-        cmap=cmap, alpha=alpha, reduce=reduce,
+        ax,
+        attr,
+        image=image,
+        signed=signed,
+        abs=abs,
+        percentile=percentile,
+        cmap=cmap,
+        alpha=alpha,
+        reduce=reduce,
     )
     if colorbar:
         fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.04)
@@ -381,8 +393,9 @@ def grid(
             ax = axes[j, i] if transpose else axes[i, j]
             if name == "input":
                 img = image_for_display(imgs[i])
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None,
-                          interpolation="nearest")
+                ax.imshow(
+                    img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest"
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
@@ -414,4 +427,3 @@ def grid(
         fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig, path)
-

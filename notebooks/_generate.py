@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (markdown tables are long lines)
 """Write the tutorial notebooks (run: `python notebooks/_generate.py`).
 
 The notebooks are generated so their code stays reviewable as plain Python; they
@@ -78,7 +79,7 @@ def nb(cells):
 TOUR = [
     """md:# A tour of every method on MNIST
 
-The demo CNN (`SmallCNN(width=16, deep=True)`, > 97% on the held-out digits)
+The demo CNN (`SmallCNN()`, width 16, > 97% on the held-out digits)
 explained with every attribution method of `eqx_attr`, one held-out digit per
 class. Every method is an Equinox module called as `method(x, target, key=...)`
 on ONE example; batches are `jax.vmap`s. Red = positive evidence for the target

@@ -166,7 +166,7 @@ def test_demo_runs_every_method_and_reports(capsys, tmp_path):
 
     present, missing, unplanned = _demo.available_methods()
     assert missing == [] and unplanned == []  # every method is in the demo
-    model = xa.models.SmallCNN(width=4, deep=True, key=jax.random.key(0))
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
     lines = []
     result = _demo.run_demo(tmp_path, n_digits=2, model=model, print_fn=lines.append)
     assert lines[0] == f"test accuracy: {result['accuracy']:.3f}"
@@ -193,3 +193,21 @@ def test_choose_digits_one_per_class():
     with pytest.raises(ValueError, match="cannot pick"):
         choose_digits(ys, 8)
     assert slug("IG (black)") == "ig_black" and slug("Grad-CAM++") == "grad_campp"
+
+
+def test_explain_loads_the_demo_cnn(capsys, tmp_path, files):
+    # Weights written by `xa.models.save` (as the training cache does) load by
+    # name `small_cnn`; the width (6 here, not the default 16) is read from the file.
+    cnn = xa.models.SmallCNN(width=6, key=jax.random.key(2))
+    xa.models.save(tmp_path / "cnn6.safetensors", cnn)
+    code, out, err = _run(
+        capsys, "explain", "--model", "small_cnn", "--weights",
+        tmp_path / "cnn6.safetensors", "--image", files["dir"] / "digit.png",
+        "--method", "cam", "--out", tmp_path / "cam.png", "--save-array",
+        tmp_path / "cam.npy",
+    )  # fmt: skip
+    assert code == 0, err
+    x = jnp.asarray(files["digit"], jnp.float32)[None] / 255.0
+    t = int(jnp.argmax(cnn(x)))
+    expected = xa.CAM(cnn, lambda m: m.conv2, classifier=lambda m: m.fc)(x, t)
+    assert tree_allclose(np.load(tmp_path / "cam.npy"), expected, rtol=1e-4, atol=1e-6)

@@ -31,7 +31,7 @@ def test_shapes_dtypes_ranges():
 
 def test_split_is_fixed_disjoint_and_complete():
     a, b = xa.datasets.mnist(), xa.datasets.mnist()
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert np.array_equal(u, v)
     images, labels = datasets.load_mnist_5k()
     train, test = _row_hashes(a.x_train), _row_hashes(a.x_test)
@@ -43,8 +43,8 @@ def test_split_is_fixed_disjoint_and_complete():
     assert len(set(everything)) == 5000
     assert not set(train) & set(test)
     # Labels travel with their images.
-    label_of = dict(zip(everything, labels))
-    assert all(label_of[h] == y for h, y in zip(test, a.y_test))
+    label_of = dict(zip(everything, labels, strict=True))
+    assert all(label_of[h] == y for h, y in zip(test, a.y_test, strict=True))
     # Batches mix classes: the training set is not sorted by label.
     assert len(np.unique(a.y_train[:50])) >= 8
 

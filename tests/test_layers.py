@@ -25,20 +25,21 @@ def test_conv2_matches_manual_split():
     m, x = small_cnn(), digit_like()
     act, grad = xa.layer_activation_and_gradient(m, lambda m: m.conv2, x, 3)
     a, g = _reference(m, x, 3)
-    assert act.shape == (16, 14, 14)
+    assert act.shape == (32, 7, 7)  # 4 * width channels at 28 / 4
     assert tree_allclose((act, grad), (a, g))
     assert not np.allclose(grad, 0)
 
 
 def test_inner_layer_of_sequential():
-    # `conv1[1]` is a ReLU Lambda; the same Python object sits at three positions
-    # of the tree, but `where` names one position only.
+    # `conv1[1]` is a ReLU Lambda; the same Python object sits at four positions
+    # of the tree (conv1[1], conv1[4], conv2[1], conv2[3]), but `where` names one
+    # position only.
     m, x = small_cnn(1), digit_like(1)
     act, grad = xa.layer_activation_and_gradient(m, lambda m: m.conv1[1], x, 7)
     h = jax.nn.relu(m.conv1[0](x))
 
     def rest(h):
-        h = m.conv1[4](m.conv1[3](m.conv1[2](h)))
+        h = m.conv1[5](jax.nn.relu(m.conv1[3](m.conv1[2](h))))
         return m.fc(jnp.mean(m.conv2(h), axis=(1, 2)))[7]
 
     assert tree_allclose(act, h)
@@ -77,7 +78,7 @@ def test_grad_through_layer_access():
     # Second order: differentiate a Grad-CAM-like quantity with respect to x and
     # compare with the same quantity written with the model split by hand.
     m, x = small_cnn(2), digit_like(2)
-    ramp = jnp.linspace(-1.0, 1.0, 14).reshape(1, 1, 14)
+    ramp = jnp.linspace(-1.0, 1.0, 7).reshape(1, 1, 7)
 
     def via_layers(x):
         a, g = xa.layer_activation_and_gradient(m, lambda m: m.conv2, x, 3)
@@ -128,7 +129,7 @@ def _convs(fn, *args):
 
 def test_vmap_over_targets_shares_the_forward_pass():
     # Layer conv1: the backward pass to it goes through conv2, so the jaxpr has
-    # both forward convolutions (3) and backward ones. Under vmap over 10 targets
+    # all four forward convolutions and backward ones. Under vmap over 10 targets
     # the forward ones must stay unbatched (no axis of size 10) and only the
     # backward ones carry the target axis; no convolution is added.
     m, x = small_cnn(), digit_like()
@@ -142,7 +143,8 @@ def test_vmap_over_targets_shares_the_forward_pass():
     assert not any(batched(s) for s in single)
     assert len(many) == len(single) > 3
     unbatched = [s for s in many if not batched(s)]
-    assert len(unbatched) == 3  # conv1[0], conv1[2], conv2[0]: the forward pass
+    # conv1[0], conv1[3], conv2[0], conv2[2]: the forward pass
+    assert len(unbatched) == 4
     assert all(s[0][0] == 1 for s in unbatched)  # Equinox's batch-of-one
     assert len(many) - len(unbatched) >= 1  # the batched backward pass
 
@@ -330,7 +332,7 @@ def test_bad_input_and_target():
 
 def test_replace_layer_output():
     m, x = small_cnn(), digit_like()
-    value = jax.random.normal(jax.random.key(5), (16, 14, 14))
+    value = jax.random.normal(jax.random.key(5), (32, 7, 7))
     m2 = xa.replace_layer_output(m, lambda m: m.conv2, value)
     assert tree_allclose(m2(x), m.fc(jnp.mean(value, axis=(1, 2))), rtol=1e-5)
     # vmap over values: one forward of the rest of the network per value

@@ -141,11 +141,18 @@ def test_while_loop_body_is_rewritten():
 def test_pytree_relus_reached_and_counted():
     x = X8
     cnn = small_cnn()
-    # One shared Lambda instance is used at three places; each use is swapped.
+    # One shared Lambda instance is used at four places (conv1[1], conv1[4],
+    # conv2[1], conv2[3]); each use is swapped.
     swapped = xa.swap_relu(cnn, "guided")
-    assert swapped.n_swapped(x) == 3
-    layers = swapped.model.conv1.layers
-    assert isinstance(layers[1], eqx.nn.Lambda) and layers[1].fn is not jax.nn.relu
+    assert swapped.n_swapped(x) == 4
+    m = swapped.model
+    for relu in (
+        m.conv1.layers[1],
+        m.conv1.layers[4],
+        m.conv2.layers[1],
+        m.conv2.layers[3],
+    ):
+        assert isinstance(relu, eqx.nn.Lambda) and relu.fn is not jax.nn.relu
     # eqx.nn.MLP's activation field (used after each of the 2 hidden layers).
     mlp = xa.models.MLP(in_shape=(5,), width=7, depth=2, key=jax.random.key(0))
     swapped = xa.swap_relu(mlp, "guided")

@@ -27,7 +27,7 @@ def test_short_run_learns(data):
     # 1,000 digits, 2 epochs of 20 steps: a few seconds, far from converged, but the
     # loss must fall from chance level (ln 10 = 2.30) and the held-out accuracy must
     # be far above chance (10%).
-    model = xa.models.SmallCNN(width=8, deep=True, key=jax.random.key(0))
+    model = xa.models.SmallCNN(width=8, key=jax.random.key(0))
     before = training.accuracy(model, data.x_test, data.y_test)
     result = training.train(
         model, (data.x_train[:1000], data.y_train[:1000]), _short_config(),
@@ -66,7 +66,7 @@ def test_random_shift_is_a_zero_filled_translation():
     xs = jnp.asarray(rng.uniform(size=(64, 2, 9, 9)), jnp.float32)
     out = np.asarray(training.random_shift(xs, jax.random.key(0), 2))
     seen = set()
-    for x, y in zip(np.asarray(xs), out):
+    for x, y in zip(np.asarray(xs), out, strict=True):
         matches = []
         for dy in range(-2, 3):
             for dx in range(-2, 3):
@@ -151,7 +151,7 @@ def test_cache_key_is_the_same_in_every_process():
     # Non-array leaves (jax.nn.relu in a Lambda, max-pool's init value) are
     # described by name: a `repr` with a memory address would change the key in
     # every process, and the cache would never hit.
-    model = xa.models.SmallCNN(width=4, deep=True, key=jax.random.key(0))
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
     described = [
         training._describe(leaf)
         for leaf in jax.tree_util.tree_leaves(model)

@@ -41,30 +41,30 @@ class MLP(eqx.Module):
 
 
 class SmallCNN(eqx.Module):
-    """The MNIST CNN of the tests and the demo: `(1, 28, 28) -> (10,)`.
+    """The MNIST CNN of the demo and the tests: `(1, 28, 28) -> (10,)`.
 
-    `conv1` -> `conv2` -> global average pooling -> `fc`. `conv2`'s output (after
-    its ReLU) is the last feature map and is average-pooled straight into `fc`, so
-    `layer=lambda m: m.conv2` with `classifier=lambda m: m.fc` is an exact CAM.
+    `conv1` -> `conv2` -> global average pooling -> `fc`:
 
-    - `deep=False` (default): `conv1` = conv, ReLU, conv, ReLU, 2x2 max-pool;
-        `conv2` = conv, ReLU; the last feature map is `(2 * width, 14, 14)`. Small
-        and quick, the model of the unit tests (and of the PyTorch twin in
-        `eqx_attr.torch_twins`); its receptive field (10 pixels) is too small to
-        reach 97% on MNIST.
-    - `deep=True`: `conv1` = conv, ReLU, 2x2 max-pool, conv (to `2 * width`),
-        ReLU, 2x2 max-pool; `conv2` = conv, ReLU, conv, ReLU at 7x7 with
-        `4 * width` channels (receptive field 26 pixels, the whole digit).
-        Weights use He-normal initialisation (the net has no normalisation layers).
-        This is the demo's model (`width=16`): > 97% on the held-out digits after
-        a short training run (see `eqx_attr.training.pretrained_small_cnn`).
+    - `conv1` = conv, ReLU, 2x2 max-pool, conv (to `2 * width` channels), ReLU,
+        2x2 max-pool: 28x28 -> 7x7;
+    - `conv2` = conv, ReLU, conv, ReLU at 7x7 with `4 * width` channels (receptive
+        field 26 pixels, the whole digit);
+    - `fc`: linear, `4 * width -> n_classes`.
+
+    `conv2`'s output (after its last ReLU) is the last feature map,
+    `(4 * width, 7, 7)` for a 28x28 input, and is average-pooled straight into
+    `fc`, so `layer=lambda m: m.conv2` with `classifier=lambda m: m.fc` is an exact
+    CAM. Convolutions use He-normal weights and zero biases (the net has no
+    normalisation layers). With the default `width=16` this is the demo's model:
+    > 97% on the held-out digits after a short training run (see
+    `eqx_attr.training.pretrained_small_cnn`).
 
     **Arguments:** `in_channels`, `n_classes`, `width` (channels of the first
-    convolution), `deep` (see above), `key`.
+    convolution), `key`.
 
     ```python
-    model = SmallCNN(key=jax.random.key(0))                      # (1, 28, 28) -> (10,)
-    demo = SmallCNN(width=16, deep=True, key=jax.random.key(0))  # the demo's CNN
+    model = SmallCNN(key=jax.random.key(0))            # (1, 28, 28) -> (10,)
+    tiny = SmallCNN(width=4, key=jax.random.key(0))   # the same layout, fewer channels
     ```
     """
 
@@ -76,40 +76,26 @@ class SmallCNN(eqx.Module):
         self,
         in_channels: int = 1,
         n_classes: int = 10,
-        width: int = 32,
+        width: int = 16,
         *,
-        deep: bool = False,
         key: PRNGKeyArray,
     ):
         relu = eqx.nn.Lambda(jax.nn.relu)
-        if not deep:
-            k1, k2, k3, k4 = jax.random.split(key, 4)
-            self.conv1 = eqx.nn.Sequential(
-                [
-                    eqx.nn.Conv2d(in_channels, width, 3, padding=1, key=k1),
-                    relu,
-                    eqx.nn.Conv2d(width, width, 3, padding=1, key=k2),
-                    relu,
-                    eqx.nn.MaxPool2d(2, 2),
-                ]
-            )
-            self.conv2 = eqx.nn.Sequential(
-                [eqx.nn.Conv2d(width, 2 * width, 3, padding=1, key=k3), relu]
-            )
-            self.fc = eqx.nn.Linear(2 * width, n_classes, key=k4)
-            return
         k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-        convs = [
-            _he_conv(in_channels, width, k1),
-            _he_conv(width, 2 * width, k2),
-            _he_conv(2 * width, 4 * width, k3),
-            _he_conv(4 * width, 4 * width, k4),
-        ]
         self.conv1 = eqx.nn.Sequential(
-            [convs[0], relu, eqx.nn.MaxPool2d(2, 2), convs[1], relu,
-             eqx.nn.MaxPool2d(2, 2)]
+            [
+                _he_conv(in_channels, width, k1),
+                relu,
+                eqx.nn.MaxPool2d(2, 2),
+                _he_conv(width, 2 * width, k2),
+                relu,
+                eqx.nn.MaxPool2d(2, 2),
+            ]
+        )
+        self.conv2 = eqx.nn.Sequential(
+            [_he_conv(2 * width, 4 * width, k3), relu,
+             _he_conv(4 * width, 4 * width, k4), relu]
         )  # fmt: skip
-        self.conv2 = eqx.nn.Sequential([convs[2], relu, convs[3], relu])
         self.fc = eqx.nn.Linear(4 * width, n_classes, key=k5)
 
     def features(self, x: Float[Array, "c h w"]) -> Float[Array, "k h2 w2"]:
