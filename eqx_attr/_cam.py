@@ -10,6 +10,7 @@ map.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -228,10 +229,55 @@ def gradcam_map(a: Array, g: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------
+# Abstract bases
+
+
+class AbstractCAM(AbstractAttribution):
+    """Base of the CAM family: one layer's activation combined into a spatial map.
+
+    Declares the options every CAM-family method shares (`model`, `layer`, `relu`,
+    `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`; documented on
+    [`eqx_attr.GradCAM`][]) and checks them at construction. Concrete methods add
+    their own options and `__call__`.
+    """
+
+    model: Callable[..., Any]
+    layer: Callable = eqx.field(static=True)
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_cam_options(self)
+
+
+class AbstractGradientCAM(AbstractCAM):
+    """Base of the CAMs that combine the activation `A` with its gradient `G`.
+
+    `__call__` reads `A` and `G = d target / d A` as `(C, h, w)` maps, combines
+    them with `_map`, then applies the ReLU and resizes.
+    """
+
+    @abc.abstractmethod
+    def _map(self, a: Array, g: Array) -> Array:
+        """The `(h, w)` map from the activation and gradient maps `(C, h, w)`."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        return gradient_cam(self, x, target, self._map)
+
+
+# ---------------------------------------------------------------------------------
 # Methods
 
 
-class CAM(AbstractAttribution):
+class CAM(AbstractCAM):
     """Class activation mapping: the classifier's weights on the last feature map.
 
     Zhou et al., *Learning Deep Features for Discriminative Localization*, CVPR
@@ -268,20 +314,21 @@ class CAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    classifier: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
+    classifier: Callable = eqx.field(static=True, kw_only=True)
+
+    # A required field cannot follow the inherited defaulted options (hence
+    # `kw_only`); this `__init__` keeps `classifier` the third positional argument.
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        layer: Callable,
+        classifier: Callable,
+        **options: Any,
+    ):
+        self.classifier = classifier
+        super().__init__(model, layer, **options)
 
     def __check_init__(self):
-        check_cam_options(self)
         if not callable(self.classifier) or isinstance(self.classifier, eqx.Module):
             raise TypeError(
                 "`classifier` must be a `where` function naming the final linear "
@@ -341,7 +388,7 @@ class CAM(AbstractAttribution):
         return finish_map(weighted_sum(w, a), x, self)
 
 
-class GradCAM(AbstractAttribution):
+class GradCAM(AbstractGradientCAM):
     """Grad-CAM: activations weighted by their spatially averaged gradients.
 
     Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via
@@ -377,27 +424,11 @@ class GradCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        return gradient_cam(self, x, target, gradcam_map)
+    def _map(self, a: Array, g: Array) -> Array:
+        return gradcam_map(a, g)
 
 
-class GuidedGradCAM(AbstractAttribution):
+class GuidedGradCAM(AbstractCAM):
     """Guided Grad-CAM: Grad-CAM resized to the input, times Guided Backprop.
 
     Selvaraju et al., ICCV 2017 (Section 3.1). The Grad-CAM map (with the same
@@ -425,20 +456,9 @@ class GuidedGradCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
     other_activations: str = eqx.field(static=True, default="raise")
 
     def __check_init__(self):
-        check_cam_options(self)
         if self.resize is None:
             raise ValueError(
                 "GuidedGradCAM multiplies the Grad-CAM map with an input-sized "
@@ -450,17 +470,7 @@ class GuidedGradCAM(AbstractAttribution):
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Attribution:
         x = check_input(x)
-        gradcam = GradCAM(
-            self.model,
-            self.layer,
-            relu=self.relu,
-            resize=self.resize,
-            layout=self.layout,
-            n_prefix_tokens=self.n_prefix_tokens,
-            grid=self.grid,
-            call_index=self.call_index,
-        )
-        h = gradcam(x, target)
+        h = gradient_cam(self, x, target, gradcam_map)
         guided = GuidedBackprop(self.model, self.other_activations)(x, target)
         h = h.reshape((1,) * (x.ndim - 2) + h.shape)
         return (h * guided).astype(guided.dtype)

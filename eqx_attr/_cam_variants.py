@@ -7,8 +7,8 @@ only in how the channels of the layer's activation are combined into one map.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from ._attribution import (
-    AbstractAttribution,
     Image,
     Target,
     batched_map,
@@ -25,13 +24,12 @@ from ._attribution import (
     make_objective,
 )
 from ._cam import (
+    AbstractCAM,
+    AbstractGradientCAM,
     Map,
     _float,
-    _grid_converter,
     channel_keep_mask,
-    check_cam_options,
     finish_map,
-    gradient_cam,
     inspect_cam_layer,
     spatial_size,
     to_maps,
@@ -85,7 +83,7 @@ def eigencam_map(a: Array) -> Array:
     return (centred @ v).reshape(h, w)
 
 
-class GradCAMPlusPlus(AbstractAttribution):
+class GradCAMPlusPlus(AbstractGradientCAM):
     """Grad-CAM++: pixel-wise weighting of the positive gradients.
 
     Chattopadhay et al., *Grad-CAM++: Improved Visual Explanations for Deep
@@ -105,27 +103,11 @@ class GradCAMPlusPlus(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        return gradient_cam(self, x, target, gradcam_plus_plus_map)
+    def _map(self, a: Array, g: Array) -> Array:
+        return gradcam_plus_plus_map(a, g)
 
 
-class XGradCAM(AbstractAttribution):
+class XGradCAM(AbstractGradientCAM):
     """XGrad-CAM: gradients weighted by the normalised activation.
 
     Fu et al., *Axiom-based Grad-CAM: Towards Accurate Visualization and
@@ -142,27 +124,11 @@ class XGradCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        return gradient_cam(self, x, target, xgradcam_map)
+    def _map(self, a: Array, g: Array) -> Array:
+        return xgradcam_map(a, g)
 
 
-class HiResCAM(AbstractAttribution):
+class HiResCAM(AbstractGradientCAM):
     """HiResCAM: the gradient times the activation, summed over channels.
 
     Draelos & Carin, *Use HiResCAM instead of Grad-CAM for faithful explanations
@@ -180,27 +146,11 @@ class HiResCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        return gradient_cam(self, x, target, hirescam_map)
+    def _map(self, a: Array, g: Array) -> Array:
+        return hirescam_map(a, g)
 
 
-class LayerCAM(AbstractAttribution):
+class LayerCAM(AbstractGradientCAM):
     """LayerCAM: the positive gradient times the activation, summed over channels.
 
     Jiang et al., *LayerCAM: Exploring Hierarchical Class Activation Maps for
@@ -217,27 +167,11 @@ class LayerCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        return gradient_cam(self, x, target, layercam_map)
+    def _map(self, a: Array, g: Array) -> Array:
+        return layercam_map(a, g)
 
 
-class EigenCAM(AbstractAttribution):
+class EigenCAM(AbstractCAM):
     """Eigen-CAM: the first principal component of the layer's activations.
 
     Muhammad & Yeasin, *Eigen-CAM: Class Activation Map using Principal
@@ -262,20 +196,6 @@ class EigenCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Map:
@@ -288,7 +208,56 @@ class EigenCAM(AbstractAttribution):
         return finish_map(eigencam_map(a), x, self)
 
 
-class ScoreCAM(AbstractAttribution):
+class AbstractChannelScoreCAM(AbstractCAM):
+    """Base of the CAMs that weight each channel by a score of its own.
+
+    `__call__` reads the layer's activation `A` and the target's score `y`, runs
+    `_channel_score` for every channel `k` (at most `chunk_size` at a time), turns
+    those scores into channel weights with `_weights` and returns
+    `relu(sum_k w_k A_k)`, resized. No gradient is used.
+    """
+
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.chunk_size is not None:
+            check_positive_int(self.chunk_size, "chunk_size")
+
+    @abc.abstractmethod
+    def _channel_score(
+        self,
+        x: Array,
+        objective: Callable[[Array], Array],
+        act: Array,
+        maps: Array,
+        k: Array,
+    ) -> Array:
+        """The score of channel `k`; `act` is the raw activation, `maps` its
+        `(C, h, w)` form."""
+
+    @abc.abstractmethod
+    def _weights(self, scores: Array, y: Array) -> Array:
+        """The channel weights from the channel scores and the target's score `y`."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        x = check_input(x)
+        spatial_size(x, type(self).__name__)
+        info = inspect_cam_layer(self, x)
+        objective = make_objective(target, info.out.shape)
+        _, y, act, _ = read_layer(self.model, self.layer, x, objective, info)
+        a = _float(to_maps(act, self))
+
+        def channel_score(k):
+            return self._channel_score(x, objective, act, a, k)
+
+        scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
+        weights = self._weights(_float(scores), _float(y))
+        return finish_map(weighted_sum(weights, a), x, self)
+
+
+class ScoreCAM(AbstractChannelScoreCAM):
     """Score-CAM: channels weighted by the score of the input they mask.
 
     Wang et al., *Score-CAM: Score-Weighted Visual Explanations for Convolutional
@@ -312,47 +281,19 @@ class ScoreCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-    chunk_size: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        check_cam_options(self)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        x = check_input(x)
+    def _channel_score(self, x, objective, act, maps, k):
         size = spatial_size(x, "ScoreCAM")
-        info = inspect_cam_layer(self, x)
-        objective = make_objective(target, info.out.shape)
-        _, _, act, _ = read_layer(self.model, self.layer, x, lambda s: jnp.sum(s), info)
-        a = _float(to_maps(act, self))
-        mask_shape = (1,) * (x.ndim - 2) + size
+        up = jax.image.resize(maps[k], size, "bilinear")
+        lo, hi = jnp.min(up), jnp.max(up)
+        mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1), 0)
+        mask = mask.reshape((1,) * (x.ndim - 2) + size)
+        return objective(self.model(x * mask.astype(x.dtype)))
 
-        def channel_score(k):
-            up = jax.image.resize(a[k], size, "bilinear")
-            lo, hi = jnp.min(up), jnp.max(up)
-            mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1), 0)
-            masked = x * mask.reshape(mask_shape).astype(x.dtype)
-            return objective(self.model(masked))
-
-        scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
-        weights = jax.nn.softmax(_float(scores))
-        return finish_map(weighted_sum(weights, a), x, self)
+    def _weights(self, scores, y):
+        return jax.nn.softmax(scores)
 
 
-class AblationCAM(AbstractAttribution):
+class AblationCAM(AbstractChannelScoreCAM):
     """Ablation-CAM: channels weighted by the score drop when each is zeroed.
 
     Desai & Ramaswamy, *Ablation-CAM: Visual Explanations for Deep Convolutional
@@ -377,42 +318,13 @@ class AblationCAM(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    layer: Callable = eqx.field(static=True)
-    relu: bool = eqx.field(static=True, default=True)
-    resize: str | None = eqx.field(static=True, default="bilinear")
-    layout: str = eqx.field(static=True, default="chw")
-    n_prefix_tokens: int = eqx.field(static=True, default=0)
-    grid: tuple[int, int] | None = eqx.field(
-        static=True, default=None, converter=_grid_converter
-    )
-    call_index: int | None = eqx.field(static=True, default=None)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    def _channel_score(self, x, objective, act, maps, k):
+        keep = channel_keep_mask(act.shape, k, self)
+        value = jnp.where(keep, act, jnp.zeros((), act.dtype))
+        rest = replace_layer_output(
+            self.model, self.layer, value, call_index=self.call_index
+        )
+        return objective(rest(x))
 
-    def __check_init__(self):
-        check_cam_options(self)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        x = check_input(x)
-        spatial_size(x, "AblationCAM")
-        info = inspect_cam_layer(self, x)
-        objective = make_objective(target, info.out.shape)
-        _, score, act, _ = read_layer(self.model, self.layer, x, objective, info)
-        a = _float(to_maps(act, self))
-
-        def ablated_score(k):
-            keep = channel_keep_mask(act.shape, k, self)
-            value = jnp.where(keep, act, jnp.zeros((), act.dtype))
-            rest = replace_layer_output(
-                self.model, self.layer, value, call_index=self.call_index
-            )
-            return objective(rest(x))
-
-        drops = batched_map(ablated_score, jnp.arange(a.shape[0]), self.chunk_size)
-        y = _float(score)
-        weights = (y - _float(drops)) / y
-        return finish_map(weighted_sum(weights, a), x, self)
+    def _weights(self, scores, y):
+        return (y - scores) / y

@@ -1,9 +1,7 @@
 """Guided Backprop and Deconvolution: gradients with swapped ReLU backward passes."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -39,7 +37,31 @@ def swapped_gradient(
     return jax.grad(lambda z: objective(swapped(z)))(x)
 
 
-class GuidedBackprop(AbstractAttribution):
+class AbstractSwappedGradient(AbstractAttribution):
+    """Base of the gradients taken with every ReLU's backward pass replaced.
+
+    Holds `model` and `other_activations` (see [`eqx_attr.swap_relu`][]); a
+    concrete subclass names its backward `rule` (`"guided"` or `"deconvnet"`).
+    """
+
+    model: Callable[..., Any]
+    # `eqx.AbstractClassVar` must not be a string annotation: hence no
+    # `from __future__ import annotations` in this module.
+    rule: eqx.AbstractClassVar[str]
+    other_activations: str = eqx.field(static=True, default="raise")
+
+    def __check_init__(self):
+        check_choice(self.other_activations, "other_activations", POLICIES)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Attribution:
+        return swapped_gradient(
+            self.model, self.rule, self.other_activations, x, target
+        )
+
+
+class GuidedBackprop(AbstractSwappedGradient):
     """Guided backpropagation: the gradient with every ReLU's backward pass guided.
 
     Springenberg et al., *Striving for Simplicity: The All Convolutional Net*, 2015.
@@ -65,19 +87,10 @@ class GuidedBackprop(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    other_activations: str = eqx.field(static=True, default="raise")
-
-    def __check_init__(self):
-        check_choice(self.other_activations, "other_activations", POLICIES)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        return swapped_gradient(self.model, "guided", self.other_activations, x, target)
+    rule: ClassVar[str] = "guided"
 
 
-class Deconvolution(AbstractAttribution):
+class Deconvolution(AbstractSwappedGradient):
     """Deconvnet attribution: the gradient with every ReLU's backward pass rectified.
 
     Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks*, 2014.
@@ -102,15 +115,4 @@ class Deconvolution(AbstractAttribution):
     ```
     """
 
-    model: Callable[..., Any]
-    other_activations: str = eqx.field(static=True, default="raise")
-
-    def __check_init__(self):
-        check_choice(self.other_activations, "other_activations", POLICIES)
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        return swapped_gradient(
-            self.model, "deconvnet", self.other_activations, x, target
-        )
+    rule: ClassVar[str] = "deconvnet"
