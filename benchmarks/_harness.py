@@ -357,7 +357,7 @@ def machine_info(device: str) -> dict:
         with open("/proc/loadavg") as f:
             info["loadavg_at_start"] = f.read().split()[:3]
     except OSError:
-        pass
+        info["loadavg_at_start"] = ["unavailable"]
     import equinox
     import torch
 
@@ -369,7 +369,7 @@ def machine_info(device: str) -> dict:
 
         info["captum"] = captum.__version__
     except ImportError:
-        pass
+        info["captum"] = "not installed"
     if device == "gpu":
         info["gpu"] = str(jax.devices()[0].device_kind)
     return info

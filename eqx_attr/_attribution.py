@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
@@ -211,30 +211,32 @@ def forward_shape(model: Callable, x: Array) -> jax.ShapeDtypeStruct:
     return out
 
 
+def resolve_target(
+    model: Callable, x: Array, target: Target
+) -> Callable[[Array], Array]:
+    """The objective `scores -> scalar` for `target`, checked against the model.
+
+    Checks the input shape against the model and the target against the model's
+    output, both at trace time.
+    """
+    out = forward_shape(model, x)
+    return make_objective(target, out.shape)
+
+
 def scalar_function(
     model: Callable, x: Array, target: Target
 ) -> Callable[[Array], Array]:
     """`f(x) -> scalar`: the model followed by the target's reduction.
 
-    Checks the input shape against the model and the target against the model's
-    output at trace time. The returned function is what the gradient methods
-    differentiate.
+    The checks of [`resolve_target`][]; the returned function is what the gradient
+    methods differentiate.
     """
-    out = forward_shape(model, x)
-    objective = make_objective(target, out.shape)
+    objective = resolve_target(model, x, target)
 
     def f(z):
         return objective(model(z))
 
     return f
-
-
-def resolve_target(
-    model: Callable, x: Array, target: Target
-) -> Callable[[Array], Array]:
-    """Like [`scalar_function`][] but returns the objective `scores -> scalar` only."""
-    out = forward_shape(model, x)
-    return make_objective(target, out.shape)
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
@@ -265,7 +267,6 @@ def batched_map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:
 __all__ = [
     "AbstractAttribution",
     "Attribution",
-    "ArrayLike",
     "Image",
     "Target",
 ]

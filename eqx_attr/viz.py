@@ -245,22 +245,18 @@ def heatmap(
     fig = xa.viz.heatmap(xa.Gradients(model)(x, 3), path="saliency.png")
     ```
     """
-    fig = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), dpi=100)
-    ax = fig.add_subplot()
-    artist = _draw_map(
-        ax,
+    return _single_panel(
         attr,
+        size=size,
+        colorbar=colorbar,
+        title=title,
+        path=path,
         signed=signed,
         abs=abs,
         percentile=percentile,
         cmap=cmap,
         reduce=reduce,
     )
-    if colorbar:
-        fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.04)
-    if title:
-        ax.set_title(title)
-    return _finish(fig, path)
 
 
 def overlay(
@@ -292,11 +288,12 @@ def overlay(
     ```
     """
     _check_alpha(alpha)
-    fig = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), dpi=100)
-    ax = fig.add_subplot()
-    artist = _draw_map(
-        ax,
+    return _single_panel(
         attr,
+        size=size,
+        colorbar=colorbar,
+        title=title,
+        path=path,
         image=image,
         signed=signed,
         abs=abs,
@@ -305,6 +302,21 @@ def overlay(
         alpha=alpha,
         reduce=reduce,
     )
+
+
+def _single_panel(
+    attr: Any,
+    *,
+    size: float | int,
+    colorbar: bool,
+    title: str | None,
+    path: str | os.PathLike | None,
+    **draw: Any,
+) -> Figure:
+    """One map on its own figure: what `heatmap` and `overlay` both draw."""
+    fig = Figure(figsize=(size * (1.25 if colorbar else 1.0), size), dpi=100)
+    ax = fig.add_subplot()
+    artist = _draw_map(ax, attr, **draw)
     if colorbar:
         fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.04)
     if title:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._attribution import check_positive_int
 from ._blocks import FrozenBatchNorm2d, check_image, relu
 
 
@@ -177,8 +178,7 @@ class ResNet(eqx.Module):
             ("in_channels", in_channels),
             ("width", width),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(value, name)
         block, counts = _CONFIGS[depth]
         expansion = 4 if block is Bottleneck else 1
         kstem, kfc, *kstages = jax.random.split(key, 6)

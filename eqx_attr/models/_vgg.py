@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._attribution import check_positive_int
 from ._blocks import AdaptiveAvgPool2d, FrozenBatchNorm2d, check_image, relu
 
 # Channels per 3x3 convolution, "M" for a 2x2 max-pool (Simonyan & Zisserman, 2015).
@@ -85,18 +86,16 @@ class VGG(eqx.Module):
             ("hidden", hidden),
             ("pool_size", pool_size),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(value, name)
         cfg = _CONFIGS[depth]
         n_convs = sum(1 for v in cfg if v != "M")
         keys = list(jax.random.split(key, n_convs + 3))
         layers: list = []
         c_in = in_channels
         for v in cfg:
-            if v == "M":
+            if isinstance(v, str):  # "M": a 2x2 max-pool
                 layers.append(eqx.nn.MaxPool2d(2, 2))
                 continue
-            assert isinstance(v, int)
             c_out = max(1, v * width // 64)
             layers.append(eqx.nn.Conv2d(c_in, c_out, 3, padding=1, key=keys.pop()))
             if batch_norm:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._attribution import check_positive_int
 from ._blocks import LayerNorm, check_image
 
 
@@ -181,8 +182,7 @@ class ViT(eqx.Module):
             ("depth", depth),
             ("heads", heads),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(value, name)
         if image_size % patch_size != 0:
             raise ValueError(
                 f"`patch_size`={patch_size} must divide `image_size`={image_size}."
