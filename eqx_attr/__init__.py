@@ -1,37 +1,43 @@
-"""eqx_attr: feature attribution for vision models in JAX + Equinox."""
+"""eqx_attr: feature attribution for vision models in JAX + Equinox.
 
-from . import (
-    baselines as baselines,
-    datasets as datasets,
-    models as models,
-    training as training,
-    viz as viz,
-)
+`import eqx_attr` loads only jax, equinox, jaxtyping and numpy. The optional parts
+(`viz`, `training`, `datasets`, `metrics`, `torch_twins`, the dataset runner) are
+imported on first use, through the module `__getattr__` below.
+"""
+
+import importlib as _importlib
+from typing import Any as _Any
+
+from . import baselines as baselines, models as models
 from ._attribution import AbstractAttribution as AbstractAttribution
 from ._cam import (
     CAM as CAM,
-    GradCAM as GradCAM,
-    GuidedGradCAM as GuidedGradCAM,
-)
-from ._cam_variants import (
     AblationCAM as AblationCAM,
+    AbstractCAM as AbstractCAM,
+    AbstractChannelScoreCAM as AbstractChannelScoreCAM,
+    AbstractGradientCAM as AbstractGradientCAM,
     EigenCAM as EigenCAM,
+    GradCAM as GradCAM,
     GradCAMPlusPlus as GradCAMPlusPlus,
+    GuidedGradCAM as GuidedGradCAM,
     HiResCAM as HiResCAM,
     LayerCAM as LayerCAM,
     ScoreCAM as ScoreCAM,
     XGradCAM as XGradCAM,
 )
-from ._gradient import Gradients as Gradients, GradientsXInput as GradientsXInput
+from ._gradient import (
+    Gradients as Gradients,
+    GradientsXInput as GradientsXInput,
+    IntegratedGradients as IntegratedGradients,
+    SmoothGrad as SmoothGrad,
+)
 from ._guided import Deconvolution as Deconvolution, GuidedBackprop as GuidedBackprop
-from ._integrated import IntegratedGradients as IntegratedGradients
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
-from ._smooth import SmoothGrad as SmoothGrad
 from ._surgery import (
     ReLUSwapped as ReLUSwapped,
     deconvnet_relu as deconvnet_relu,
@@ -39,4 +45,30 @@ from ._surgery import (
     swap_relu as swap_relu,
 )
 
-__version__ = "0.1.0"
+# Public names whose modules pull optional dependencies (matplotlib, optax, tqdm,
+# torch, zarr, ...): name -> (module, attribute or None for the module itself).
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "datasets": (".datasets", None),
+    "metrics": (".metrics", None),
+    "torch_twins": (".torch_twins", None),
+    "training": (".training", None),
+    "viz": (".viz", None),
+}
+
+
+def __getattr__(name: str) -> _Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("eqx_attr")
+    if name in _LAZY:
+        module_name, attribute = _LAZY[name]
+        module = _importlib.import_module(module_name, __name__)
+        value = module if attribute is None else getattr(module, attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'eqx_attr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})

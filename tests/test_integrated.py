@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._integrated import QUADRATURES, quadrature
+from eqx_attr._gradient._integrated import QUADRATURES, quadrature
 
 from .helpers import tree_allclose
 

@@ -5,6 +5,7 @@ from ._blocks import (
     FrozenBatchNorm2d as FrozenBatchNorm2d,
     LayerNorm as LayerNorm,
 )
+from ._paths import where_from_path as where_from_path
 from ._resnet import (
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,
@@ -47,4 +48,10 @@ from ._weights import (
     read_state_dict as read_state_dict,
     save as save,
     to_torch_state_dict as to_torch_state_dict,
+)
+from ._zoo import (
+    MODEL_SPECS as MODEL_SPECS,
+    ModelSpec as ModelSpec,
+    model_spec as model_spec,
+    spec_of as spec_of,
 )

@@ -15,7 +15,6 @@ Two naming schemes are used:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,25 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._resnet import (
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-)
-from ._small import MLP, SmallCNN
-from ._vgg import (
-    vgg11,
-    vgg11_bn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_bn,
-    vgg19,
-    vgg19_bn,
-)
-from ._vit import ViT, vit_base, vit_small, vit_tiny
+from ._vit import ViT
+from ._zoo import MODEL_SPECS, model_spec
 
 # Marks files written by `save`, so that `load_pretrained` can tell them from
 # PyTorch state dicts (both can hold the same key names, e.g. for a ViT).
@@ -469,37 +451,12 @@ def from_torch_state_dict(like: PyTree, state_dict: Mapping[str, Any]) -> PyTree
 
 
 # ---------------------------------------------------------------------------------
-# Architectures by name
+# Architectures by name (the table lives in `_zoo.py`)
 
 
 ARCHITECTURES: dict[str, Callable[..., eqx.Module]] = {
-    "mlp": MLP,
-    "small_cnn": SmallCNN,
-    "vgg11": vgg11,
-    "vgg11_bn": vgg11_bn,
-    "vgg13": vgg13,
-    "vgg13_bn": vgg13_bn,
-    "vgg16": vgg16,
-    "vgg16_bn": vgg16_bn,
-    "vgg19": vgg19,
-    "vgg19_bn": vgg19_bn,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-    "resnet152": resnet152,
-    "vit_tiny": vit_tiny,
-    "vit_small": vit_small,
-    "vit_base": vit_base,
+    name: spec.factory for name, spec in MODEL_SPECS.items()
 }
-
-
-def _arch(arch: str) -> Callable[..., eqx.Module]:
-    if arch not in ARCHITECTURES:
-        raise ValueError(
-            f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
-        )
-    return ARCHITECTURES[arch]
 
 
 def create_model(arch: str, *, key: PRNGKeyArray, **kwargs: Any) -> eqx.Module:
@@ -518,43 +475,14 @@ def create_model(arch: str, *, key: PRNGKeyArray, **kwargs: Any) -> eqx.Module:
     m = create_model("resnet18", n_classes=10, key=jax.random.key(0))
     ```
     """
-    return _arch(arch)(key=key, **kwargs)
+    return model_spec(arch).factory(key=key, **kwargs)
 
 
 def _infer_config(arch: str, sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    # Read the sizes a torchvision/timm checkpoint fixes, so that e.g. a ResNet-50
-    # fine-tuned on 37 classes loads without repeating `n_classes=37`. Keys are
-    # compared without Sequential's "layers" so that files from `save` work too.
+    # Keys are compared without Sequential's "layers" so that files from `save`
+    # work too.
     shapes = {k.replace(".layers.", "."): tuple(v.shape) for k, v in sd.items()}
-    cfg: dict[str, Any] = {}
-    get = shapes.get
-    if arch.startswith("vgg"):
-        first, last = get("features.0.weight"), get("classifier.6.weight")
-        hidden = get("classifier.0.weight")
-        if first and last and hidden and len(first) == 4:
-            cfg.update(n_classes=last[0], in_channels=first[1], width=first[0])
-            cfg["hidden"] = hidden[0]
-            c_last = max(1, 512 * first[0] // 64)
-            side = math.isqrt(hidden[1] // c_last)
-            if side * side * c_last == hidden[1]:
-                cfg["pool_size"] = side
-    elif arch.startswith("resnet"):
-        conv, fc = get("conv1.weight"), get("fc.weight")
-        if conv and fc and len(conv) == 4:
-            cfg.update(n_classes=fc[0], in_channels=conv[1], width=conv[0])
-    elif arch.startswith("vit"):
-        proj, head = get("patch_embed.proj.weight"), get("head.weight")
-        pos = get("pos_embed")
-        if proj and head and pos and len(proj) == 4:
-            side = math.isqrt(pos[-2] - 1)
-            cfg.update(n_classes=head[0], in_channels=proj[1], patch_size=proj[-1])
-            if side * side == pos[-2] - 1:
-                cfg["image_size"] = side * proj[-1]
-    elif arch == "small_cnn":
-        conv, fc = get("conv1.0.weight"), get("fc.weight")
-        if conv and fc and len(conv) == 4:
-            cfg.update(n_classes=fc[0], in_channels=conv[1], width=conv[0])
-    return cfg
+    return model_spec(arch).read_config(shapes)
 
 
 def load_pretrained(path: str | os.PathLike, arch: str, **kwargs: Any) -> eqx.Module:
@@ -590,7 +518,7 @@ def load_pretrained(path: str | os.PathLike, arch: str, **kwargs: Any) -> eqx.Mo
     model = load_pretrained("resnet50.safetensors", "resnet50")
     ```
     """
-    factory = _arch(arch)
+    factory = model_spec(arch).factory
     tensors, metadata = _read(path)
     config = {**_infer_config(arch, tensors), **kwargs}
     like = eqx.filter_eval_shape(lambda: factory(key=jax.random.key(0), **config))

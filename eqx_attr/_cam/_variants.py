@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     Image,
     Target,
     batched_map,
@@ -35,7 +35,7 @@ from ._cam import (
     to_maps,
     weighted_sum,
 )
-from ._layers import read_layer, replace_layer_output
+from .._layers import read_layer, replace_layer_output
 
 
 def _safe_divide(num: Array, den: Array) -> Array:

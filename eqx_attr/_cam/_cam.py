@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     AbstractAttribution,
     Attribution,
     Image,
@@ -30,8 +30,8 @@ from ._attribution import (
     check_input,
     make_objective,
 )
-from ._guided import GuidedBackprop
-from ._layers import LayerInfo, inspect_layer, read_layer, resolve_layer
+from .._guided import GuidedBackprop
+from .._layers import LayerInfo, inspect_layer, read_layer, resolve_layer
 
 RESIZES = ("bilinear", "nearest")
 LAYOUTS = ("chw", "hwc", "tokens")

@@ -237,7 +237,7 @@ def run_demo(
     - `model`: use this trained model instead of the cached demo CNN.
     - `print_fn`: where the report lines go.
     """
-    from . import datasets, training, viz
+    from .. import datasets, training, viz
 
     data = datasets.mnist()
     if model is None:

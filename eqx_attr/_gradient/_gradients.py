@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     AbstractAttribution,
     Attribution,
     Image,

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     AbstractAttribution,
     Attribution,
     Image,

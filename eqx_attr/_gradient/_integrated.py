@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     AbstractAttribution,
     Attribution,
     Image,
@@ -21,7 +21,7 @@ from ._attribution import (
     check_positive_int,
     scalar_function,
 )
-from .baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
+from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
 QUADRATURES = (
     "gausslegendre",

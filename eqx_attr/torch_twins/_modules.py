@@ -1,28 +1,6 @@
-"""PyTorch twins of the zoo models, with identical weights (needs `torch`).
+"""The PyTorch twins of the zoo models (this module imports torch).
 
-Every zoo model has a hand-written PyTorch counterpart here whose `state_dict()`
-keys are exactly torchvision's (`VGG`, `ResNet`) or timm's (`ViT`), so that a
-real torchvision/timm checkpoint and a twin's weights go through the same
-conversion, [`eqx_attr.models.from_torch_state_dict`][]. The main entry point is
-[`eqx_attr.torch_twins.to_torch`][], used to compare eqx_attr with PyTorch
-libraries (Captum) on identical networks.
-
-Twins take a batch `(B, C, H, W)` and return `(B, n_classes)`, as PyTorch models
-do; the Equinox models take one example. Each ReLU is its own non-in-place
-`nn.ReLU` module, used once, which is what hook-based libraries (Captum's guided
-backprop, DeepLIFT) need; ReLUs have no weights, so the keys are unaffected.
-
-This module imports `torch` on import; install it with `pip install
-'eqx_attr[bench]'`. Nothing else in eqx_attr imports this module.
-
-**Example:**
-
-```python
-import torch
-from eqx_attr.torch_twins import to_torch
-twin = to_torch(model)                           # eval mode, float32
-logits = twin(torch.from_numpy(np.asarray(xs)))  # xs: (B, C, H, W)
-```
+Read through [`eqx_attr.torch_twins`][], which imports this module on first use.
 """
 
 from __future__ import annotations
@@ -39,11 +17,10 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError(
         "eqx_attr.torch_twins needs PyTorch; install it with "
-        "`pip install 'eqx_attr[bench]'` (or `pip install torch`)."
+        "`pip install 'eqx_attr[torch]'` (or `pip install torch`)."
     ) from e
 
-from .models import _resnet, _small, _vgg, _vit
-from .models._weights import to_torch_state_dict
+from ..models import model_spec, spec_of, to_torch_state_dict
 
 __all__ = [
     "MLP",
@@ -131,7 +108,8 @@ class VGG(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
-        for v in _vgg._CONFIGS[depth]:
+        plan = model_spec(f"vgg{depth}").structure["plan"]
+        for v in plan:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
@@ -220,8 +198,9 @@ class ResNet(nn.Module):
         width: int = 64,
     ):
         super().__init__()
-        eqx_block, counts = _resnet._CONFIGS[depth]
-        block = Bottleneck if eqx_block is _resnet.Bottleneck else BasicBlock
+        structure = model_spec(f"resnet{depth}").structure
+        counts = structure["counts"]
+        block = Bottleneck if structure["bottleneck"] else BasicBlock
         expansion = 4 if block is Bottleneck else 1
         self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -329,58 +308,18 @@ class ViT(nn.Module):
         return self.head(t[:, 0])
 
 
-def _size(layer: Any, name: str) -> int:
-    # Sizes of Equinox layers (typed loosely, e.g. `int | "scalar"`) as plain ints.
-    return int(getattr(layer, name))
-
-
 def _twin_of(model: Any) -> nn.Module:
-    if isinstance(model, _small.MLP):
-        m = model.mlp
-        if m.activation is not jax.nn.relu:
-            raise TypeError("to_torch supports an MLP with ReLU activations only.")
-        return MLP(model.in_shape, _size(m, "out_size"), m.width_size, m.depth)
-    if isinstance(model, _small.SmallCNN):
-        conv = model.conv1[0]
-        return SmallCNN(
-            _size(conv, "in_channels"),
-            _size(model.fc, "out_features"),
-            _size(conv, "out_channels"),
-        )
-    if isinstance(model, _vgg.VGG):
-        return VGG(
-            model.depth,
-            model.batch_norm,
-            _size(model.classifier[-1], "out_features"),
-            model.in_channels,
-            _size(model.features[0], "out_channels"),
-            _size(model.classifier[0], "out_features"),
-            model.avgpool.output_size[0],
-        )
-    if isinstance(model, _resnet.ResNet):
-        return ResNet(
-            model.depth,
-            _size(model.fc, "out_features"),
-            model.in_channels,
-            _size(model.conv1, "out_channels"),
-        )
-    if isinstance(model, _vit.ViT):
-        dim = model.cls_token.shape[-1]
-        block = model.blocks[0]
-        return ViT(
-            model.image_size,
-            model.patch_size,
-            model.in_channels,
-            _size(model.head, "out_features"),
-            dim,
-            len(model.blocks),
-            block.attn.heads,
-            _size(block.mlp.fc1, "out_features") / dim,
-        )
-    raise TypeError(
-        f"to_torch has no PyTorch twin for {type(model).__name__}; supported: "
-        "MLP, SmallCNN, VGG, ResNet, ViT from eqx_attr.models."
-    )
+    # The twin class has the zoo class's name and takes its factory keywords.
+    try:
+        spec = spec_of(model)
+    except TypeError as e:
+        raise TypeError(
+            f"to_torch has no PyTorch twin for {type(model).__name__}; supported: "
+            "MLP, SmallCNN, VGG, ResNet, ViT from eqx_attr.models."
+        ) from e
+    if spec.name == "mlp" and model.mlp.activation is not jax.nn.relu:
+        raise TypeError("to_torch supports an MLP with ReLU activations only.")
+    return globals()[spec.cls.__name__](**spec.config(model))
 
 
 def to_torch(model: eqx.Module) -> nn.Module:

@@ -308,7 +308,7 @@ def model_input(arch: str, model: Any, size_override: int | None) -> tuple[int, 
 
 
 def load_model(arch: str, weights: str) -> Any:
-    from . import models
+    from .. import models
 
     if arch not in models.ARCHITECTURES:
         raise CLIError(
@@ -356,7 +356,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog="python -m eqx_attr",
@@ -620,7 +620,7 @@ def cmd_explain(args: argparse.Namespace, out=print) -> int:
 
 
 def cmd_methods(out=print) -> int:
-    from . import models
+    from .. import models
 
     table = _method_table()
     out("methods (--method):")
