@@ -2,18 +2,22 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
+FILTER := 2>&1 | grep -v "is ignored: it is neither" || true
 
 .PHONY: demo test lint bench venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -U pip 2>/dev/null
 	# torch first, pinned to the local CPU wheel, so nothing pulls a CUDA build.
-	$(PIP) install "torch==2.13.0" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PIP) install -e ".[dev,bench]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/python -c "import eqx_attr, torch, captum"
+	$(PIP) install "torch==2.13.0" $(FILTER)
+	$(PIP) install -e ".[dev,bench]" $(FILTER)
+	# zennit's metadata requires torchvision, which would replace torch with a CUDA
+	# build: install it without dependencies (its tests stub torchvision).
+	$(PIP) install --no-deps "zennit>=0.5" $(FILTER)
+	$(BIN)/python -c "import eqx_attr, torch, captum, saliency, zarr, importlib.util as u; assert u.find_spec('zennit') and u.find_spec('quantus')"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -155,46 +155,48 @@ class _TokensAsGrid:
         return Wrapped()
 
 
+# Benchmark scenario -> (zoo architecture, factory keywords from the sizes, input).
+def _scenario(name: str, sizes: Sizes) -> tuple[str, dict, tuple, int]:
+    small, large = (1, 28, 28), (3, sizes.image, sizes.image)
+    if name == "mlp":
+        return "mlp", {}, small, sizes.small_batch
+    if name == "cnn":
+        return "small_cnn", {"width": sizes.cnn_width}, small, sizes.small_batch
+    if name == "resnet18":
+        return "resnet18", {}, large, sizes.large_batch
+    if name == "vit_tiny":
+        patch = 16 if sizes.image % 16 == 0 and sizes.image >= 64 else 8
+        kw = {"image_size": sizes.image, "patch_size": patch}
+        return "vit_tiny", kw, large, sizes.large_batch
+    raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
+
+
 def build_bench(name: str, sizes: Sizes, device: str) -> Bench:
+    """The scenario's zoo model and twin; its CAM layer from the model registry."""
     import torch
 
+    from eqx_attr.models import model_spec, where_from_path
     from eqx_attr.torch_twins import to_torch
 
-    key = jax.random.key(0)
-    small, large = (1, 28, 28), (3, sizes.image, sizes.image)
-    layer = None
-    if name == "mlp":
-        model = xa.models.MLP(key=key)
-        shape, n_classes, batch = small, 10, sizes.small_batch
-    elif name == "cnn":
-        model = xa.models.SmallCNN(width=sizes.cnn_width, key=key)
-        shape, n_classes, batch = small, 10, sizes.small_batch
-        layer = lambda m: m.conv2
-    elif name == "resnet18":
-        model = xa.models.resnet18(key=key)
-        shape, n_classes, batch = large, 1000, sizes.large_batch
-        layer = lambda m: m.layer4
-    elif name == "vit_tiny":
-        patch = 16 if sizes.image % 16 == 0 and sizes.image >= 64 else 8
-        model = xa.models.vit_tiny(image_size=sizes.image, patch_size=patch, key=key)
-        shape, n_classes, batch = large, 1000, sizes.large_batch
-        # The last block's attention input: the class token reads the patch tokens
-        # there, so their gradient is non-zero (after the block it is zero).
-        layer = lambda m: m.blocks[-1].norm1
-    else:
-        raise ValueError(f"unknown model {name!r}; choose from {ALL_MODELS}")
+    arch, kwargs, shape, batch = _scenario(name, sizes)
+    spec = model_spec(arch)
+    model = spec.factory(key=jax.random.key(0), **kwargs)
+    n_classes = spec.config(model)["n_classes"]
     twin = to_torch(model)
+    layer = spec.layer() if name != "mlp" else None
     twin_layer = None
-    if name == "cnn":
-        twin_layer = twin.conv2
-    elif name == "resnet18":
-        twin_layer = twin.layer4
-    elif name == "vit_tiny":
-        wrapped = _TokensAsGrid.wrap(twin.blocks[-1].norm1, n_prefix=1)
-        twin.blocks[-1].norm1 = wrapped
+    cam = dict(spec.layer_options)
+    if layer is not None and cam.get("layout") == "tokens":
+        # The same path names the twin's layer; Captum needs tokens as a grid.
+        parent, _, attr = spec.cam_layer.rpartition(".")
+        owner = where_from_path(parent)(twin)
+        wrapped = _TokensAsGrid.wrap(getattr(owner, attr), spec.n_prefix_tokens)
+        setattr(owner, attr, wrapped)
         twin_layer = wrapped.grid
+    elif layer is not None:
+        twin_layer = where_from_path(spec.cam_layer)(twin)
     kx, kt = jax.random.split(jax.random.key(1))
-    if shape == small:
+    if shape[0] == 1:
         xs = jax.random.uniform(kx, (batch, *shape), jnp.float32)
     else:  # normalised images
         xs = jax.random.normal(kx, (batch, *shape), jnp.float32)
@@ -203,7 +205,6 @@ def build_bench(name: str, sizes: Sizes, device: str) -> Bench:
     twin = twin.to(tdev)
     xt = torch.tensor(np.asarray(xs), device=tdev)
     tt = torch.tensor(np.asarray(ts), dtype=torch.long, device=tdev)
-    cam = {"layout": "tokens", "n_prefix_tokens": 1} if name == "vit_tiny" else {}
     return Bench(name, model, twin, xs, ts, xt, tt, n_classes, layer, twin_layer, cam)
 
 
@@ -212,15 +213,11 @@ def build_bench(name: str, sizes: Sizes, device: str) -> Bench:
 
 
 def batched(method: Any) -> Callable[..., Any]:
-    """A fresh `filter_jit(filter_vmap(method))` over (xs, ts) or (xs, ts, keys)."""
+    """`run(meth, xs, ts, keys=None)`: the library's batch runner, fresh per case."""
+    from eqx_attr._batch import batch_runner
 
-    @eqx.filter_jit
-    def run(meth, xs, ts, keys=None):
-        if keys is None:
-            return eqx.filter_vmap(lambda x, t: meth(x, t))(xs, ts)
-        return eqx.filter_vmap(lambda x, t, k: meth(x, t, key=k))(xs, ts, keys)
-
-    return run
+    del method  # one fresh runner per case, so its first call compiles
+    return batch_runner()
 
 
 def _ours(method: Any, b: Bench) -> Callable[[], Any]:
@@ -407,9 +404,6 @@ def _simple(method_name: str, peer_cls: str):
     def build(b: Bench, s: Sizes) -> list[H.Case]:
         import captum.attr
 
-        if not hasattr(xa, method_name):
-            print(f"  (skipped: eqx_attr has no {method_name} yet)")
-            return []
         peer = getattr(captum.attr, peer_cls)(b.twin)
         return [
             H.Case(
@@ -428,7 +422,7 @@ def _simple(method_name: str, peer_cls: str):
 def case_gradcam(b: Bench, s: Sizes) -> list[H.Case]:
     from captum.attr import LayerGradCam
 
-    if b.layer is None or not hasattr(xa, "GradCAM"):
+    if b.layer is None:
         return []
     lgc = LayerGradCam(b.twin, b.twin_layer)
     ours = xa.GradCAM(b.model, b.layer, resize=None, **b.cam_kwargs)
@@ -458,7 +452,7 @@ def case_gradcam(b: Bench, s: Sizes) -> list[H.Case]:
 def case_guided_gradcam(b: Bench, s: Sizes) -> list[H.Case]:
     from captum.attr import GuidedGradCam
 
-    if b.layer is None or not hasattr(xa, "GuidedGradCAM"):
+    if b.layer is None:
         return []
     ggc = GuidedGradCam(b.twin, b.twin_layer)
     ours = xa.GuidedGradCAM(b.model, b.layer, resize="nearest", **b.cam_kwargs)
@@ -508,7 +502,7 @@ def case_shared(b: Bench, s: Sizes) -> list[H.Case]:
     """Gradients + Grad-CAM + Guided Grad-CAM in one jitted call vs 3 Captum calls."""
     from captum.attr import GuidedGradCam, LayerGradCam, Saliency
 
-    if b.layer is None or not all(hasattr(xa, n) for n in ("GradCAM", "GuidedGradCAM")):
+    if b.layer is None:
         return []
     sal = Saliency(b.twin)
     lgc = LayerGradCam(b.twin, b.twin_layer)

@@ -49,6 +49,7 @@ from ._surgery import (
 # torch, zarr, ...): name -> (module, attribute or None for the module itself).
 _LAZY: dict[str, tuple[str, str | None]] = {
     "datasets": (".datasets", None),
+    "images": (".images", None),
     "metrics": (".metrics", None),
     "torch_twins": (".torch_twins", None),
     "training": (".training", None),

@@ -73,6 +73,8 @@ class MethodEntry:
     - `needs`: what the build needs from the context (`layer`, `key`, ...).
     - `output`: `"input"` when the attribution is shaped like `x`, `"map"` for an
         `(H, W)` map.
+    - `axioms`: properties the attributions satisfy that tools may check, e.g.
+        `"completeness"` (they sum to `f(x) - f(baseline)`; the demo reports it).
     """
 
     name: str
@@ -83,6 +85,7 @@ class MethodEntry:
     aliases: tuple[str, ...] = ()
     needs: frozenset[str] = frozenset()
     output: Literal["input", "map"] = "input"
+    axioms: frozenset[str] = frozenset()
 
     @property
     def random(self) -> bool:
@@ -147,6 +150,7 @@ def _entries() -> tuple[MethodEntry, ...]:
             ig,
             aliases=("ig",),
             needs=frozenset({"baseline"}),
+            axioms=frozenset({"completeness"}),
         ),
         MethodEntry(
             "smoothgrad",

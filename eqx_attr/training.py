@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -30,6 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+# Library code never prints: messages go to this logger (shown once the
+# application configures logging, e.g. `logging.basicConfig(level="INFO")`).
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "TrainConfig",
@@ -398,11 +403,10 @@ def cached_train(
         try:
             return _load(path, model)
         except Exception as e:  # a corrupt cache entry: say so, then retrain
-            if verbose:
-                print(f"ignoring unreadable cache file {path} ({e}); retraining")
+            _log.warning("ignoring unreadable cache file %s (%s); retraining", path, e)
     result = train(model, (xs, ys), config, progress=progress, desc=name)
-    if verbose:
-        print(f"trained {name} in {result.seconds:.1f} s; cached at {path}")
+    level = logging.INFO if verbose else logging.DEBUG
+    _log.log(level, "trained %s in %.1f s; cached at %s", name, result.seconds, path)
     _save(path, result.model)
     return result.model
 
@@ -422,7 +426,8 @@ def pretrained_small_cnn(
     the 1,000 held-out digits.
 
     **Arguments:** `width` of the CNN, `config` of the training run,
-    `progress` bar on or off, `verbose` (print where the weights were cached).
+    `progress` bar on or off, `verbose` (log where the weights were cached at
+    INFO level rather than DEBUG).
 
     ```python
     model = xa.training.pretrained_small_cnn()

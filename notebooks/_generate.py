@@ -41,7 +41,8 @@ model = xa.training.pretrained_small_cnn(config=config, progress=False)
 print("test accuracy:", xa.training.accuracy(model, data.x_test, data.y_test))"""
 
 DIGITS = """\
-from eqx_attr._demo import choose_digits
+from eqx_attr._batch import batched
+from eqx_attr._cli._demo import choose_digits
 
 n_digits = 4 if FAST else 8
 idx = choose_digits(data.y_test, n_digits)  # one per class: 0, 1, 2, ...
@@ -53,9 +54,7 @@ labels = [f"label {y}, pred {t}" for y, t in zip(data.y_test[idx], targets)]
 
 def explain(method, xs=xs, targets=targets):
     \"\"\"Attribute a batch: one compiled, vmapped call.\"\"\"
-    run = eqx.filter_jit(
-        lambda m, x, t, k: jax.vmap(lambda a, b, c: m(a, b, key=c))(x, t, k))
-    out = run(method, xs, targets, keys[: len(xs)])
+    out = batched(method)(xs, targets, keys[: len(xs)])
     return jax.tree_util.tree_map(np.asarray, out)"""
 
 

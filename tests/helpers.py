@@ -1,4 +1,11 @@
-"""Shared test helpers: the single list of all methods, and `tree_allclose`."""
+"""Shared test helpers: the single list of all methods, and `tree_allclose`.
+
+`METHODS` is every registry entry (`eqx_attr._registry.methods()`) built at test
+size on SmallCNN, plus the variants listed by hand below (a hand-written spec
+named like the entry's class replaces the entry's default build). Entries that
+need what SmallCNN cannot offer (a transformer's attention) are listed in
+`NOT_ON_SMALL_CNN`.
+"""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import eqx_attr as xa
+from eqx_attr._registry import BuildContext, MethodEntry, methods
 
 
 def tree_allclose(a, b, *, rtol=1e-5, atol=1e-6) -> bool:
@@ -98,6 +106,40 @@ METHODS: list[MethodSpec] = [
     MethodSpec(
         "AblationCAM", lambda m: xa.AblationCAM(m, _conv2, chunk_size=8), output="map"
     ),
+]
+
+
+# What SmallCNN offers a registry entry's build, at test size.
+_OFFERED = frozenset({"layer", "classifier", "key", "baseline", "mask"})
+
+
+def _cells(side: int = 28, cell: int = 7) -> np.ndarray:
+    ids = (np.arange(side) // cell)[:, None] * (side // cell) + np.arange(side) // cell
+    return ids[None].astype(np.int32)  # (1, 28, 28): 16 features
+
+
+def _registry_spec(entry: MethodEntry) -> MethodSpec:
+    def build(m):
+        return entry.build(
+            BuildContext(
+                model=m,
+                layer=_conv2,
+                classifier=lambda m: _unwrap(m).fc,
+                mask=jnp.asarray(_cells()),
+                options={"n_steps": 8, "n_samples": 4, "chunk_size": 8},
+                input_shape=(1, 28, 28),
+            )
+        )
+
+    return MethodSpec(entry.cls.__name__, build, entry.output, entry.random)
+
+
+NOT_ON_SMALL_CNN: list[str] = [e.name for e in methods() if not e.needs <= _OFFERED]
+_NAMED = {spec.name for spec in METHODS}
+METHODS += [
+    _registry_spec(e)
+    for e in methods()
+    if e.needs <= _OFFERED and e.cls.__name__ not in _NAMED
 ]
 
 

@@ -12,6 +12,7 @@ from PIL import Image  # noqa: E402
 
 import eqx_attr as xa  # noqa: E402
 from eqx_attr._cli import main  # noqa: E402
+from eqx_attr._registry import methods as registry_methods  # noqa: E402
 
 from .helpers import tree_allclose  # noqa: E402
 
@@ -53,8 +54,10 @@ def test_help_is_complete(capsys):
                    "--out", "--layer", "--normalize", "--size", "--no-resize",
                    "--n-steps", "--baseline", "imagenet", "safetensors"):  # fmt: skip
         assert option in out
-    for name in xa._cli.METHOD_NAMES:
-        assert name in out.replace("\n", " ").replace("  ", " ") or name in out
+    for entry in registry_methods():
+        assert entry.name in out.replace("\n", " ").replace("  ", " ") or (
+            entry.name in out
+        )
     code, out, _ = _run(capsys, "methods")
     assert code == 0 and "gradcam_plus_plus" in out and "resnet50" in out
 
@@ -162,29 +165,36 @@ def test_bad_input_is_one_line_without_traceback(capsys, files, case, args, need
 def test_demo_runs_every_method_and_reports(capsys, tmp_path):
     # The full demo trains the 97% model (measured by `make demo`); here the same
     # pipeline runs on an untrained tiny CNN and two digits.
-    from eqx_attr import _demo
+    from eqx_attr._cli import _demo
 
-    present, missing, unplanned = _demo.available_methods()
-    assert missing == [] and unplanned == []  # every method is in the demo
     model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    data = xa.datasets.mnist()
+    columns, skipped = _demo.demo_columns(model, data)
+    # Every registry entry is a column, or is reported as skipped with its needs.
+    shown = {c.entry.name for c in columns}
+    for entry in registry_methods():
+        assert entry.name in shown or any(
+            s.startswith(entry.name + " (needs") for s in skipped
+        ), entry.name
     lines = []
     result = _demo.run_demo(tmp_path, n_digits=2, model=model, print_fn=lines.append)
     assert lines[0] == f"test accuracy: {result['accuracy']:.3f}"
     assert (tmp_path / "attributions.png").read_bytes()[:8] == PNG_MAGIC
-    for p in present:
-        assert (tmp_path / f"{_demo.slug(p.name)}.png").is_file(), p.name
-        assert any(line.startswith(p.name + " ") for line in lines), p.name
+    for c in columns:
+        assert (tmp_path / f"{_demo.slug(c.name)}.png").is_file(), c.name
+        assert any(line.startswith(c.name + " ") for line in lines), c.name
     # IG's completeness residual is reported for every baseline (relative to
     # f(x) - f(b), which is tiny and ill-conditioned for an untrained net, so only
     # finiteness is checked here; notebook 04 checks its size on the trained one).
-    ig = [p.name for p in present if p.requires == "IntegratedGradients"]
-    assert sorted(result["completeness"]) == sorted(ig)
+    complete = [c.name for c in columns if "completeness" in c.entry.axioms]
+    assert len(complete) >= 4  # IG with each of the 4 demo baselines
+    assert sorted(result["completeness"]) == sorted(complete)
     assert all(np.isfinite(v) and v >= 0 for v in result["completeness"].values())
-    assert sum(line.startswith("IG completeness") for line in lines) == len(ig)
+    assert sum(line.startswith("completeness, ") for line in lines) == len(complete)
 
 
 def test_choose_digits_one_per_class():
-    from eqx_attr._demo import choose_digits, slug
+    from eqx_attr._cli._demo import choose_digits, slug
 
     ys = np.array([3, 3, 1, 0, 1, 2, 0])
     idx = choose_digits(ys, 4)

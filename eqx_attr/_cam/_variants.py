@@ -23,6 +23,7 @@ from .._attribution import (
     check_positive_int,
     make_objective,
 )
+from .._layers import read_layer, replace_layer_output
 from ._cam import (
     AbstractCAM,
     AbstractGradientCAM,
@@ -35,7 +36,6 @@ from ._cam import (
     to_maps,
     weighted_sum,
 )
-from .._layers import read_layer, replace_layer_output
 
 
 def _safe_divide(num: Array, den: Array) -> Array:

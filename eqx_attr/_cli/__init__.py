@@ -1,7 +1,4 @@
 """The command line (`python -m eqx_attr`, `eqx-attr`) and the MNIST demo."""
 
-from ._main import (
-    build_parser as build_parser,
-    main as main,
-    parse_layer_path as parse_layer_path,
-)
+from ._main import main as main
+from ._parser import build_parser as build_parser

@@ -1,9 +1,11 @@
-"""`python -m eqx_attr demo`: every method of the library on real MNIST digits.
+"""`python -m eqx_attr demo`: every registered method on real MNIST digits.
 
-Trains (or loads from the cache) the demo CNN, prints its held-out accuracy,
-explains 8 held-out digits with every method, writes the grid
-`demo_out/attributions.png` plus one PNG per method, and prints each method's
-compile and steady-state time and Integrated Gradients' completeness error.
+Trains (or loads from the cache) the demo CNN, reports its held-out accuracy,
+explains 8 held-out digits with every method of the registry that runs on a CNN
+(methods that baseline get one column per demo baseline), writes the grid
+`demo_out/attributions.png` plus one PNG per column, and reports each column's
+compile and steady-state time and the completeness error of the methods that
+satisfy completeness.
 """
 
 from __future__ import annotations
@@ -11,134 +13,73 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._batch import batched, time_call
+from .._registry import BuildContext, MethodEntry, methods
+from ..models import spec_of
+from ._explain import feature_cells
+
+# What the demo CNN offers a method; entries needing anything else (a
+# transformer's attention) are listed as skipped, never silently dropped.
+_OFFERED = frozenset({"layer", "classifier", "key", "baseline", "mask"})
+
 
 @dataclasses.dataclass(frozen=True)
-class DemoMethod:
-    """One column of the demo: a display name, the public class it needs, a builder."""
+class DemoColumn:
+    """One column of the demo: a display name, its registry entry, a context."""
 
     name: str
-    requires: str
-    build: Callable[[Any, Any], Any]  # (model, data) -> method
+    entry: MethodEntry
+    context: BuildContext
+
+    def build(self) -> Any:
+        return self.entry.build(self.context)
 
 
-def _layer(m):
-    return m.conv2
+def _baselines(data: Any) -> dict[str, Any]:
+    from .. import baselines as b
 
-
-def _classifier(m):
-    return m.fc
-
-
-def _xa():
-    import eqx_attr
-
-    return eqx_attr
-
-
-def planned_methods() -> list[DemoMethod]:
-    """Every method the library plans to offer, as the demo shows them.
-
-    Entries name the public class they need; [`available_methods`][] keeps those
-    that exist and reports the rest, so a missing method is never silently
-    dropped.
-    """
-    xa = _xa()
-    b = xa.baselines
-    return [
-        DemoMethod("Gradients", "Gradients", lambda m, d: xa.Gradients(m)),
-        DemoMethod(
-            "Gradients×Input", "GradientsXInput", lambda m, d: xa.GradientsXInput(m)
-        ),
-        DemoMethod(
-            "SmoothGrad",
-            "SmoothGrad",
-            lambda m, d: xa.SmoothGrad(xa.Gradients(m), n_samples=32, stdev=0.15),
-        ),
-        DemoMethod(
-            "IG (black)",
-            "IntegratedGradients",
-            lambda m, d: xa.IntegratedGradients(m, n_steps=32),
-        ),
-        DemoMethod(
-            "IG (blur)",
-            "IntegratedGradients",
-            lambda m, d: xa.IntegratedGradients(
-                m, n_steps=32, baseline=b.Blur(sigma=3.0)
-            ),
-        ),
-        DemoMethod(
-            "IG (noise)",
-            "IntegratedGradients",
-            lambda m, d: xa.IntegratedGradients(
-                m, n_steps=16, baseline=b.UniformNoise(n_draws=8)
-            ),
-        ),
-        DemoMethod(
-            "IG (mean)",
-            "IntegratedGradients",
-            lambda m, d: xa.IntegratedGradients(
-                m, n_steps=32, baseline=b.DatasetMean.from_data(d.x_train)
-            ),
-        ),
-        DemoMethod("Guided BP", "GuidedBackprop", lambda m, d: xa.GuidedBackprop(m)),
-        DemoMethod("Deconvnet", "Deconvolution", lambda m, d: xa.Deconvolution(m)),
-        DemoMethod(
-            "CAM", "CAM", lambda m, d: xa.CAM(m, _layer, classifier=_classifier)
-        ),
-        DemoMethod("Grad-CAM", "GradCAM", lambda m, d: xa.GradCAM(m, _layer)),
-        DemoMethod(
-            "Guided Grad-CAM",
-            "GuidedGradCAM",
-            lambda m, d: xa.GuidedGradCAM(m, _layer),
-        ),
-        DemoMethod(
-            "Grad-CAM++", "GradCAMPlusPlus", lambda m, d: xa.GradCAMPlusPlus(m, _layer)
-        ),
-        DemoMethod("XGrad-CAM", "XGradCAM", lambda m, d: xa.XGradCAM(m, _layer)),
-        DemoMethod("HiRes-CAM", "HiResCAM", lambda m, d: xa.HiResCAM(m, _layer)),
-        DemoMethod("Layer-CAM", "LayerCAM", lambda m, d: xa.LayerCAM(m, _layer)),
-        DemoMethod("Eigen-CAM", "EigenCAM", lambda m, d: xa.EigenCAM(m, _layer)),
-        DemoMethod(
-            "Score-CAM", "ScoreCAM", lambda m, d: xa.ScoreCAM(m, _layer, chunk_size=32)
-        ),
-        DemoMethod(
-            "Ablation-CAM",
-            "AblationCAM",
-            lambda m, d: xa.AblationCAM(m, _layer, chunk_size=32),
-        ),
-    ]
-
-
-def available_methods() -> tuple[list[DemoMethod], list[str], list[str]]:
-    """`(present, missing, unplanned)`.
-
-    `present`: planned methods whose class exists; `missing`: planned classes not
-    (yet) in the library; `unplanned`: public attribution classes that no demo
-    entry uses (so they would not be shown).
-    """
-    xa = _xa()
-    planned = planned_methods()
-    present = [p for p in planned if hasattr(xa, p.requires)]
-    missing = sorted({p.requires for p in planned if not hasattr(xa, p.requires)})
-    used = {p.requires for p in planned}
-    public = {
-        n
-        for n in dir(xa)
-        if isinstance(getattr(xa, n), type)
-        and issubclass(getattr(xa, n), xa.AbstractAttribution)
-        and not getattr(getattr(xa, n), "__abstractmethods__", None)
+    return {
+        "black": 0.0,
+        "blur": b.Blur(sigma=3.0),
+        "noise": b.UniformNoise(n_draws=8),
+        "mean": b.DatasetMean.from_data(data.x_train),
     }
-    unplanned = sorted(public - used)
-    return present, missing, unplanned
+
+
+def demo_columns(model: Any, data: Any) -> tuple[list[DemoColumn], list[str]]:
+    """`(columns, skipped)`: every registered method as the demo shows it.
+
+    `skipped` names the entries the demo CNN cannot run, with what they need.
+    """
+    spec = spec_of(model)
+    base = BuildContext(
+        model=model,
+        layer=spec.layer(),
+        classifier=spec.classifier_where(),
+        mask=feature_cells(tuple(data.x_test.shape[1:]), 7),
+        options={"n_steps": 32, "n_samples": 32, "chunk_size": 32},
+        input_shape=tuple(data.x_test.shape[1:]),
+    )
+    columns: list[DemoColumn] = []
+    skipped: list[str] = []
+    for entry in methods():
+        missing = entry.needs - _OFFERED
+        if missing:
+            skipped.append(f"{entry.name} (needs {', '.join(sorted(missing))})")
+        elif "baseline" in entry.needs:
+            for label, value in _baselines(data).items():
+                context = dataclasses.replace(base, baseline=value)
+                columns.append(DemoColumn(f"{entry.name} ({label})", entry, context))
+        else:
+            columns.append(DemoColumn(entry.name, entry, base))
+    return columns, skipped
 
 
 def choose_digits(ys: np.ndarray, n: int = 8) -> np.ndarray:
@@ -171,52 +112,32 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", s).strip("_")
 
 
-def _batched(method):
-    """`(xs, ts, keys) -> maps`, jitted, one compile per input shape."""
+def completeness_error(column: DemoColumn, xs, ts, keys) -> float:
+    """max_i |sum(a_i) - (f(x_i) - f(b_i))| / |f(x_i) - f(b_i)| over a batch."""
+    from ..metrics import Completeness
 
-    @eqx.filter_jit
-    def run(method, xs, ts, keys):
-        return jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, ts, keys)
-
-    return lambda xs, ts, keys: run(method, xs, ts, keys)
-
-
-def time_method(fn: Callable, *args, repeats: int = 3) -> tuple[Any, float, float]:
-    """`(output, compile_seconds, steady_seconds)`.
-
-    The first call compiles and runs; steady state is the best of `repeats` later
-    calls; compile time is the first call minus one steady call.
-    """
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return out, max(first - best, 0.0), best
+    method = column.build()
+    baseline = column.context.baseline
+    metric = Completeness(column.context.model, baseline=baseline, relative=True)
+    attrs = batched(method)(xs, ts, keys)
+    errors = jax.vmap(lambda x, t, a, k: metric(x, t, a, key=k))(xs, ts, attrs, keys)
+    return float(np.max(np.asarray(errors, np.float64)))
 
 
-def completeness_error(ig, xs, ts, key) -> float:
-    """max_i |delta_i| / |f(x_i) - f(b_i)| for Integrated Gradients `ig` over a batch.
+def _write_pngs(out_dir, xs, maps, labels, preds) -> str:
+    from .. import viz
 
-    `delta = sum(attr) - (f(x) - f(b))`, so `f(x) - f(b) = sum(attr) - delta`.
-    """
-
-    @eqx.filter_jit
-    def run(ig, xs, ts, keys):
-        return jax.vmap(lambda x, t, k: ig.attribute_with_delta(x, t, key=k))(
-            xs, ts, keys
+    grid_path = os.path.join(out_dir, "attributions.png")
+    viz.grid(xs, maps, row_labels=labels, path=grid_path)
+    for name, m in maps.items():
+        viz.grid(
+            xs,
+            {name: m},
+            row_labels=[str(t) for t in preds],
+            transpose=True,
+            path=os.path.join(out_dir, f"{slug(name)}.png"),
         )
-
-    keys = jax.random.split(key, xs.shape[0])
-    attrs, deltas = run(ig, xs, ts, keys)
-    sums = jnp.sum(attrs.reshape(attrs.shape[0], -1), axis=1)
-    gap = np.abs(np.asarray(sums - deltas, np.float64))
-    return float(
-        np.max(np.abs(np.asarray(deltas, np.float64)) / np.maximum(gap, 1e-12))
-    )
+    return grid_path
 
 
 def run_demo(
@@ -227,7 +148,7 @@ def run_demo(
     model: Any = None,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the demo; returns the numbers it prints (for tests and notebooks).
+    """Run the demo; returns the numbers it reports (for tests and notebooks).
 
     **Arguments:**
 
@@ -236,67 +157,55 @@ def run_demo(
     - `progress`: show the training progress bar (only when training).
     - `model`: use this trained model instead of the cached demo CNN.
     - `print_fn`: where the report lines go.
+
+    **Returns:** `{"accuracy", "maps", "timings", "completeness", "skipped",
+    "grid_path"}`.
     """
-    from .. import datasets, training, viz
+    from .. import datasets, training
 
     data = datasets.mnist()
     if model is None:
         model = training.pretrained_small_cnn(progress=progress)
     acc = training.accuracy(model, data.x_test, data.y_test)
     print_fn(f"test accuracy: {acc:.3f}")
-
     idx = choose_digits(data.y_test, n_digits)
     xs = jnp.asarray(data.x_test[idx])
-    labels = data.y_test[idx]
     preds = training.predict(model, xs)
     ts = jnp.asarray(preds, jnp.int32)  # explain what the model predicted
     keys = jax.random.split(jax.random.key(0), xs.shape[0])
-
-    present, missing, unplanned = available_methods()
-    if missing:
-        print_fn("planned methods not in the library yet: " + ", ".join(missing))
-    if unplanned:
-        print_fn("library methods without a demo entry: " + ", ".join(unplanned))
+    columns, skipped = demo_columns(model, data)
+    if skipped:
+        print_fn("methods the demo CNN cannot run: " + ", ".join(skipped))
 
     os.makedirs(out_dir, exist_ok=True)
     maps: dict[str, np.ndarray] = {}
     timings: dict[str, tuple[float, float]] = {}
-    width = max(len(p.name) for p in present)
+    width = max(len(c.name) for c in columns)
     print_fn(f"{'method':<{width}}  compile [s]  steady [ms / {xs.shape[0]} digits]")
-    for p in present:
-        method = p.build(model, data)
-        out, compile_s, steady_s = time_method(_batched(method), xs, ts, keys)
-        maps[p.name] = np.asarray(out)
-        timings[p.name] = (compile_s, steady_s)
-        print_fn(f"{p.name:<{width}}  {compile_s:11.2f}  {1e3 * steady_s:10.1f}")
-
-    row_labels = [f"label {y}, pred {t}" for y, t in zip(labels, preds, strict=True)]
-    grid_path = os.path.join(out_dir, "attributions.png")
-    fig = viz.grid(xs, maps, row_labels=row_labels, path=grid_path)
-    del fig
-    for name, m in maps.items():
-        viz.grid(
-            xs,
-            {name: m},
-            row_labels=[str(t) for t in preds],
-            transpose=True,
-            path=os.path.join(out_dir, f"{slug(name)}.png"),
-        )
+    for column in columns:
+        out, compile_s, steady_s = time_call(batched(column.build()), xs, ts, keys)
+        maps[column.name] = np.asarray(out)
+        timings[column.name] = (compile_s, steady_s)
+        print_fn(f"{column.name:<{width}}  {compile_s:11.2f}  {1e3 * steady_s:10.1f}")
+    labels = [
+        f"label {y}, pred {t}" for y, t in zip(data.y_test[idx], preds, strict=True)
+    ]
+    grid_path = _write_pngs(out_dir, xs, maps, labels, preds)
 
     deltas: dict[str, float] = {}
-    for p in present:
-        if p.requires != "IntegratedGradients":
-            continue
-        err = completeness_error(p.build(model, data), xs, ts, jax.random.key(0))
-        deltas[p.name] = err
-        print_fn(f"IG completeness, {p.name}: max |delta| / |f(x) - f(b)| = {err:.2e}")
+    for column in columns:
+        if "completeness" in column.entry.axioms:
+            err = completeness_error(column, xs, ts, keys)
+            deltas[column.name] = err
+            print_fn(
+                f"completeness, {column.name}: max |delta| / |f(x) - f(b)| = {err:.2e}"
+            )
     print_fn(f"wrote {grid_path} and {len(maps)} per-method PNGs in {out_dir}/")
     return {
         "accuracy": acc,
         "maps": maps,
         "timings": timings,
         "completeness": deltas,
-        "missing": missing,
-        "unplanned": unplanned,
+        "skipped": skipped,
         "grid_path": grid_path,
     }

@@ -1,4 +1,4 @@
-"""The gradient family: saliency, gradients x input, integrated gradients, SmoothGrad."""
+"""The gradient family: saliency, gradients x input, IG, SmoothGrad."""
 
 from ._gradients import Gradients as Gradients, GradientsXInput as GradientsXInput
 from ._integrated import IntegratedGradients as IntegratedGradients
