@@ -22,6 +22,7 @@ from ._cam import (
     GuidedGradCAM as GuidedGradCAM,
     HiResCAM as HiResCAM,
     LayerCAM as LayerCAM,
+    LayerSpec as LayerSpec,
     ScoreCAM as ScoreCAM,
     XGradCAM as XGradCAM,
 )

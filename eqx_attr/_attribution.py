@@ -99,13 +99,54 @@ def check_input(x: Any, name: str = "x") -> Array:
 
 
 def check_key(key: Any, method: str) -> PRNGKeyArray:
-    """Raise a clear error when a random method is called without `key`."""
+    """Raise a clear error when a random method is called without `key`.
+
+    `method` names what is random, e.g. `"SmoothGrad"` or `"The baseline Blur"`.
+    """
     if key is None:
         raise ValueError(
             f"{method} is random and needs a PRNG key: call it as "
             f"`method(x, target, key=jax.random.key(0))`."
         )
     return key
+
+
+def model_rejected_input(x: Any, error: Exception) -> ValueError:
+    """The error for a model that raised on `x` while being traced."""
+    return ValueError(
+        f"The model rejected input `x` of shape {x.shape} and dtype {x.dtype}: "
+        f"{type(error).__name__}: {error}\nPass ONE example without a batch axis, "
+        "shaped as the model expects (e.g. (1, 28, 28) for SmallCNN); batch with "
+        "`eqx.filter_vmap(method)(xs, targets)`."
+    )
+
+
+def check_where(where: Any, name: str, example: str) -> None:
+    """Trace-time check that `where` is a `where` function (as for `eqx.tree_at`).
+
+    `example` is the argument as the fix should show it, e.g.
+    `"lambda m: m.conv2"`.
+    """
+    if not callable(where) or isinstance(where, eqx.Module):
+        raise TypeError(
+            f"`{name}` must be a `where` function selecting a sub-module, as for "
+            f"`eqx.tree_at`, e.g. `{name}={example}`; got {type(where).__name__}."
+        )
+
+
+def check_bool(value: Any, name: str) -> None:
+    """Trace-time check for flags such as `relu` or `return_delta`."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def check_index(value: Any, name: str, *, optional: bool = True) -> None:
+    """Trace-time check for an integer >= 0 (or None when `optional`)."""
+    if optional and value is None:
+        return
+    if not _is_int_like(value) or int(value) < 0:
+        none = "None or " if optional else ""
+        raise ValueError(f"`{name}` must be {none}an int >= 0, got {value!r}.")
 
 
 def _is_int_like(target: Any) -> bool:
@@ -197,12 +238,7 @@ def forward_shape(model: Callable, x: Array) -> jax.ShapeDtypeStruct:
     try:
         out = jax.eval_shape(model, x)
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"The model rejected input `x` of shape {x.shape} and dtype {x.dtype}: "
-            f"{type(e).__name__}: {e}\nPass ONE example without a batch axis, shaped "
-            "as the model expects (e.g. (1, 28, 28) for SmallCNN); batch with "
-            "`eqx.filter_vmap(method)(xs, targets)`."
-        ) from e
+        raise model_rejected_input(x, e) from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             "The model must return a single array of scores for one example; it "

@@ -31,7 +31,14 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, Float
 
-from ._attribution import Image, Target, check_input, make_objective
+from ._attribution import (
+    Image,
+    Target,
+    check_index,
+    check_input,
+    make_objective,
+    model_rejected_input,
+)
 
 # ---------------------------------------------------------------------------------
 # The tap: identity forward, (gradient, activation, 1) backward.
@@ -136,14 +143,7 @@ def inspect_layer(
     floating-point array.
     """
     resolve_layer(model, layer)
-    if call_index is not None and (
-        not isinstance(call_index, (int, np.integer))
-        or isinstance(call_index, bool)
-        or call_index < 0
-    ):
-        raise ValueError(
-            f"`call_index` must be None or a non-negative int, got {call_index!r}."
-        )
+    check_index(call_index, "call_index")
     calls: list[tuple[Any, bool]] = []
     top: list[type] = []
 
@@ -166,11 +166,7 @@ def inspect_layer(
     try:
         out = eqx.filter_eval_shape(run, model, x)
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"The model rejected input `x` of shape {x.shape} and dtype {x.dtype}: "
-            f"{type(e).__name__}: {e}\nPass ONE example without a batch axis, shaped "
-            "as the model expects; batch with `eqx.filter_vmap(method)(xs, targets)`."
-        ) from e
+        raise model_rejected_input(x, e) from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             "The model must return a single array of scores for one example; it "

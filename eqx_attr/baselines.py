@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import abc
 import numbers
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+
+from ._attribution import check_key, check_positive_int
 
 __all__ = [
     "AbstractBaseline",
@@ -43,8 +45,6 @@ __all__ = [
 class AbstractBaseline(eqx.Module):
     """Base class of baselines: `baseline(x, key=None) -> (n_draws, *x.shape)`."""
 
-    needs_key: ClassVar[bool] = False
-
     @abc.abstractmethod
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
@@ -52,12 +52,7 @@ class AbstractBaseline(eqx.Module):
         """Return `n_draws` reference inputs shaped like `x`."""
 
     def _key(self, key: PRNGKeyArray | None) -> PRNGKeyArray:
-        if key is None:
-            raise ValueError(
-                f"The baseline {type(self).__name__} is random and needs a PRNG key: "
-                "call the method as `method(x, target, key=jax.random.key(0))`."
-            )
-        return key
+        return check_key(key, f"The baseline {type(self).__name__}")
 
 
 class Zeros(AbstractBaseline):
@@ -93,7 +88,6 @@ class UniformNoise(AbstractBaseline):
     n_draws: int = eqx.field(static=True, default=10)
     low: float = 0.0
     high: float = 1.0
-    needs_key: ClassVar[bool] = True
 
     def __check_init__(self):
         _check_draws(self.n_draws)
@@ -119,7 +113,6 @@ class GaussianNoise(AbstractBaseline):
     stdev: float = 0.1
     clip_low: float | None = None
     clip_high: float | None = None
-    needs_key: ClassVar[bool] = True
 
     def __check_init__(self):
         _check_draws(self.n_draws)
@@ -256,8 +249,7 @@ def _broadcast_to_input(value: Array, x: Array, name: str) -> Array:
 
 
 def _check_draws(n_draws: Any) -> None:
-    if not isinstance(n_draws, numbers.Integral) or n_draws < 1:
-        raise ValueError(f"`n_draws` must be an integer >= 1, got {n_draws!r}.")
+    check_positive_int(n_draws, "n_draws")
 
 
 def gaussian_blur(x: Float[Array, "*c h w"], sigma: float) -> Float[Array, "*c h w"]:

@@ -1,15 +1,14 @@
 """The CAM family: class activation maps read from one layer of the model."""
 
-from ._cam import (
-    CAM as CAM,
+from ._base import (
     AbstractCAM as AbstractCAM,
+    AbstractChannelScoreCAM as AbstractChannelScoreCAM,
     AbstractGradientCAM as AbstractGradientCAM,
-    GradCAM as GradCAM,
-    GuidedGradCAM as GuidedGradCAM,
 )
+from ._cam import CAM as CAM, GradCAM as GradCAM, GuidedGradCAM as GuidedGradCAM
+from ._spec import LayerSpec as LayerSpec
 from ._variants import (
     AblationCAM as AblationCAM,
-    AbstractChannelScoreCAM as AbstractChannelScoreCAM,
     EigenCAM as EigenCAM,
     GradCAMPlusPlus as GradCAMPlusPlus,
     HiResCAM as HiResCAM,

@@ -7,35 +7,24 @@ only in how the channels of the layer's activation are combined into one map.
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array
 
-from .._attribution import (
-    Image,
-    Target,
-    batched_map,
-    check_input,
-    check_positive_int,
-    make_objective,
-)
-from .._layers import read_layer, replace_layer_output
-from ._cam import (
+from .._layers import replace_layer_output
+from ._base import (
     AbstractCAM,
+    AbstractChannelScoreCAM,
     AbstractGradientCAM,
-    Map,
-    _float,
-    channel_keep_mask,
-    finish_map,
-    inspect_cam_layer,
+    as_float,
     spatial_size,
-    to_maps,
     weighted_sum,
 )
+from ._spec import LayerSpec
 
 
 def _safe_divide(num: Array, den: Array) -> Array:
@@ -103,7 +92,12 @@ class GradCAMPlusPlus(AbstractGradientCAM):
     ```
     """
 
-    def _map(self, a: Array, g: Array) -> Array:
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+
+    def _combine(self, a: Array, g: Array) -> Array:
         return gradcam_plus_plus_map(a, g)
 
 
@@ -124,7 +118,12 @@ class XGradCAM(AbstractGradientCAM):
     ```
     """
 
-    def _map(self, a: Array, g: Array) -> Array:
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+
+    def _combine(self, a: Array, g: Array) -> Array:
         return xgradcam_map(a, g)
 
 
@@ -146,7 +145,12 @@ class HiResCAM(AbstractGradientCAM):
     ```
     """
 
-    def _map(self, a: Array, g: Array) -> Array:
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+
+    def _combine(self, a: Array, g: Array) -> Array:
         return hirescam_map(a, g)
 
 
@@ -167,7 +171,12 @@ class LayerCAM(AbstractGradientCAM):
     ```
     """
 
-    def _map(self, a: Array, g: Array) -> Array:
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+
+    def _combine(self, a: Array, g: Array) -> Array:
         return layercam_map(a, g)
 
 
@@ -196,65 +205,15 @@ class EigenCAM(AbstractCAM):
     ```
     """
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        del target
-        x = check_input(x)
-        spatial_size(x, "EigenCAM")
-        info = inspect_cam_layer(self, x)
-        _, _, act, _ = read_layer(self.model, self.layer, x, lambda s: jnp.sum(s), info)
-        a = _float(to_maps(act, self))
-        return finish_map(eigencam_map(a), x, self)
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
 
-
-class AbstractChannelScoreCAM(AbstractCAM):
-    """Base of the CAMs that weight each channel by a score of its own.
-
-    `__call__` reads the layer's activation `A` and the target's score `y`, runs
-    `_channel_score` for every channel `k` (at most `chunk_size` at a time), turns
-    those scores into channel weights with `_weights` and returns
-    `relu(sum_k w_k A_k)`, resized. No gradient is used.
-    """
-
-    chunk_size: int | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
-
-    @abc.abstractmethod
-    def _channel_score(
-        self,
-        x: Array,
-        objective: Callable[[Array], Array],
-        act: Array,
-        maps: Array,
-        k: Array,
-    ) -> Array:
-        """The score of channel `k`; `act` is the raw activation, `maps` its
-        `(C, h, w)` form."""
-
-    @abc.abstractmethod
-    def _weights(self, scores: Array, y: Array) -> Array:
-        """The channel weights from the channel scores and the target's score `y`."""
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Map:
-        x = check_input(x)
-        spatial_size(x, type(self).__name__)
-        info = inspect_cam_layer(self, x)
-        objective = make_objective(target, info.out.shape)
-        _, y, act, _ = read_layer(self.model, self.layer, x, objective, info)
-        a = _float(to_maps(act, self))
-
-        def channel_score(k):
-            return self._channel_score(x, objective, act, a, k)
-
-        scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
-        weights = self._weights(_float(scores), _float(y))
-        return finish_map(weighted_sum(weights, a), x, self)
+    def _map(self, x, target, info, key):
+        del target  # class-agnostic
+        _, _, act, _ = self.spec.read(self.model, x, lambda s: jnp.sum(s), info)
+        return eigencam_map(as_float(self.spec.maps(act)))
 
 
 class ScoreCAM(AbstractChannelScoreCAM):
@@ -280,6 +239,12 @@ class ScoreCAM(AbstractChannelScoreCAM):
     h = xa.ScoreCAM(model, lambda m: m.conv2, chunk_size=16)(x, target=3)
     ```
     """
+
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    chunk_size: int | None = eqx.field(static=True, default=None)
 
     def _channel_score(self, x, objective, act, maps, k):
         size = spatial_size(x, "ScoreCAM")
@@ -318,11 +283,17 @@ class AblationCAM(AbstractChannelScoreCAM):
     ```
     """
 
+    model: Callable[..., Any]
+    spec: LayerSpec
+    relu: bool = eqx.field(static=True, default=True)
+    resize: str | None = eqx.field(static=True, default="bilinear")
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
     def _channel_score(self, x, objective, act, maps, k):
-        keep = channel_keep_mask(act.shape, k, self)
+        keep = self.spec.keep_mask(act.shape, k)
         value = jnp.where(keep, act, jnp.zeros((), act.dtype))
         rest = replace_layer_output(
-            self.model, self.layer, value, call_index=self.call_index
+            self.model, self.spec.layer, value, call_index=self.spec.call_index
         )
         return objective(rest(x))
 

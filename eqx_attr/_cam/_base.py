@@ -1,0 +1,206 @@
+"""The abstract CAM bases and their one template pipeline.
+
+Every CAM-family method reads one layer (its [`LayerSpec`][]) and turns what it
+read into an `(h, w)` map; the template [`AbstractCAM.__call__`][] does the rest
+once: check the input, inspect the layer at trace time, `_map`, then the ReLU and
+the resize. The activations are functions of the input only; `relu` and `resize`
+act on the map.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._attribution import (
+    AbstractAttribution,
+    Image,
+    Target,
+    batched_map,
+    check_bool,
+    check_input,
+    check_positive_int,
+    make_objective,
+)
+from .._layers import LayerInfo
+from ._spec import LayerSpec, as_layer_spec
+
+RESIZES = ("bilinear", "nearest")
+
+Map: TypeAlias = Float[Array, "h w"]
+
+
+def spatial_size(x: Array, method_name: str) -> tuple[int, int]:
+    """The input's spatial size `(H, W)`: its last two axes."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"{method_name} maps onto the input's last two (spatial) axes, but `x` "
+            f"has shape {x.shape}; pass an image such as `(C, H, W)`."
+        )
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def check_resize(resize: Any) -> None:
+    """Trace-time check of a CAM's `resize` option."""
+    if resize is not None and resize not in RESIZES:
+        raise ValueError(
+            f"Unknown `resize={resize!r}`; choose 'bilinear', 'nearest', or None "
+            "(keep the layer's resolution)."
+        )
+
+
+def as_float(a: Array) -> Array:
+    """`a` in float32, or wider when it already is."""
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
+def weighted_sum(weights: Array, maps: Array) -> Array:
+    """`sum_k weights[k] * maps[k]`."""
+    return jnp.tensordot(weights, maps, axes=1)
+
+
+class AbstractCAM(AbstractAttribution):
+    """Base of the CAM family: one layer's activation combined into a spatial map.
+
+    Concrete methods hold `model`, `spec` (a [`eqx_attr.LayerSpec`][]), `relu` and
+    `resize`, and implement `_map`; `__call__` is the template that checks the
+    input, inspects the layer, calls `_map`, clips at zero (`relu`) and resizes to
+    the input (`resize`). The constructor is shared:
+    `Method(model, layer, relu=True, resize="bilinear", *, layout="chw",
+    n_prefix_tokens=0, grid=None, call_index=None)`, where `layer` is a `where`
+    function or a `LayerSpec`.
+
+    To add a CAM, subclass [`eqx_attr.AbstractGradientCAM`][] (a map from the
+    activation and its gradient) or [`eqx_attr.AbstractChannelScoreCAM`][] (one
+    score per channel), or this class for anything else.
+    """
+
+    model: eqx.AbstractVar[Callable[..., Any]]
+    spec: eqx.AbstractVar[LayerSpec]
+    relu: eqx.AbstractVar[bool]
+    resize: eqx.AbstractVar[str | None]
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        layer: Callable | LayerSpec,
+        relu: bool = True,
+        resize: str | None = "bilinear",
+        **layer_options: Any,
+    ):
+        self.model = model
+        self.spec = as_layer_spec(layer, **layer_options)
+        self.relu = relu
+        self.resize = resize
+
+    def __check_init__(self):
+        check_bool(self.relu, "relu")
+        check_resize(self.resize)
+
+    @property
+    def layer(self) -> Callable:
+        """The `where` function naming the layer (from `spec`)."""
+        return self.spec.layer
+
+    @abc.abstractmethod
+    def _map(
+        self, x: Array, target: Target, info: LayerInfo, key: PRNGKeyArray | None
+    ) -> Array:
+        """The `(h, w)` map, before the ReLU and the resize (float32 or wider)."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Map:
+        x = check_input(x)
+        size = spatial_size(x, type(self).__name__)
+        info = self.spec.inspect(self.model, x)
+        m = self._map(x, target, info, key)
+        if self.relu:
+            m = jnp.maximum(m, 0)
+        if self.resize is not None:
+            m = jax.image.resize(m, size, self.resize)
+        return m.astype(x.dtype)
+
+
+class AbstractGradientCAM(AbstractCAM):
+    """Base of the CAMs that combine the activation `A` with its gradient `G`.
+
+    `_map` reads `A` and `G = d target / d A` as `(C, h, w)` maps (one forward and
+    one backward pass) and combines them with the abstract `_combine`.
+    """
+
+    @abc.abstractmethod
+    def _combine(self, a: Array, g: Array) -> Array:
+        """The `(h, w)` map from the activation and gradient maps `(C, h, w)`."""
+
+    def _map(self, x, target, info, key):
+        objective = make_objective(target, info.out.shape)
+        _, _, act, grad = self.spec.read(self.model, x, objective, info)
+        a, g = self.spec.maps(act), self.spec.maps(grad)
+        return self._combine(as_float(a), as_float(g))
+
+
+class AbstractChannelScoreCAM(AbstractCAM):
+    """Base of the CAMs that weight each channel by a score of its own.
+
+    `_map` reads the layer's activation `A` and the target's score `y`, runs
+    `_channel_score` for every channel `k` (at most `chunk_size` at a time), turns
+    those scores into channel weights with `_weights` and returns
+    `sum_k w_k A_k`. No gradient is used.
+    """
+
+    chunk_size: eqx.AbstractVar[int | None]
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        layer: Callable | LayerSpec,
+        relu: bool = True,
+        resize: str | None = "bilinear",
+        *,
+        chunk_size: int | None = None,
+        **layer_options: Any,
+    ):
+        self.model = model
+        self.spec = as_layer_spec(layer, **layer_options)
+        self.relu = relu
+        self.resize = resize
+        self.chunk_size = chunk_size
+
+    def __check_init__(self):
+        if self.chunk_size is not None:
+            check_positive_int(self.chunk_size, "chunk_size")
+
+    @abc.abstractmethod
+    def _channel_score(
+        self,
+        x: Array,
+        objective: Callable[[Array], Array],
+        act: Array,
+        maps: Array,
+        k: Array,
+    ) -> Array:
+        """The score of channel `k`; `act` is the raw activation, `maps` its
+        `(C, h, w)` form."""
+
+    @abc.abstractmethod
+    def _weights(self, scores: Array, y: Array) -> Array:
+        """The channel weights from the channel scores and the target's score `y`."""
+
+    def _map(self, x, target, info, key):
+        objective = make_objective(target, info.out.shape)
+        _, y, act, _ = self.spec.read(self.model, x, objective, info)
+        a = as_float(self.spec.maps(act))
+
+        def channel_score(k):
+            return self._channel_score(x, objective, act, a, k)
+
+        scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
+        weights = self._weights(as_float(scores), as_float(y))
+        return weighted_sum(weights, a)

@@ -1,0 +1,177 @@
+"""The layer spec of the CAM family: which layer, how its output is laid out.
+
+A [`LayerSpec`][] says which call of which sub-module to read (`layer`,
+`call_index`) and how to turn its output into channels-first maps `(C, h, w)`
+(`layout`, `n_prefix_tokens`, `grid`). Every CAM-family method holds one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._attribution import check_choice, check_index, check_where
+from .._layers import LayerInfo, inspect_layer, read_layer
+
+LAYOUTS = ("chw", "hwc", "tokens")
+
+
+def _grid_converter(grid: Any) -> Any:
+    # Static fields must be hashable: accept a list, store a tuple.
+    return tuple(grid) if isinstance(grid, list) else grid
+
+
+class LayerSpec(eqx.Module):
+    """Which layer a CAM-family method reads, and the layout of its output.
+
+    **Arguments:**
+
+    - `layer`: a `where` function as for `eqx.tree_at`, naming the module whose
+        output is explained, e.g. `lambda m: m.conv2`.
+    - `layout`: `"chw"` (default, conv feature maps `(C, H, W)`), `"hwc"`
+        (channels last) or `"tokens"` (a transformer's `(N, D)` tokens, folded to
+        a `(D, h, w)` map).
+    - `n_prefix_tokens`: with `layout="tokens"`, the number of leading class /
+        register tokens to drop before folding (1 for a ViT with a class token).
+    - `grid`: with `layout="tokens"`, the patch grid `(h, w)`; `None` infers a
+        square grid.
+    - `call_index`: which call of `layer` to read when it is called several times
+        per forward pass; `None` (default) requires exactly one call.
+
+    ```python
+    spec = LayerSpec(lambda m: m.blocks[-1].norm1, layout="tokens", n_prefix_tokens=1)
+    h = xa.GradCAM(vit, spec)(x, target=3)
+    ```
+    """
+
+    layer: Callable = eqx.field(static=True)
+    layout: str = eqx.field(static=True, default="chw")
+    n_prefix_tokens: int = eqx.field(static=True, default=0)
+    grid: tuple[int, int] | None = eqx.field(
+        static=True, default=None, converter=_grid_converter
+    )
+    call_index: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_where(self.layer, "layer", "lambda m: m.conv2")
+        check_choice(self.layout, "layout", LAYOUTS)
+        check_index(self.n_prefix_tokens, "n_prefix_tokens", optional=False)
+        grid = self.grid
+        if grid is not None and not (
+            isinstance(grid, tuple)
+            and len(grid) == 2
+            and all(isinstance(g, int) and g >= 1 for g in grid)
+        ):
+            raise ValueError(
+                "`grid` must be None or a pair of positive ints `(h, w)`, got "
+                f"{grid!r}."
+            )
+        if self.layout != "tokens" and (self.n_prefix_tokens != 0 or grid is not None):
+            raise ValueError(
+                "`n_prefix_tokens` and `grid` apply to `layout='tokens'` only; pass "
+                "`layout='tokens'` for a transformer's `(N, D)` token activations."
+            )
+        check_index(self.call_index, "call_index")
+
+    def inspect(self, model: Callable, x: Array) -> LayerInfo:
+        """Trace-time checks of `layer` and `layout`, before any computation runs."""
+        info = inspect_layer(model, self.layer, x, self.call_index)
+        jax.eval_shape(self.maps, info.act)
+        return info
+
+    def read(
+        self, model: Callable, x: Array, objective: Callable, info: LayerInfo
+    ) -> tuple[Array, Array, Array, Array]:
+        """`(scores, objective(scores), activation, d objective / d activation)`.
+
+        One forward and one backward pass; `info` comes from [`LayerSpec.inspect`][].
+        """
+        return read_layer(model, self.layer, x, objective, info)
+
+    def maps(self, a: Array) -> Array:
+        """Channels-first maps `(C, h, w)` from the layer's activation (or gradient)."""
+        if self.layout == "tokens":
+            if a.ndim != 2:
+                raise ValueError(
+                    "`layout='tokens'` needs the layer to output tokens `(N, D)`, but "
+                    f"it outputs shape {a.shape}; use `layout='chw'` for `(C, H, W)`."
+                )
+            h, w = token_grid(a.shape[0], self.n_prefix_tokens, self.grid)
+            t = a[self.n_prefix_tokens :]
+            return jnp.transpose(t.reshape(h, w, a.shape[1]), (2, 0, 1))
+        if a.ndim != 3:
+            hint = (
+                " For transformer tokens `(N, D)` pass `layout='tokens'`."
+                if a.ndim == 2
+                else " Point `layer` at a convolutional feature map."
+            )
+            raise ValueError(
+                f"`layout={self.layout!r}` needs the layer to output a 3-D feature "
+                f"map, but it outputs shape {a.shape}.{hint}"
+            )
+        return jnp.transpose(a, (2, 0, 1)) if self.layout == "hwc" else a
+
+    def keep_mask(self, shape: tuple, k: Array) -> Array:
+        """A 0/1 mask, in the layer's own layout, that zeroes channel `k`."""
+        if self.layout == "chw":
+            keep = jnp.arange(shape[0]) != k
+            return keep.reshape(shape[0], 1, 1) & jnp.ones(shape, bool)
+        if self.layout == "hwc":
+            keep = jnp.arange(shape[2]) != k
+            return keep.reshape(1, 1, shape[2]) & jnp.ones(shape, bool)
+        # Tokens: only the patch tokens carry the map; the class token is left alone.
+        keep = jnp.arange(shape[1]).reshape(1, shape[1]) != k
+        prefix = jnp.arange(shape[0]).reshape(shape[0], 1) < self.n_prefix_tokens
+        return keep | prefix
+
+
+def as_layer_spec(layer: Any, **options: Any) -> LayerSpec:
+    """`layer` as a [`LayerSpec`][]: a `where` function plus layout `options`."""
+    if isinstance(layer, LayerSpec):
+        if options:
+            raise ValueError(
+                f"Pass the layout options {sorted(options)} inside the `LayerSpec`, "
+                "not next to it."
+            )
+        return layer
+    return LayerSpec(layer, **options)
+
+
+def token_grid(n_tokens: int, n_prefix_tokens: int, grid: tuple | None) -> tuple:
+    """The `(h, w)` grid that the tokens after the prefix are folded into."""
+    m = n_tokens - n_prefix_tokens
+    if m < 1:
+        raise ValueError(
+            f"`n_prefix_tokens={n_prefix_tokens}` leaves no tokens of the layer's "
+            f"{n_tokens}; it counts the class/register tokens before the patch grid."
+        )
+    if grid is not None:
+        h, w = grid
+        if h * w != m:
+            raise ValueError(
+                f"`grid={tuple(grid)}` has {h * w} cells but the layer has {m} patch "
+                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
+                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
+            )
+        return int(h), int(w)
+    side = math.isqrt(m)
+    if side * side == m:
+        return side, side
+    hint = ""
+    for k in range(1, min(n_tokens, 9)):
+        r = math.isqrt(n_tokens - k)
+        if r * r == n_tokens - k and k != n_prefix_tokens:
+            hint = f" With {k} leading class/register token(s) the rest is a "
+            hint += f"{r}x{r} grid: pass `n_prefix_tokens={k}`."
+            break
+    raise ValueError(
+        f"The layer has {m} patch tokens ({n_tokens} minus `n_prefix_tokens="
+        f"{n_prefix_tokens}`), which is not a square grid.{hint} For a "
+        "non-square grid pass `grid=(h, w)`."
+    )
