@@ -36,6 +36,7 @@ from ._attribution import (
     Target,
     check_index,
     check_input,
+    check_where,
     make_objective,
     model_rejected_input,
 )
@@ -87,12 +88,7 @@ def resolve_layer(model: Any, layer: Any, name: str = "layer") -> Any:
     `layer` must be a `where` function as for `eqx.tree_at`, naming one callable
     sub-module (or callable field) of `model`.
     """
-    if not callable(layer) or isinstance(layer, eqx.Module):
-        raise TypeError(
-            f"`{name}` must be a `where` function selecting a sub-module, as for "
-            f"`eqx.tree_at`, e.g. `{name}=lambda m: m.conv2`; got "
-            f"{type(layer).__name__}."
-        )
+    check_where(layer, name, "lambda m: m.conv2")
     try:
         node = layer(model)
     except (AttributeError, IndexError, KeyError, TypeError) as e:

@@ -6,6 +6,11 @@ from ._blocks import (
     LayerNorm as LayerNorm,
 )
 from ._paths import where_from_path as where_from_path
+from ._pretrained import (
+    ARCHITECTURES as ARCHITECTURES,
+    create_model as create_model,
+    load_pretrained as load_pretrained,
+)
 from ._resnet import (
     BasicBlock as BasicBlock,
     Bottleneck as Bottleneck,
@@ -39,12 +44,9 @@ from ._vit import (
     vit_tiny as vit_tiny,
 )
 from ._weights import (
-    ARCHITECTURES as ARCHITECTURES,
     WeightsError as WeightsError,
-    create_model as create_model,
     from_torch_state_dict as from_torch_state_dict,
     load as load,
-    load_pretrained as load_pretrained,
     read_state_dict as read_state_dict,
     save as save,
     to_torch_state_dict as to_torch_state_dict,
