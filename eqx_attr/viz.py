@@ -330,6 +330,39 @@ def _per_method(option: Any, name: str, default: Any) -> Any:
     return default if option is None else option
 
 
+def _grid_inputs(
+    images: Any, attributions: Any, row_labels: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`grid`'s inputs as NumPy arrays, checked against each other."""
+    imgs = _np(images, "images")
+    if imgs.ndim not in (3, 4):
+        raise ValueError(
+            f"`images` must be a batch (N, C, H, W) or (N, H, W), got {imgs.shape}."
+        )
+    n = imgs.shape[0]
+    if not isinstance(attributions, Mapping) or not attributions:
+        raise ValueError("`attributions` must be a non-empty dict name -> maps.")
+    maps = {}
+    for name, value in attributions.items():
+        arr = _np(value, f"attributions[{name!r}]")
+        if arr.shape[0] != n:
+            raise ValueError(
+                f"attributions[{name!r}] holds {arr.shape[0]} maps but there are {n} "
+                "images; pass one map per image."
+            )
+        maps[name] = arr
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"`row_labels` has {len(row_labels)} entries; expected {n}.")
+    return imgs, maps
+
+
+def _draw_input(ax: Any, image: np.ndarray) -> None:
+    img = image_for_display(image)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def grid(
     images: Any,
     attributions: Mapping[str, Any],
@@ -376,25 +409,8 @@ def grid(
     ```
     """
     _check_alpha(alpha)
-    imgs = _np(images, "images")
-    if imgs.ndim not in (3, 4):
-        raise ValueError(
-            f"`images` must be a batch (N, C, H, W) or (N, H, W), got {imgs.shape}."
-        )
+    imgs, maps = _grid_inputs(images, attributions, row_labels)
     n = imgs.shape[0]
-    if not isinstance(attributions, Mapping) or not attributions:
-        raise ValueError("`attributions` must be a non-empty dict name -> maps.")
-    maps = {}
-    for name, value in attributions.items():
-        arr = _np(value, f"attributions[{name!r}]")
-        if arr.shape[0] != n:
-            raise ValueError(
-                f"attributions[{name!r}] holds {arr.shape[0]} maps but there are {n} "
-                "images; pass one map per image."
-            )
-        maps[name] = arr
-    if row_labels is not None and len(row_labels) != n:
-        raise ValueError(f"`row_labels` has {len(row_labels)} entries; expected {n}.")
 
     columns = ["input", *maps]
     n_rows, n_cols = (len(columns), n) if transpose else (n, len(columns))
@@ -404,17 +420,12 @@ def grid(
         for j, name in enumerate(columns):
             ax = axes[j, i] if transpose else axes[i, j]
             if name == "input":
-                img = image_for_display(imgs[i])
-                ax.imshow(
-                    img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest"
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
+                _draw_input(ax, imgs[i])
             else:
                 a = maps[name][i]
-                is_heat = a.ndim == 2 and bool(np.all(a >= 0))
                 over = _per_method(overlay, name, None)
-                over = is_heat if over is None else bool(over)
+                # By default, overlay exactly the non-negative (H, W) heat maps.
+                over = (a.ndim == 2 and bool(np.all(a >= 0))) if over is None else over
                 _draw_map(
                     ax,
                     a,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._attribution import make_objective
 from .._layers import replace_layer_output
 from ._base import (
     AbstractCAM,
@@ -191,9 +192,9 @@ class EigenCAM(AbstractCAM):
     so that `sum_k v_k >= 0`, equivalently so that the map correlates positively
     with the total activation `sum_k A_k` (high where the layer fires most).
 
-    Class-agnostic: `target` is accepted for a uniform call and ignored. No
-    gradient is needed (the activation is still read with a backward pass through
-    the part of the model after `layer`).
+    Class-agnostic: `target` is accepted for a uniform call (checked, then
+    ignored). No gradient is needed (the activation is still read with a backward
+    pass through the part of the model after `layer`).
 
     **Arguments:** as for [`eqx_attr.GradCAM`][]: `model`, `layer`, `relu`,
     `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`.
@@ -211,7 +212,8 @@ class EigenCAM(AbstractCAM):
     resize: str | None = eqx.field(static=True, default="bilinear")
 
     def _map(self, x, target, info, key):
-        del target  # class-agnostic
+        if target is not None:  # class-agnostic, but a bad target still raises
+            make_objective(target, info.out.shape)
         _, _, act, _ = self.spec.read(self.model, x, lambda s: jnp.sum(s), info)
         return eigencam_map(as_float(self.spec.maps(act)))
 

@@ -22,18 +22,6 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
 
 from ..models import model_spec, spec_of, to_torch_state_dict
 
-__all__ = [
-    "MLP",
-    "SmallCNN",
-    "VGG",
-    "ResNet",
-    "BasicBlock",
-    "Bottleneck",
-    "ViT",
-    "to_torch",
-    "numpy_state_dict",
-]
-
 
 class _MLPBody(nn.Module):
     def __init__(self, sizes: list[int]):
