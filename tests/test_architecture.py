@@ -1,0 +1,164 @@
+"""The architecture: a lean core, the two registries, the shared tools."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_attr as xa
+from eqx_attr._batch import batched
+from eqx_attr._registry import BuildContext, get, methods
+from eqx_attr.models import MODEL_SPECS, model_spec, spec_of, where_from_path
+
+from .helpers import digit_like, small_cnn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_import_loads_only_the_core():
+    # A fresh interpreter: `import eqx_attr` pulls jax, equinox, jaxtyping and numpy,
+    # and none of the optional dependencies until their module is used.
+    code = (
+        "import sys, eqx_attr as xa\n"
+        "heavy = ('matplotlib', 'PIL', 'torch', 'optax', 'tqdm', 'zarr', "
+        "'safetensors', 'mlxtend')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "xa.viz\n"
+        "print('matplotlib' in sys.modules, xa.__version__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+        text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    assert out[0] == "[]"
+    assert out[1].startswith("True ") and out[1].split()[1] == xa.__version__
+
+
+def _shapes_only(build):
+    # The model's structure with NumPy zeros for arrays: no JAX computation.
+    model = eqx.filter_eval_shape(build)
+    is_struct = lambda a: isinstance(a, jax.ShapeDtypeStruct)
+    return jax.tree.map(
+        lambda a: np.zeros(a.shape, a.dtype) if is_struct(a) else a,
+        model,
+        is_leaf=is_struct,
+    )
+
+
+def test_where_from_path():
+    m = _shapes_only(lambda: xa.models.SmallCNN(width=2, key=jax.random.key(0)))
+    assert where_from_path("conv2")(m) is m.conv2
+    assert where_from_path("conv1[-1]")(m) is m.conv1[-1]
+    assert where_from_path("conv1.layers[3]")(m) is m.conv1.layers[3]
+    vit = _shapes_only(
+        lambda: xa.models.ViT(16, 8, 1, 3, 8, 2, 2, key=jax.random.key(0))
+    )
+    attn = where_from_path("blocks[*].attn.attn_drop")(vit)
+    assert all(a is b.attn.attn_drop for a, b in zip(attn, vit.blocks, strict=True))
+    assert len(attn) == 2
+    with pytest.raises(ValueError, match="cannot parse 'conv2\\(\\)'"):
+        where_from_path("conv2()")
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp", "small_cnn", "vgg11_bn", "resnet50", "vit_tiny"]
+)
+def test_model_specs_describe_their_models(name):
+    spec = model_spec(name)
+    small = {
+        "mlp": dict(in_shape=(1, 8, 8), width=4),
+        "small_cnn": dict(width=2),
+        "vgg11_bn": dict(width=4, hidden=8, pool_size=1),
+        "resnet50": dict(width=2),
+        "vit_tiny": dict(image_size=16, patch_size=8),
+    }[name]
+    model = _shapes_only(
+        lambda: spec.factory(key=jax.random.key(0), n_classes=3, **small)
+    )
+    assert spec_of(model) is spec and isinstance(model, spec.cls)
+    # The configuration read back rebuilds the same architecture.
+    again = eqx.filter_eval_shape(
+        lambda: spec.cls(key=jax.random.key(0), **spec.config(model))
+    )
+    assert jax.tree.structure(again) == jax.tree.structure(model)
+    assert spec.config(model)["n_classes"] == 3
+    # The state dict's shapes give back what a checkpoint fixes.
+    sd = xa.models.to_torch_state_dict(model)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    read = spec.read_config(shapes)
+    assert all(spec.config(model)[k] == v for k, v in read.items())
+    if spec.cam_layer is not None:
+        spec.layer()(model)  # the default layer exists
+    shape = spec.input_shape(model, None if name == "vit_tiny" else 32)
+    assert eqx.filter_eval_shape(model, jnp.zeros(shape)).shape == (3,)
+
+
+def test_every_zoo_model_has_a_spec_and_a_factory():
+    assert list(xa.models.ARCHITECTURES) == list(MODEL_SPECS)
+    with pytest.raises(ValueError, match="Unknown architecture 'lenet'"):
+        model_spec("lenet")
+    with pytest.raises(TypeError, match="not a zoo model"):
+        spec_of(eqx.nn.Linear(2, 2, key=jax.random.key(0)))
+
+
+def test_registry_names_and_builds():
+    names = [n for e in methods() for n in (e.name, *e.aliases)]
+    assert len(names) == len(set(names))
+    assert get("IG") is get("integrated-gradients") is get("integrated_gradients")
+    with pytest.raises(ValueError, match="Unknown method 'shap'"):
+        get("shap")
+    m = small_cnn()
+    ctx = BuildContext(model=m, layer=lambda m: m.conv2, options={"n_steps": 3})
+    ig = get("ig").build(ctx)
+    assert isinstance(ig, xa.IntegratedGradients) and ig.n_steps == 3
+    assert isinstance(get("gradcam").build(ctx), xa.GradCAM)
+
+
+def test_batched_runner_equals_the_loop():
+    m = small_cnn()
+    xs = jnp.stack([digit_like(1), digit_like(2)])
+    ts = jnp.array([3, 8])
+    method = xa.GradCAM(m, lambda m: m.conv2)
+    out = batched(method)(xs, ts)
+    for i in range(2):
+        np.testing.assert_allclose(out[i], method(xs[i], int(ts[i])), rtol=1e-5)
+
+
+def test_completeness_metric_hand_values():
+    # f(x) = W x + b: Gradients x Input sums to W x = f(x) - f(0) exactly; a
+    # wrong attribution is off by exactly its error.
+    w = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    b = jnp.array([0.25, -1.0])
+    f = lambda x: w @ x + b
+    x = jnp.array([2.0, 1.0, -4.0])
+    a = xa.GradientsXInput(f)(x, 1)
+    metric = xa.metrics.Completeness(f, baseline=0.0)
+    np.testing.assert_allclose(metric(x, 1, a), 0.0, atol=1e-6)
+    np.testing.assert_allclose(metric(x, 1, a + 0.5), 1.5, rtol=1e-6)
+    # Against a baseline of ones: f(x) - f(1) = W (x - 1).
+    gap = float((w @ (x - 1.0))[1])
+    rel = xa.metrics.Completeness(f, baseline=1.0, relative=True)(x, 1, a)
+    np.testing.assert_allclose(rel, abs(float(jnp.sum(a)) - gap) / abs(gap), rtol=1e-6)
+    # The annotation `Float[Array, "*dims"]` (checked in the test run) or the
+    # metric's own check rejects an attribution not shaped like `x`.
+    with pytest.raises((ValueError, TypeError), match="shaped like `x`|dims"):
+        metric(x, 1, a[:2])
+
+
+def test_image_normalization():
+    from eqx_attr.images import ImageError, normalization
+
+    mean, std = normalization("imagenet", 3)
+    np.testing.assert_allclose(mean, [0.485, 0.456, 0.406])
+    np.testing.assert_allclose(normalization("0.5,0.25", 1)[1], [0.25])
+    with pytest.raises(ImageError, match="3-channel"):
+        normalization("imagenet", 1)
+    with pytest.raises(ImageError, match="> 0"):
+        normalization("0,0", 2)
