@@ -183,6 +183,44 @@ def _make_step(config: TrainConfig, optimizer, static, n_classes: int):
     return step
 
 
+def _training_data(
+    model: Any, data: tuple[Any, Any], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """`(images, labels, n_classes)`, checked against the model and the config."""
+    if not isinstance(data, tuple) or len(data) < 2:
+        raise TypeError(
+            "`data` must be a tuple `(images, labels)` or an `eqx_attr.datasets.MNIST`."
+        )
+    xs, ys = _as_arrays(data[0], data[1])
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    n = xs.shape[0]
+    if n < config.batch_size:
+        raise ValueError(
+            f"`batch_size={config.batch_size}` exceeds the {n} training examples; "
+            "pass a smaller `TrainConfig(batch_size=...)`."
+        )
+    out = jax.eval_shape(model, xs[0])
+    if out.ndim != 1:
+        raise ValueError(
+            f"The model must return a 1-D vector of logits, got shape {out.shape}."
+        )
+    return xs, ys, out.shape[0]
+
+
+def _optimizer(config: TrainConfig, total: int) -> Any:
+    """AdamW with a one-cycle (warm-up, cosine decay) schedule over `total` steps."""
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=config.learning_rate / 25,
+        peak_value=config.learning_rate,
+        warmup_steps=max(1, int(config.warmup * total)),
+        decay_steps=total,
+        end_value=config.learning_rate / 1e3,
+    )
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
 def train(
     model: Any,
     data: tuple[Any, Any],
@@ -217,36 +255,11 @@ def train(
     ```
     """
     config = TrainConfig() if config is None else config
-    if not isinstance(data, tuple) or len(data) < 2:
-        raise TypeError(
-            "`data` must be a tuple `(images, labels)` or an `eqx_attr.datasets.MNIST`."
-        )
-    xs, ys = _as_arrays(data[0], data[1])
-    xs, ys = np.asarray(xs), np.asarray(ys)
+    xs, ys, n_classes = _training_data(model, data, config)
     n = xs.shape[0]
-    if n < config.batch_size:
-        raise ValueError(
-            f"`batch_size={config.batch_size}` exceeds the {n} training examples; "
-            "pass a smaller `TrainConfig(batch_size=...)`."
-        )
-    out = jax.eval_shape(model, xs[0])
-    if out.ndim != 1:
-        raise ValueError(
-            f"The model must return a 1-D vector of logits, got shape {out.shape}."
-        )
-    n_classes = out.shape[0]
-    import optax
-
     steps_per_epoch = n // config.batch_size
     total = steps_per_epoch * config.epochs
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=config.learning_rate / 25,
-        peak_value=config.learning_rate,
-        warmup_steps=max(1, int(config.warmup * total)),
-        decay_steps=total,
-        end_value=config.learning_rate / 1e3,
-    )
-    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+    optimizer = _optimizer(config, total)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
     step = _make_step(config, optimizer, static, n_classes)
