@@ -57,6 +57,16 @@ class BuildContext:
         value = self.options.get(name)
         return default if value is None else value
 
+    def need(self, name: str) -> Any:
+        """The field `name` (e.g. `"layer"`), which the method cannot do without."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(
+                f"This method needs `{name}`; pass it in the `BuildContext` (on the "
+                "command line it comes from the model registry or `--layer`)."
+            )
+        return value
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodEntry:
@@ -188,7 +198,10 @@ def _entries() -> tuple[MethodEntry, ...]:
             "cam",
             "Class Activation Mapping (global average pooling + linear models)",
             lambda c: xa.CAM(
-                c.model, c.layer, classifier=c.classifier, **c.layer_options
+                c.model,
+                c.need("layer"),
+                classifier=c.need("classifier"),
+                **c.layer_options,
             ),
             needs=frozenset({"layer", "classifier"}),
             output="map",

@@ -85,8 +85,10 @@ class ModelSpec:
                     f"{model.image_size}x{model.image_size}."
                 )
             side = model.image_size
-        channels = self.config(model)["in_channels"]
-        return (channels, side or self.image_side, side or self.image_side)
+        side = side or self.image_side
+        if side is None:
+            raise ValueError(f"{self.name} has no default input size; pass `side`.")
+        return (self.config(model)["in_channels"], side, side)
 
 
 def _size(layer: Any, name: str) -> int:

@@ -23,9 +23,22 @@ logits = twin(torch.from_numpy(np.asarray(xs)))  # xs: (B, C, H, W)
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_NAMES = (
+if TYPE_CHECKING:  # for type checkers only: torch is imported on first use
+    from ._modules import (
+        MLP as MLP,
+        VGG as VGG,
+        BasicBlock as BasicBlock,
+        Bottleneck as Bottleneck,
+        ResNet as ResNet,
+        SmallCNN as SmallCNN,
+        ViT as ViT,
+        numpy_state_dict as numpy_state_dict,
+        to_torch as to_torch,
+    )
+
+__all__ = [
     "MLP",
     "SmallCNN",
     "VGG",
@@ -35,7 +48,8 @@ _NAMES = (
     "ViT",
     "to_torch",
     "numpy_state_dict",
-)
+]
+_NAMES = frozenset(__all__)
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +62,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_NAMES})
-
-
-__all__ = list(_NAMES)
