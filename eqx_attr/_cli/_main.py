@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +13,16 @@ from ._parser import build_parser
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _show_library_messages() -> None:
+    # The library logs (never prints); the command line shows its own messages.
+    log = logging.getLogger("eqx_attr")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from ._demo import run_demo
 
+            _show_library_messages()
             if args.digits < 1:
                 raise CLIError("--digits must be >= 1")
             run_demo(args.out, n_digits=args.digits, progress=not args.no_progress)
