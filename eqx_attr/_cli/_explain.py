@@ -137,9 +137,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _pixels(args: argparse.Namespace, spec: ModelSpec, model: Any):
     try:
-        channels, side, _ = spec.input_shape(model, args.size)
+        shape = spec.input_shape(model, args.size)
     except ValueError as e:
         raise CLIError(f"--size {args.size}: {e}") from e
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise CLIError(f"{spec.name} input shape {shape} is not a square image")
+    channels, side, _ = shape
     mean, std = normalization(
         args.normalize or ("imagenet" if channels == 3 else "none"), channels
     )

@@ -44,6 +44,8 @@ class ModelSpec:
     - `n_prefix_tokens`: class/register tokens before the patch tokens.
     - `structure`: constants of the architecture (VGG's channel plan, ResNet's
         block type and counts), for twins in other frameworks.
+    - `fixed_input`: model -> the one input shape its weights allow (MLP, ViT),
+        or `None` when any square `image_side` fits.
     - `read_config`: state-dict shapes (keys without Sequential's `layers`) ->
         the factory keywords they fix.
     - `config`: model -> the factory keywords that rebuild it (sizes only).
@@ -61,6 +63,7 @@ class ModelSpec:
     attention: str | None = None
     n_prefix_tokens: int = 0
     structure: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fixed_input: Callable[[Any], tuple[int, ...]] | None = None
 
     def layer(self) -> Callable[[Any], Any] | None:
         """The default CAM layer as a `where` function (or `None`)."""
@@ -75,16 +78,18 @@ class ModelSpec:
         return None if self.attention is None else where_from_path(self.attention)
 
     def input_shape(self, model: Any, side: int | None = None) -> tuple[int, ...]:
-        """The shape of one example for `model` (`side` overrides a free size)."""
-        if isinstance(model, _small.MLP):
-            return tuple(model.in_shape)
-        if isinstance(model, _vit.ViT):
-            if side is not None and side != model.image_size:
+        """The shape of one example for `model` (`side` overrides a free size).
+
+        **Raises:** `ValueError` when `side` contradicts a size the model fixes.
+        """
+        if self.fixed_input is not None:
+            shape = tuple(self.fixed_input(model))
+            if side is not None and side != shape[-1]:
                 raise ValueError(
-                    f"`side={side}`: this ViT's weights fix its input at "
-                    f"{model.image_size}x{model.image_size}."
+                    f"`side={side}`: this {self.cls.__name__}'s weights fix its "
+                    f"input at {shape}."
                 )
-            side = model.image_size
+            return shape
         side = side or self.image_side
         if side is None:
             raise ValueError(f"{self.name} has no default input size; pass `side`.")
@@ -212,7 +217,16 @@ def _read_vit(shapes: Shapes) -> dict[str, Any]:
 
 def _specs() -> tuple[ModelSpec, ...]:
     specs = [
-        ModelSpec("mlp", _small.MLP, _small.MLP, None, None, _read_mlp, _mlp_config),
+        ModelSpec(
+            "mlp",
+            _small.MLP,
+            _small.MLP,
+            None,
+            None,
+            _read_mlp,
+            _mlp_config,
+            fixed_input=lambda m: m.in_shape,
+        ),
         ModelSpec(
             "small_cnn",
             _small.SmallCNN,
@@ -273,6 +287,7 @@ def _specs() -> tuple[ModelSpec, ...]:
                 layer_options={"layout": "tokens", "n_prefix_tokens": 1},
                 attention="blocks[*].attn.attn_drop",
                 n_prefix_tokens=1,
+                fixed_input=lambda m: (m.in_channels, m.image_size, m.image_size),
             )
         )
     return tuple(specs)
