@@ -165,7 +165,18 @@ def _vit_config(m: _vit.ViT) -> dict[str, Any]:
 
 
 def _read_mlp(shapes: Shapes) -> dict[str, Any]:
-    return {}
+    # The input shape is not in the weights (only its size): it stays an argument.
+    # Keys are `mlp.layers.{i}.weight` (PyTorch) or `mlp.{i}.weight` (after the
+    # caller drops `layers`).
+    weights = {}
+    for k, v in shapes.items():
+        parts = k.split(".")
+        if parts[0] == "mlp" and parts[-1] == "weight" and parts[-2].isdigit():
+            weights[int(parts[-2])] = v
+    n = len(weights)
+    if n < 2 or sorted(weights) != list(range(n)):
+        return {}
+    return dict(width=weights[0][0], depth=n - 1, n_classes=weights[n - 1][0])
 
 
 def _read_cnn(shapes: Shapes) -> dict[str, Any]:
