@@ -57,14 +57,16 @@ Handler = Callable[["Interpreter", Any, list], list]
 class Unit:
     """What a `match` hook found: `handler` for the next `length` equations.
 
-    With `length == 1` the handler is an ordinary [`Handler`][]. With more, the
-    equations form one region with exactly one input and one output that matter
+    With `region=False` (then `length == 1`) the handler is an ordinary
+    [`Handler`][]. With `region=True`, the `length` equations form one region with exactly one input and one output that matter
     (see [`region_function`][]), and the handler is called as
-    `handler(interp, eqns, [input]) -> [output]`.
+    `handler(interp, fn, [input]) -> [output]`, `fn` being the region as a plain
+    function of its input.
     """
 
     handler: Handler
     length: int = 1
+    region: bool = False
 
 
 class NoRuleError(ValueError):
@@ -112,12 +114,20 @@ class Interpreter:
         i = 0
         while i < len(eqns):
             unit = None if self.match is None else self.match(self, eqns, i, scope)
-            if unit is not None and unit.length > 1:
+            if unit is not None and unit.region:
                 region = eqns[i : i + unit.length]
                 later = [*eqns[i + unit.length :], jaxpr.outvars]
-                (inp,), (out,) = region_boundary(region, later)
-                (val,) = unit.handler(self, region, [read(inp)])
-                env[out] = val
+                ins, outs = region_boundary(region, later)
+                if len(ins) != 1 or len(outs) != 1:
+                    raise self.no_rule(
+                        region[0],
+                        f"a region of {len(region)} equations with {len(ins)} inputs "
+                        f"and {len(outs)} outputs",
+                        "a region rule needs one input and one output",
+                    )
+                fn = region_function(region, later)
+                (val,) = unit.handler(self, fn, [read(ins[0])])
+                env[outs[0]] = val
                 i += unit.length
                 continue
             eqn = eqns[i]
