@@ -58,8 +58,9 @@ class Unit:
     """What a `match` hook found: `handler` for the next `length` equations.
 
     With `region=False` (then `length == 1`) the handler is an ordinary
-    [`Handler`][]. With `region=True`, the `length` equations form one region with exactly one input and one output that matter
-    (see [`region_function`][]), and the handler is called as
+    [`Handler`][]. With `region=True`, the `length` equations form one region
+    with exactly one input and one output that matter (see
+    [`region_function`][]), and the handler is called as
     `handler(interp, fn, [input]) -> [output]`, `fn` being the region as a plain
     function of its input.
     """
