@@ -30,6 +30,12 @@ from ._layers import (
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._rules._deeplift import (
+    AbstractDeepLift as AbstractDeepLift,
+    DeepLift as DeepLift,
+    DeepLiftShap as DeepLiftShap,
+)
+from ._rules._gradient_shap import GradientShap as GradientShap
 from ._rules._guided import (
     Deconvolution as Deconvolution,
     GuidedBackprop as GuidedBackprop,

@@ -61,9 +61,12 @@ def deeplift_multipliers(
     return grads, scores
 
 
+@eqx.filter_jit
 def _deeplift(
     model: Callable, x: Image, target: Target, b: Array, eps: float, plain: tuple
 ) -> tuple[Attribution, Delta]:
+    # Compiled once per shape (the interpreter runs at trace time), so un-jitted
+    # calls are fast too; inside a caller's jit or vmap it is simply inlined.
     make_objective(target, forward_shape(model, x).shape)  # the checks, up front
     m, scores = deeplift_multipliers(model, target, x, b, eps, plain)
     attr = (m * (x - b)).astype(x.dtype)

@@ -24,7 +24,7 @@ LINEAR = (
     "squeeze", "expand_dims", "reduce_sum", "slice", "dynamic_slice", "gather",
     "concatenate", "pad", "convert_element_type", "copy", "copy_p", "rev",
     "reduce_window_sum", "cumsum", "reduce_precision", "split", "real",
-    "dynamic_update_slice", "scatter-add", "scatter_add",
+    "dynamic_update_slice", "scatter-add", "scatter_add", "stack", "unstack",
 )  # fmt: skip
 # Linear in each operand separately: one tracked operand at most (the weights, the
 # mask, the divisor are constants); otherwise a product of two activations.
@@ -173,7 +173,8 @@ class DeepLiftRules:
         allowed = BILINEAR[eqn.primitive.name]
         if len(tracked) > 1 or (allowed is not None and tracked[0] not in allowed):
             what = f"`{eqn.primitive.name}` of two activations"
-            raise interp.no_rule(eqn, what, "a product is not a linear operation")
+            why = "a product is not a linear operation"
+            return interp.refuse(eqn, invals, what, why)
         return it.on_streams(interp, eqn, invals)
 
     def elementwise(self, interp: it.Interpreter, eqn: Any, invals: list) -> list:
@@ -188,7 +189,8 @@ class DeepLiftRules:
             what = f"`{name}` of several activations"
             if name == "select_n":
                 what = "a `select_n` (`jnp.where`) whose condition depends on the input"
-            raise interp.no_rule(eqn, what, "it is not a function of one activation")
+            why = "it is not a function of one activation"
+            return interp.refuse(eqn, invals, what, why)
         k = tracked[0]
         f = one_operand(invals, k, lambda vals: ji.bind(eqn, vals)[0])
         return [it.Act(rescale(f, self.eps)(invals[k].streams))]

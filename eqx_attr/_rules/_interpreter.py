@@ -168,6 +168,13 @@ class Interpreter:
             f"{ji.where(eqn)}. {self.hint}".rstrip()
         )
 
+    def refuse(self, eqn: Any, invals: list, what: str, why: str = "") -> list:
+        """For a handler that cannot serve `eqn`: the plain evaluation when the
+        user opted in (`plain`), else raise [`NoRuleError`][]."""
+        if eqn.primitive.name in self.plain:
+            return on_streams(self, eqn, invals)
+        raise self.no_rule(eqn, what, why)
+
     def scopes(self, eqn: Any, scope: Any) -> list:
         subs = ji.sub_jaxprs(eqn)
         if self.enter is None:
