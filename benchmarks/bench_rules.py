@@ -126,7 +126,7 @@ def main() -> None:
     for name, method, batch, t_o, t_p, comp, diff in rows:
         lines.append(
             f"| {name} | {method} | {batch} | {t_o:.4f} | {t_p:.4f} | "
-            f"{t_o / t_p:.2f}x | {comp:.1f} | {diff:.1e} |"
+            f"{t_o / t_p:.3g}x | {comp:.1f} | {diff:.1e} |"
         )
     lines += [
         "",

@@ -94,6 +94,17 @@ def test_completeness_through_composite_activations(act):
     assert abs(float(delta)) < 1e-5
 
 
+def test_callable_target_is_explained_too():
+    # The target reduction is part of the explained function: a log-softmax target
+    # (a max, an exp, a log, a stopped gradient inside) stays complete.
+    model = _inline("relu")
+    target = lambda s: jax.nn.log_softmax(s)[1]
+    a, delta = xa.DeepLift(model, baseline=B5, return_delta=True)(X5, target)
+    want = target(model(X5)) - target(model(B5))
+    np.testing.assert_allclose(jnp.sum(a), want, rtol=1e-5)
+    assert abs(float(delta)) < 1e-5
+
+
 def test_inline_relu_spellings_equal_the_module_twin():
     k1, k2 = jax.random.split(jax.random.key(0))
     held = eqx.nn.Sequential(

@@ -146,6 +146,10 @@ class DeepLiftRules:
         table.update({n: self.bilinear for n in BILINEAR})
         table.update({n: self.elementwise for n in ELEMENTWISE})
         table.update({n: self.max_pool for n in MAX_POOLS})
+        # DeepLIFT explains the forward function: a `stop_gradient` (jax's
+        # log_softmax shifts by a stopped max) is the identity on differences, so
+        # the multipliers still account for every difference (completeness).
+        table["stop_gradient"] = lambda interp, eqn, invals: list(invals)
         self.interpreter = it.Interpreter(
             table,
             "DeepLift",

@@ -28,12 +28,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_internals as ji
+from ._actions import (
+    Action,
+    Blocked,
+    Descend,
+    Opaque,
+    Other,
+    Plain,
+    ReluCall,
+    ReluOp,
+    Site,
+    Swapped,
+)
 from ._relu import MARK, OTHER_ACTIVATIONS, RELU_CALLS, RULE_BODIES
 
 # Ops that keep a constant zero a constant zero (`jnp.zeros_like(x)`, casts).
@@ -313,77 +325,6 @@ def sub_known(eqn, facts: Facts) -> list[tuple[Any, Sequence, Known]]:
             atoms = list(eqn.invars)
         out.append((jaxpr, consts, Known(tuple(facts.describe(atoms)), caller)))
     return out
-
-
-@dataclass(frozen=True)
-class Site:
-    """One activation found in a traced forward pass.
-
-    `kind`: a ReLU to swap, an already swapped one, one that cannot be swapped
-    (`detail` says why), or another activation (`name` says which).
-    """
-
-    kind: Literal["relu", "swapped", "blocked", "other"]
-    where: str
-    detail: str = ""
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Plain:
-    """Bind unchanged."""
-
-
-@dataclass(frozen=True)
-class ReluOp:
-    """An inline ReLU operation (`max`, `select_n`, `mul`) of input `index`."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class ReluCall:
-    """A call of `jax.nn.relu` (`cap=None`) or `jax.nn.relu6` (`cap=6.0`)."""
-
-    cap: float | None
-
-
-@dataclass(frozen=True)
-class Swapped:
-    """A ReLU already swapped in the PyTree (a `SwappedReLU`'s marked jit)."""
-
-
-@dataclass(frozen=True)
-class Other:
-    """Another activation: bound unchanged, reported to the policy check."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Descend:
-    """A higher-order primitive with ReLUs inside: rebuild it with its bodies
-    rewritten."""
-
-    sites: tuple[Site, ...]
-
-
-@dataclass(frozen=True)
-class Opaque:
-    """A higher-order primitive with nothing to swap: bound unchanged."""
-
-    sites: tuple[Site, ...]
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """ReLUs inside something that cannot be rebuilt."""
-
-    what: str
-    why: str
-
-
-Action = Plain | ReluOp | ReluCall | Swapped | Other | Descend | Opaque | Blocked
 
 
 def is_relu_call(eqn) -> float | None | bool:
