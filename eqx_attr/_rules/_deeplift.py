@@ -7,6 +7,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
@@ -25,6 +26,14 @@ from . import _interpreter as it
 from ._deeplift_rules import DeepLiftRules
 
 Delta = Float[Array, ""]
+
+
+def as_array_target(target: Target) -> Target:
+    """A Python int target as a 0-d array, so one compile serves every class
+    (it has been range-checked at trace time already)."""
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return jnp.asarray(target, jnp.int32)
+    return target
 
 
 def _score(model: Callable, target: Target, x: Array) -> Array:
@@ -67,7 +76,6 @@ def _deeplift(
 ) -> tuple[Attribution, Delta]:
     # Compiled once per shape (the interpreter runs at trace time), so un-jitted
     # calls are fast too; inside a caller's jit or vmap it is simply inlined.
-    make_objective(target, forward_shape(model, x).shape)  # the checks, up front
     m, scores = deeplift_multipliers(model, target, x, b, eps, plain)
     attr = (m * (x - b)).astype(x.dtype)
     delta = jnp.sum(attr.astype(jnp.float32)) - (scores[0] - scores[1]).astype(
@@ -97,7 +105,8 @@ class AbstractDeepLift(AbstractAttribution):
         """Attributions and the 0-d delta `sum(attr) - (f(x) - f(b))`."""
         x = check_input(x)
         b = draw_baselines(self.baseline, x, key)
-        return self._attribute(x, target, b)
+        make_objective(target, forward_shape(self.model, x).shape)  # checks, up front
+        return self._attribute(x, as_array_target(target), b)
 
     @abc.abstractmethod
     def _attribute(

@@ -20,6 +20,7 @@ from .._attribution import (
     scalar_function,
 )
 from ..baselines import AbstractBaseline, as_baseline, draw_baselines
+from ._deeplift import as_array_target
 
 
 def gradient_shap_draws(
@@ -112,6 +113,7 @@ class GradientShap(AbstractAttribution):
         k_base, k_draw = jax.random.split(key)
         bs = draw_baselines(self.baseline, x, k_base)
         draws = gradient_shap_draws(k_draw, bs.shape[0], self.n_samples, x, self.stdev)
+        target = as_array_target(target)
         return _gradient_shap(self.model, target, x, bs, draws, self.chunk_size)
 
 
