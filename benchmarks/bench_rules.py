@@ -6,9 +6,9 @@ ours / Captum (< 1: we are faster), and the largest absolute difference between
 the two outputs (Captum loses the Rescale rule of a ReLU followed directly by a
 max pool, see tests/test_deeplift.py, so SmallCNN differs by design).
 
-    python benchmarks/bench_rules.py [--threads 2] [--repeats 5] [--resnet]
+    python benchmarks/bench_rules.py [--threads 2] [--repeats 5] [--models ...]
 
-Writes `benchmarks/results/rules-cpu.md`.
+Writes `benchmarks/results/rules-cpu.md` (`rules-cpu-extra.md` for other models).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--baselines", type=int, default=8, help="DeepLiftShap baselines")
-    p.add_argument("--resnet", action="store_true", help="also ResNet-18, 224x224, b8")
+    p.add_argument(
+        "--models", default="mlp,smallcnn", help="comma-separated: mlp,smallcnn,resnet"
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return p.parse_args()
 
@@ -62,7 +64,7 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _case(name, model, shape, n_classes, batch):
+def _case(name, model, shape, n_classes, batch, shap=True):
     key = jax.random.key(0)
     xs = jax.random.uniform(jax.random.key(1), (batch, *shape))
     ts = jax.random.randint(jax.random.key(2), (batch,), 0, n_classes)
@@ -89,7 +91,7 @@ def _case(name, model, shape, n_classes, batch):
             lambda: captum.attr.DeepLiftShap(twin).attribute(xt, bst, target=tt),
         ),
     ]
-    for method, ours, peer in pairs:
+    for method, ours, peer in pairs if shap else pairs[:1]:
         t0 = time.perf_counter()
         a = ours()  # compile
         compile_s = time.perf_counter() - t0
@@ -105,11 +107,15 @@ def _case(name, model, shape, n_classes, batch):
 def main() -> None:
     key = jax.random.key(0)
     rows = []
-    rows += _case("MLP", xa.models.MLP(key=key), (1, 28, 28), 10, ARGS.batch)
-    rows += _case("SmallCNN", xa.models.SmallCNN(key=key), (1, 28, 28), 10, ARGS.batch)
-    if ARGS.resnet:
+    models = ARGS.models.split(",")
+    if "mlp" in models:
+        rows += _case("MLP", xa.models.MLP(key=key), (1, 28, 28), 10, ARGS.batch)
+    if "smallcnn" in models:
+        net = xa.models.SmallCNN(key=key)
+        rows += _case("SmallCNN", net, (1, 28, 28), 10, ARGS.batch)
+    if "resnet" in models:  # DeepLift only: DeepLiftShap is 8x the work
         net = xa.models.resnet18(n_classes=10, key=key)
-        rows += _case("ResNet-18 224x224", net, (3, 224, 224), 10, 8)
+        rows += _case("ResNet-18 224x224", net, (3, 224, 224), 10, 8, shap=False)
     lines = [
         "# Rule-based methods vs Captum (CPU)",
         "",
@@ -137,7 +143,8 @@ def main() -> None:
     ]
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rules-cpu.md").write_text("\n".join(lines) + "\n")
+    name = "rules-cpu.md" if ARGS.models == "mlp,smallcnn" else "rules-cpu-extra.md"
+    (out / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
