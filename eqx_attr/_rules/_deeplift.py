@@ -72,7 +72,7 @@ def deeplift_multipliers(
 
 @eqx.filter_jit
 def _deeplift(
-    model: Callable, x: Image, target: Target, b: Array, eps: float, plain: tuple
+    model: Callable, x: Array, target: Target, b: Array, eps: float, plain: tuple
 ) -> tuple[Attribution, Delta]:
     # Compiled once per shape (the interpreter runs at trace time), so un-jitted
     # calls are fast too; inside a caller's jit or vmap it is simply inlined.

@@ -121,4 +121,5 @@ class GradientShap(AbstractAttribution):
 def _gradient_shap(model, target, x, bs, draws, chunk_size) -> Attribution:
     # Compiled once per shape, so un-jitted calls are fast too.
     f = scalar_function(model, x, target)
-    return gradient_shap_from_draws(f, x, bs, *draws, chunk_size)
+    idx, alpha, noise = draws
+    return gradient_shap_from_draws(f, x, bs, idx, alpha, noise, chunk_size)
