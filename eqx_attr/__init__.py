@@ -32,19 +32,27 @@ from ._gradient import (
     IntegratedGradients as IntegratedGradients,
     SmoothGrad as SmoothGrad,
 )
-from ._guided import Deconvolution as Deconvolution, GuidedBackprop as GuidedBackprop
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
-from ._surgery import (
-    ReLUSwapped as ReLUSwapped,
+from ._rules._deeplift import (
+    AbstractDeepLift as AbstractDeepLift,
+    DeepLift as DeepLift,
+    DeepLiftShap as DeepLiftShap,
+)
+from ._rules._gradient_shap import GradientShap as GradientShap
+from ._rules._guided import (
+    Deconvolution as Deconvolution,
+    GuidedBackprop as GuidedBackprop,
+)
+from ._rules._relu import (
     deconvnet_relu as deconvnet_relu,
     guided_relu as guided_relu,
-    swap_relu as swap_relu,
 )
+from ._rules._swap import ReLUSwapped as ReLUSwapped, swap_relu as swap_relu
 
 # Public names whose modules pull optional dependencies (matplotlib, optax, tqdm,
 # torch, zarr, ...): name -> (module, attribute or None for the module itself).

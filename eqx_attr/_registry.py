@@ -191,6 +191,49 @@ def _entries() -> tuple[MethodEntry, ...]:
             lambda c: xa.Deconvolution(c.model),
             aliases=("deconvnet",),
         ),
+        MethodEntry(
+            "deeplift",
+            xa.DeepLift,
+            "rules",
+            "DeepLIFT, Rescale rule (baseline)",
+            lambda c: xa.DeepLift(
+                c.model, baseline=c.baseline if c.baseline is not None else 0.0
+            ),
+            aliases=("deep_lift",),
+            needs=frozenset({"baseline"}),
+        ),
+        MethodEntry(
+            "deeplift_shap",
+            xa.DeepLiftShap,
+            "rules",
+            "DeepLIFT averaged over baselines (baseline draws, chunk_size)",
+            lambda c: xa.DeepLiftShap(
+                c.model,
+                baseline=c.baseline
+                if c.baseline is not None
+                else xa.baselines.UniformNoise(n_draws=c.option("n_samples", 8)),
+                chunk_size=c.options.get("chunk_size"),
+            ),
+            aliases=("deepliftshap",),
+            needs=frozenset({"baseline", "key"}),
+        ),
+        MethodEntry(
+            "gradient_shap",
+            xa.GradientShap,
+            "rules",
+            "GradientShap (baseline draws, n_samples, stdev)",
+            lambda c: xa.GradientShap(
+                c.model,
+                baseline=c.baseline
+                if c.baseline is not None
+                else xa.baselines.UniformNoise(n_draws=8),
+                n_samples=c.option("n_samples", 32),
+                stdev=c.option("stdev", 0.0),
+                chunk_size=c.options.get("chunk_size"),
+            ),
+            aliases=("gradientshap",),
+            needs=frozenset({"baseline", "key"}),
+        ),
         # --- CAM family ---
         MethodEntry(
             "cam",

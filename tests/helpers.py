@@ -106,6 +106,22 @@ METHODS: list[MethodSpec] = [
     MethodSpec(
         "AblationCAM", lambda m: xa.AblationCAM(m, _conv2, chunk_size=8), output="map"
     ),
+    # --- rules family (DeepLIFT, GradientShap) ---
+    MethodSpec("DeepLift", lambda m: xa.DeepLift(m, baseline=0.1)),
+    MethodSpec(
+        "DeepLiftShap",
+        lambda m: xa.DeepLiftShap(
+            m, baseline=xa.baselines.UniformNoise(n_draws=2), chunk_size=1
+        ),
+        random=True,
+    ),
+    MethodSpec(
+        "GradientShap",
+        lambda m: xa.GradientShap(
+            m, baseline=xa.baselines.UniformNoise(n_draws=2), n_samples=3, stdev=0.1
+        ),
+        random=True,
+    ),
 ]
 
 

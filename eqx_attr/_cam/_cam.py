@@ -25,7 +25,7 @@ from .._attribution import (
     check_where,
     make_objective,
 )
-from .._guided import GuidedBackprop
+from .._rules._guided import GuidedBackprop
 from .._layers import resolve_layer
 from ._base import (
     AbstractCAM,

@@ -1,0 +1,14 @@
+"""Rewrites of the traced model: the rule engine and the rule-based methods.
+
+- `_jax_internals`: everything known about JAX's internals (one place, self-checked).
+- `_interpreter`, `_trace`: the interpreter (a table from primitive to handler)
+  and the tracing of a call.
+- `_pytree`: PyTree surgery (find and replace nodes by path).
+- `_relu`, `_match`, `_actions`, `_swap`: the ReLU swap (guided backprop,
+  deconvnet).
+- `_guided`: GuidedBackprop, Deconvolution.
+- `_deeplift`, `_deeplift_rules`, `_gradient_shap`: DeepLIFT, DeepLiftShap,
+  GradientShap.
+
+See ENGINE_API.md at the repository root for writing rules.
+"""

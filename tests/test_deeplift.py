@@ -1,0 +1,364 @@
+"""DeepLIFT, DeepLiftShap and GradientShap: hand values, completeness, reach of
+inline activations, errors, and equality with Captum on identical weights."""
+
+import captum.attr
+import captum.attr._core.noise_tunnel as captum_nt
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eqx_attr as xa
+from eqx_attr._rules._gradient_shap import gradient_shap_draws
+from eqx_attr._rules._interpreter import NoRuleError
+
+# ---------------------------------------------------------------------------------
+# Hand values
+
+
+def test_rescale_hand_values():
+    # f(x) = 2 * sigmoid(x1 + x2) - relu(x1 - 3 x2); x = (1, 1), b = (0, 0).
+    # sigmoid: z = 2, z0 = 0, m = (s(2) - s(0)) / 2; relu: z = -2, z0 = 0, m = 0.
+    def f(x):
+        return jnp.stack(
+            [2 * jax.nn.sigmoid(x[0] + x[1]) - jax.nn.relu(x[0] - 3 * x[1])]
+        )
+
+    x = jnp.array([1.0, 1.0])
+    a, delta = xa.DeepLift(f, return_delta=True)(x, 0)
+    m = (jax.nn.sigmoid(2.0) - 0.5) / 2.0
+    np.testing.assert_allclose(a, [2 * m, 2 * m], rtol=1e-6)
+    assert delta.shape == () and abs(float(delta)) < 1e-6
+    # Equal inputs and reference: the plain derivative (|dx| < eps), times 0.
+    np.testing.assert_allclose(xa.DeepLift(f, baseline=x)(x, 0), [0.0, 0.0])
+
+
+def test_max_pool_rule_hand_values():
+    # max over (x1, x2): x = (3, 1), b = (0, 2): y = 3, y0 = 2, top = 3.
+    # To x's maximum (x1): 3 - 2 = 1, over dx1 = 3 -> m1 = 1/3; to b's maximum (x2):
+    # y - top = 0 -> m2 = 0. a = (1, 0), which sums to y - y0 = 1.
+    def f(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (2,), (2,), "VALID")
+
+    a = xa.DeepLift(f, baseline=jnp.array([0.0, 2.0]))(jnp.array([3.0, 1.0]), 0)
+    np.testing.assert_allclose(a, [1.0, 0.0], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Completeness, reach, errors
+
+
+class Inline(eqx.Module):
+    lin1: eqx.nn.Linear
+    lin2: eqx.nn.Linear
+    act: str = eqx.field(static=True)
+
+    def __call__(self, x):
+        h = self.lin1(x)
+        h = {
+            "relu": jax.nn.relu,
+            "where": lambda v: jnp.where(v > 0, v, 0.0),
+            "maximum": lambda v: jnp.maximum(v, 0.0),
+            "mask": lambda v: v * (v > 0).astype(v.dtype),
+            "gelu": jax.nn.gelu,
+            "silu": jax.nn.silu,
+            "softplus": jax.nn.softplus,
+            "elu": jax.nn.elu,
+            "leaky_relu": jax.nn.leaky_relu,
+            "tanh": jnp.tanh,
+        }[self.act](h)
+        return self.lin2(h)
+
+
+def _inline(act: str) -> Inline:
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return Inline(eqx.nn.Linear(5, 7, key=k1), eqx.nn.Linear(7, 3, key=k2), act)
+
+
+X5 = jax.random.normal(jax.random.key(1), (5,))
+B5 = 0.3 * jax.random.normal(jax.random.key(2), (5,))
+
+
+@pytest.mark.parametrize("act", ["gelu", "silu", "softplus", "elu", "leaky_relu"])
+def test_completeness_through_composite_activations(act):
+    # gelu is not jitted and silu = x * sigmoid(x): a product of two activations
+    # unless the activation is treated as one unit, as it is.
+    a, delta = xa.DeepLift(_inline(act), baseline=B5, return_delta=True)(X5, 1)
+    model = _inline(act)
+    np.testing.assert_allclose(
+        jnp.sum(a), model(X5)[1] - model(B5)[1], rtol=1e-5, atol=1e-6
+    )
+    assert abs(float(delta)) < 1e-5
+
+
+def test_callable_target_is_explained_too():
+    # The target reduction is part of the explained function: a log-softmax target
+    # (a max, an exp, a log, a stopped gradient inside) stays complete.
+    model = _inline("relu")
+    target = lambda s: jax.nn.log_softmax(s)[1]
+    a, delta = xa.DeepLift(model, baseline=B5, return_delta=True)(X5, target)
+    want = target(model(X5)) - target(model(B5))
+    np.testing.assert_allclose(jnp.sum(a), want, rtol=1e-5)
+    assert abs(float(delta)) < 1e-5
+
+
+def test_inline_relu_spellings_equal_the_module_twin():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    held = eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(5, 7, key=k1),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Linear(7, 3, key=k2),
+        ]
+    )
+    want = xa.DeepLift(held, baseline=B5)(X5, 2)
+    for spelling in ("relu", "where", "maximum", "mask"):
+        got = xa.DeepLift(_inline(spelling), baseline=B5)(X5, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=spelling)
+    grad_x_diff = jax.grad(lambda v: held(v)[2])(X5) * (X5 - B5)
+    assert not np.allclose(want, grad_x_diff, atol=1e-4)  # really not the gradient
+
+
+def test_small_cnn_completeness_with_max_pooling():
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (1, 8, 8))
+    a, delta = xa.DeepLift(model, baseline=0.2, return_delta=True)(x, 3)
+    assert a.shape == x.shape and delta.shape == ()
+    # Jitted: eager convolutions compile op by op, slowly.
+    scores = eqx.filter_jit(eqx.filter_vmap(model))(
+        jnp.stack([x, jnp.full_like(x, 0.2)])
+    )
+    diff = scores[0, 3] - scores[1, 3]
+    np.testing.assert_allclose(jnp.sum(a), diff, rtol=1e-4, atol=1e-5)
+    assert abs(float(delta)) < 1e-5
+
+
+def test_product_of_activations_raises_and_plain_opts_in():
+    def model(x):
+        h = jnp.tanh(x)
+        return jnp.stack([jnp.sum(h * x)])  # a product of two activations
+
+    with pytest.raises(NoRuleError, match=r"`mul` of two activations.*test_deeplift"):
+        xa.DeepLift(model)(X5, 0)
+    with pytest.raises(ValueError, match=r"plain="):
+        xa.DeepLift(model)(X5, 0)
+    a = xa.DeepLift(model, plain=("mul",))(X5, 0)
+    assert a.shape == X5.shape
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="DeepLiftShap"):
+        xa.DeepLift(_inline("relu"), baseline=xa.baselines.UniformNoise(n_draws=2))(
+            X5, 0, key=jax.random.key(0)
+        )
+    with pytest.raises(ValueError, match="eps"):
+        xa.DeepLift(_inline("relu"), eps=-1.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        xa.GradientShap(_inline("relu"), baseline=0.0, n_samples=0)
+    with pytest.raises(ValueError, match="key"):
+        xa.GradientShap(_inline("relu"), baseline=0.0)(X5, 0)
+
+
+# ---------------------------------------------------------------------------------
+# Captum on identical weights
+
+
+def _linear(t: torch.nn.Linear, m: eqx.nn.Linear) -> torch.nn.Linear:
+    t.weight.data = torch.tensor(np.asarray(m.weight))
+    t.bias.data = torch.tensor(np.asarray(m.bias))
+    return t
+
+
+class Deep(eqx.Module):
+    layers: tuple
+
+    def __call__(self, x):
+        acts = (jax.nn.relu, jax.nn.sigmoid, jnp.tanh, jax.nn.elu, jax.nn.softplus)
+        h = x
+        for layer, act in zip(self.layers[:-1], acts, strict=True):
+            h = act(layer(h))
+        return self.layers[-1](h)
+
+
+def _deep() -> tuple[Deep, torch.nn.Module]:
+    keys = jax.random.split(jax.random.key(3), 6)
+    sizes = [5, 8, 8, 8, 8, 8, 3]
+    layers = tuple(
+        eqx.nn.Linear(i, o, key=k)
+        for i, o, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+    )
+    # Captum hooks activation modules; each follows a Linear (see the quirk test).
+    acts = [torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.ELU]
+    mods: list = []
+    for layer, act in zip(layers[:-2], acts, strict=True):
+        mods += [_linear(torch.nn.Linear(1, 1), layer), act()]
+    mods += [_linear(torch.nn.Linear(1, 1), layers[-2]), torch.nn.Softplus()]
+    mods += [_linear(torch.nn.Linear(1, 1), layers[-1])]
+    return Deep(layers), torch.nn.Sequential(*mods)
+
+
+def _t(a) -> torch.Tensor:
+    return torch.tensor(np.asarray(a))
+
+
+def test_deeplift_equals_captum_on_an_mlp():
+    model, twin = _deep()
+    xs = jax.random.normal(jax.random.key(4), (3, 5))
+    b = 0.5 * jax.random.normal(jax.random.key(5), (5,))
+    targets = jnp.array([0, 2, 1])
+    got = eqx.filter_vmap(xa.DeepLift(model, baseline=b))(xs, targets)
+    want = captum.attr.DeepLift(twin).attribute(
+        _t(xs), baselines=_t(b)[None], target=[0, 2, 1]
+    )
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+class PoolNet(eqx.Module):
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    fc: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = eqx.nn.MaxPool2d(2, 2)(self.conv1(x))
+        h = jax.nn.relu(self.conv2(h))
+        return self.fc(jnp.mean(h, axis=(1, 2)))
+
+
+def _pool_net() -> tuple[PoolNet, torch.nn.Module]:
+    k1, k2, k3 = jax.random.split(jax.random.key(6), 3)
+    model = PoolNet(
+        eqx.nn.Conv2d(1, 3, 3, padding=1, key=k1),
+        eqx.nn.Conv2d(3, 4, 3, padding=1, key=k2),
+        eqx.nn.Linear(4, 3, key=k3),
+    )
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 3, 3, padding=1)
+            self.pool = torch.nn.MaxPool2d(2, 2)
+            self.conv2 = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = torch.nn.ReLU()
+            self.fc = _linear(torch.nn.Linear(4, 3), model.fc)
+            for t, m in ((self.conv1, model.conv1), (self.conv2, model.conv2)):
+                t.weight.data = _t(m.weight)
+                t.bias.data = _t(m.bias).reshape(-1)
+
+        def forward(self, x):
+            h = self.relu(self.conv2(self.pool(self.conv1(x))))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    return model, Twin()
+
+
+def test_deeplift_and_deepliftshap_equal_captum_with_max_pooling():
+    model, twin = _pool_net()
+    x = jax.random.normal(jax.random.key(7), (1, 8, 8))
+    b = 0.3 * jax.random.normal(jax.random.key(8), (1, 8, 8))
+    got = xa.DeepLift(model, baseline=b)(x, 1)
+    want = captum.attr.DeepLift(twin).attribute(_t(x)[None], _t(b)[None], target=1)
+    np.testing.assert_allclose(got, want.detach().numpy()[0], rtol=1e-4, atol=1e-6)
+
+    bs = jax.random.normal(jax.random.key(9), (3, 1, 8, 8))
+    base = xa.baselines.Custom(bs, draws=True)
+    got, delta = xa.DeepLiftShap(model, baseline=base, return_delta=True)(x, 2)
+    chunked = xa.DeepLiftShap(model, baseline=base, chunk_size=2)(x, 2)
+    want = captum.attr.DeepLiftShap(twin).attribute(_t(x)[None], _t(bs), target=2)
+    np.testing.assert_allclose(got, want.detach().numpy()[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(chunked, got, rtol=1e-5, atol=1e-7)
+    scores = eqx.filter_jit(eqx.filter_vmap(model))(jnp.concatenate([x[None], bs]))
+    diff = scores[0, 2] - jnp.mean(scores[1:, 2])
+    np.testing.assert_allclose(jnp.sum(got), diff, rtol=1e-4)
+    assert delta.shape == ()
+
+
+def test_captum_silently_falls_back_where_ours_does_not():
+    # The same MLP, its torch twin calling F.relu inline: Captum has no module to
+    # hook, so it returns a mix of rules and plain gradients, silently; its result
+    # is no longer complete. Ours reaches the inline ReLU: complete, and equal to
+    # the module twin's.
+    model = _inline("relu")
+    inline = _inline("relu")
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin1 = _linear(torch.nn.Linear(5, 7), model.lin1)
+            self.lin2 = _linear(torch.nn.Linear(7, 3), model.lin2)
+
+        def forward(self, x):
+            return self.lin2(F.relu(self.lin1(x)))
+
+    captum_a, captum_delta = captum.attr.DeepLift(Twin()).attribute(
+        _t(X5)[None], _t(B5)[None], target=1, return_convergence_delta=True
+    )
+    ours, delta = xa.DeepLift(inline, baseline=B5, return_delta=True)(X5, 1)
+    assert abs(float(captum_delta[0])) > 1e-3
+    assert abs(float(delta)) < 1e-5
+    assert not np.allclose(captum_a.detach().numpy()[0], ours, atol=1e-4)
+
+
+def test_captum_loses_the_rule_of_a_module_right_after_another():
+    # Captum records a module's output gradient before the next hooked module's
+    # rule rewrites it, so ReLU -> MaxPool (as in most CNNs) is not complete in
+    # Captum. Ours is.
+    twin = torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2), torch.nn.Flatten(),
+        torch.nn.Linear(16, 3),
+    )  # fmt: skip
+    x = torch.tensor(np.asarray(jax.random.normal(jax.random.key(10), (1, 1, 8, 8))))
+    b = 0.3 * torch.tensor(np.asarray(jax.random.normal(jax.random.key(11), x.shape)))
+    _, captum_delta = captum.attr.DeepLift(twin).attribute(
+        x, b, target=1, return_convergence_delta=True
+    )
+    fc = twin[3]
+    w, c = (
+        jnp.asarray(fc.weight.detach().numpy()),
+        jnp.asarray(fc.bias.detach().numpy()),
+    )
+
+    def model(v):
+        h = eqx.nn.MaxPool2d(2, 2)(jax.nn.relu(v))
+        return w @ h.reshape(-1) + c
+
+    _, delta = xa.DeepLift(
+        model, baseline=jnp.asarray(b.numpy()[0]), return_delta=True
+    )(jnp.asarray(x.numpy()[0]), 1)
+    assert abs(float(captum_delta[0])) > 1e-3
+    assert abs(float(delta)) < 1e-5
+
+
+def test_gradient_shap_equals_captum_on_identical_draws(monkeypatch):
+    model, twin = _pool_net()
+    x = jax.random.normal(jax.random.key(12), (1, 8, 8))
+    bs = jax.random.normal(jax.random.key(13), (4, 1, 8, 8))
+    n, stdev, key = 6, 0.2, jax.random.key(14)
+    gs = xa.GradientShap(
+        model, baseline=xa.baselines.Custom(bs, draws=True), n_samples=n, stdev=stdev
+    )
+    got = gs(x, 2, key=key)
+    # The same draws GradientShap makes, handed to Captum in place of its own.
+    _, k_draw = jax.random.split(key)
+    idx, alpha, noise = gradient_shap_draws(k_draw, 4, n, x, stdev)
+    monkeypatch.setattr(np.random, "choice", lambda k, size: np.asarray(idx))
+    monkeypatch.setattr(np.random, "uniform", lambda lo, hi, size: np.asarray(alpha))
+    monkeypatch.setattr(
+        captum_nt.NoiseTunnel,
+        "_add_noise_to_input",
+        staticmethod(lambda inp, sd, k: inp.repeat_interleave(k, 0) + _t(noise)),
+    )
+    want = captum.attr.GradientShap(twin).attribute(
+        _t(x)[None], baselines=_t(bs), n_samples=n, stdevs=stdev, target=2
+    )
+    np.testing.assert_allclose(got, want.detach().numpy()[0], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_shap_is_exact_on_a_linear_model():
+    # f = w . x: (x - b) * w for every draw; with one baseline, no noise, exact.
+    w = jax.random.normal(jax.random.key(15), (5,))
+    f = lambda v: jnp.stack([jnp.dot(w, v)])
+    a = xa.GradientShap(f, baseline=B5, n_samples=3)(X5, 0, key=jax.random.key(0))
+    np.testing.assert_allclose(a, (X5 - B5) * w, rtol=1e-6)
