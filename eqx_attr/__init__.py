@@ -29,6 +29,8 @@ from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,
     layer_activation_and_gradient as layer_activation_and_gradient,
+    layers_activation as layers_activation,
+    layers_activation_and_gradient as layers_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
 from ._smooth import SmoothGrad as SmoothGrad
@@ -38,5 +40,11 @@ from ._surgery import (
     guided_relu as guided_relu,
     swap_relu as swap_relu,
 )
+from ._transformer._chefer import CheferRelevance as CheferRelevance
+from ._transformer._cplrp import (
+    ConservativeLRP as ConservativeLRP,
+    conservative_model as conservative_model,
+)
+from ._transformer._rollout import AttentionRollout as AttentionRollout
 
 __version__ = "0.1.0"
