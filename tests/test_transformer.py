@@ -192,3 +192,17 @@ def test_errors():
         xa.CheferRelevance(vit, vit.blocks[0].attn.attn_drop)
     with pytest.raises(ValueError, match="out of range"):
         xa.CheferRelevance(vit, ATTN)(x, 7)
+
+
+def test_registry_entries():
+    from eqx_attr import _registry
+
+    ctx = _registry.BuildContext(tiny_vit(), attention=ATTN, n_prefix_tokens=1)
+    for name, cls in [
+        ("rollout", xa.AttentionRollout),
+        ("chefer", xa.CheferRelevance),
+        ("cp_lrp", xa.ConservativeLRP),
+    ]:
+        entry = _registry.get(name)
+        assert entry.cls is cls and entry.family == "transformer"
+        assert "attention" in entry.needs and isinstance(entry.build(ctx), cls)
