@@ -3,6 +3,7 @@
 from . import (
     baselines as baselines,
     datasets as datasets,
+    metrics as metrics,
     models as models,
     training as training,
     viz as viz,
