@@ -76,17 +76,24 @@ def score_all(
     """Deletion AUC, insertion AUC and sparseness: `(mean, standard error)` each."""
     import eqx_attr as xa
 
+    # Compiled once per metric: every method's attributions share one shape.
     metrics = {
-        "deletion": xa.metrics.Deletion(model, n_steps=n_steps, baseline=baseline),
-        "insertion": xa.metrics.Insertion(model, n_steps=n_steps, baseline=baseline),
+        k: eqx.filter_jit(eqx.filter_vmap(m))
+        for k, m in (
+            (
+                "deletion",
+                xa.metrics.Deletion(model, n_steps=n_steps, baseline=baseline),
+            ),
+            (
+                "insertion",
+                xa.metrics.Insertion(model, n_steps=n_steps, baseline=baseline),
+            ),
+        )
     }
     sparseness = eqx.filter_jit(eqx.filter_vmap(xa.metrics.Sparseness()))
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for name, a in attributions.items():
-        values = {
-            k: eqx.filter_jit(eqx.filter_vmap(m))(xs, targets, jnp.asarray(a))
-            for k, m in metrics.items()
-        }
+        values = {k: m(xs, targets, jnp.asarray(a)) for k, m in metrics.items()}
         values["sparseness"] = sparseness(jnp.asarray(a))
         table[name] = {
             k: (float(np.mean(v)), float(np.std(v) / np.sqrt(max(len(v) - 1, 1))))
@@ -122,6 +129,11 @@ def compare_cnn_vit(
 
     xs, ys = jnp.asarray(xs, jnp.float32), np.asarray(ys)
     keep = (training.predict(cnn, xs) == ys) & (training.predict(vit, xs) == ys)
+    if not keep.any():
+        raise ValueError(
+            "No digit of `xs` is classified correctly by both models; pass "
+            "trained models (e.g. `xa.training.pretrained_mnist_vit()`) or more digits."
+        )
     xs, ts = xs[keep], jnp.asarray(ys[keep], jnp.int32)
     models = {"CNN": cnn, "ViT": vit}
     methods = {
