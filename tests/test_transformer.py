@@ -206,3 +206,20 @@ def test_registry_entries():
         entry = _registry.get(name)
         assert entry.cls is cls and entry.family == "transformer"
         assert "attention" in entry.needs and isinstance(entry.build(ctx), cls)
+
+
+def test_rollout_runs_the_forward_pass_only():
+    # The attention is handed out by a backward pass, but under jit only the
+    # forward pass survives: no more matrix products than the model's forward
+    # pass, and only its (patch-embedding) convolution, where a backward pass
+    # to the input would add a second one.
+    vit, x = tiny_vit(), digit_like(0, (1, 8, 8))
+
+    def ops(f):
+        text = jax.jit(f).lower(x).compile().as_text()
+        return text.count(" dot("), text.count("convolution(")
+
+    dots, convs = ops(lambda x: xa.AttentionRollout(vit, ATTN)(x))
+    forward_dots, _ = ops(lambda x: vit(x))
+    assert convs == 1 and dots <= forward_dots
+    assert ops(lambda x: jax.grad(lambda x: vit(x)[0])(x))[1] == 2
