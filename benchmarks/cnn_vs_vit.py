@@ -24,6 +24,15 @@ from eqx_attr._demo import choose_digits
 from eqx_attr._transformer import _compare as C
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SHORT = {
+    "Gradients": "Grad",
+    "Gradients x Input": "GxI",
+    "Integrated Gradients": "IG",
+    "Guided Backprop": "GuidedBP",
+    "Grad-CAM": "GradCAM",
+    "Attention rollout": "Rollout",
+    "Chefer relevance": "Chefer",
+}
 
 
 def picture(cnn, vit, data, path: str, n_digits: int = 6) -> None:
@@ -35,7 +44,7 @@ def picture(cnn, vit, data, path: str, n_digits: int = 6) -> None:
         ("ViT", C.vit_methods(vit, n_steps=32)),
     ):
         for name, a in C.explain_all(methods, xs, ys).items():
-            maps[f"{mname} {name}"] = a
+            maps[f"{mname} {SHORT.get(name, name)}"] = a
     xa.viz.grid(xs, maps, row_labels=[f"digit {int(y)}" for y in ys], path=path)
 
 
@@ -67,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             cnn, vit, data.x_test[: args.n], data.y_test[: args.n]
         )
         lines += [
-            f"Mean ± standard error over the first {args.n} held-out digits that "
-            "both models classify correctly; each model explains its own "
-            "prediction. Deletion/insertion: 20 steps, baseline 0, softmax "
+            f"Mean ± standard error over those of the first {args.n} held-out "
+            "digits that both models classify correctly; each model explains its "
+            "own prediction. Deletion/insertion: 20 steps, baseline 0, softmax "
             "probability (lower deletion and higher insertion AUC are better); "
             "sparseness: Gini index of |a|. `Random` is uniform noise. "
             f"Computed in {time.perf_counter() - t0:.0f} s with "

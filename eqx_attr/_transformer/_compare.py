@@ -152,6 +152,7 @@ def compare_cnn_vit(
 def comparison_markdown(scores: Mapping[str, Mapping[str, Mapping]]) -> str:
     """A Markdown table: one row per method, CNN and ViT side by side."""
     names = list(dict.fromkeys(n for m in scores.values() for n in m))
+    names = [n for n in names if n != "Random"] + ["Random"] * ("Random" in names)
     head = "| method | " + " | ".join(
         f"{metric} {model}"
         for metric in ("deletion ↓", "insertion ↑", "sparseness")
