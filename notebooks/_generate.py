@@ -306,13 +306,11 @@ insertion AUC (reveal them first: higher is better) and sparseness (Gini index
 of |a|) on held-out digits both models classify correctly; `Random` is uniform
 noise, the floor. `benchmarks/cnn_vs_vit.py` runs this on 200 digits.""",
     """\
-from IPython.display import Markdown
-
 n = 16 if FAST else 200
 if hasattr(xa, "metrics"):
     scores, _ = _compare.compare_cnn_vit(model, vit, data.x_test[:n],
                                          data.y_test[:n], ig_steps=steps)
-    display(Markdown(_compare.comparison_markdown(scores)))
+    print(_compare.comparison_markdown(scores))
 else:
     print("eqx_attr.metrics is not part of this build: no scores.")""",
     """md:The ViT's Grad-CAM, rollout and Chefer maps are blocky (a 4x4 patch grid);
