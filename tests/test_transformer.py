@@ -81,14 +81,14 @@ def test_resize_jit_once_vmap_inputs_purity():
         rollout = xa.AttentionRollout(vit, ATTN, resize="nearest")(x)
         small = xa.CheferRelevance(vit, ATTN, resize=None)(x, t)
         chefer = xa.CheferRelevance(vit, ATTN)(x, t)
-        return rollout, small, chefer
+        grid = xa.AttentionRollout(vit, ATTN, resize=None)(x)
+        return rollout, small, chefer, grid
 
     outs = [both(xs[i], jnp.int32(i)) for i in range(3)]
     assert len(traces) == 1  # one compile for repeated calls
-    rollout, small, chefer = outs[0]
+    rollout, small, chefer, grid = outs[0]
     assert rollout.shape == chefer.shape == (8, 8)
     # nearest-neighbour resize by an integer factor repeats every patch's value
-    grid = xa.AttentionRollout(vit, ATTN, resize=None)(xs[0])
     np.testing.assert_allclose(rollout, np.kron(grid, np.ones((2, 2))), rtol=1e-6)
     np.testing.assert_allclose(
         chefer, jax.image.resize(small, (8, 8), "bilinear"), rtol=1e-6
@@ -107,9 +107,13 @@ def test_bfloat16():
     half = jax.tree_util.tree_map(
         lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, vit
     )
-    for method in (xa.AttentionRollout, xa.CheferRelevance):
-        full = eqx.filter_jit(method(vit, ATTN))(x, 2)
-        low = eqx.filter_jit(method(half, ATTN))(x.astype(jnp.bfloat16), 2)
+
+    @eqx.filter_jit
+    def maps(m, x):
+        methods = (xa.AttentionRollout(m, ATTN), xa.CheferRelevance(m, ATTN))
+        return [method(x, 2) for method in methods]
+
+    for full, low in zip(maps(vit, x), maps(half, x.astype(jnp.bfloat16)), strict=True):
         assert low.dtype == jnp.bfloat16 and low.shape == (8, 8)
         assert np.all(np.isfinite(np.asarray(low, np.float32)))
         scale = float(jnp.max(jnp.abs(full)))
