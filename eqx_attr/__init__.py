@@ -36,6 +36,8 @@ from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,
     layer_activation_and_gradient as layer_activation_and_gradient,
+    layers_activation as layers_activation,
+    layers_activation_and_gradient as layers_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
 from ._rules._deeplift import (
@@ -53,6 +55,12 @@ from ._rules._relu import (
     guided_relu as guided_relu,
 )
 from ._rules._swap import ReLUSwapped as ReLUSwapped, swap_relu as swap_relu
+from ._transformer._chefer import CheferRelevance as CheferRelevance
+from ._transformer._cplrp import (
+    ConservativeLRP as ConservativeLRP,
+    conservative_model as conservative_model,
+)
+from ._transformer._rollout import AttentionRollout as AttentionRollout
 
 # Public names whose modules pull optional dependencies (matplotlib, optax, tqdm,
 # torch, zarr, ...): name -> (module, attribute or None for the module itself).

@@ -332,6 +332,43 @@ def _entries() -> tuple[MethodEntry, ...]:
         ),
         # --- perturbation family ---
         # --- transformer family ---
+        MethodEntry(
+            "attention_rollout",
+            xa.AttentionRollout,
+            "transformer",
+            "attention rollout (class-agnostic; head_fusion, discard_ratio)",
+            lambda c: xa.AttentionRollout(
+                c.model,
+                c.attention,
+                n_prefix_tokens=c.n_prefix_tokens,
+                head_fusion=c.option("head_fusion", "mean"),
+                discard_ratio=c.option("discard_ratio", 0.0),
+            ),
+            aliases=("rollout",),
+            needs=frozenset({"attention"}),
+            output="map",
+        ),
+        MethodEntry(
+            "chefer_relevance",
+            xa.CheferRelevance,
+            "transformer",
+            "Chefer et al. 2021: gradient-weighted attention relevance",
+            lambda c: xa.CheferRelevance(
+                c.model, c.attention, n_prefix_tokens=c.n_prefix_tokens
+            ),
+            aliases=("chefer",),
+            needs=frozenset({"attention"}),
+            output="map",
+        ),
+        MethodEntry(
+            "conservative_lrp",
+            xa.ConservativeLRP,
+            "transformer",
+            "CP-LRP (Ali et al. 2022): LRP-0 with attention and layer norm detached",
+            lambda c: xa.ConservativeLRP(c.model, c.attention),
+            aliases=("cp_lrp",),
+            needs=frozenset({"attention"}),
+        ),
     )
 
 

@@ -1,0 +1,1 @@
+"""Transformer explanations: attention rollout, Chefer relevance, CP-LRP."""

@@ -1,0 +1,176 @@
+"""What the attention-based methods share: options, reading the attention, the map.
+
+The attention of a vision transformer is read at the modules named by an
+`attention` `where` (one per block, in forward order), whose outputs are the
+attention probabilities `(heads, N, N)`. The methods combine them into an
+`(N, N)` token-to-token matrix, take the class token's row over the patch
+tokens, fold it to the patch grid and resize it like the CAM family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._attribution import AbstractAttribution, Target, check_choice, make_objective
+from .._layer_tap import inspect_layers, read_layers
+
+RESIZES = ("bilinear", "nearest")
+
+
+def grid_converter(grid: Any) -> Any:
+    """Static fields must be hashable: accept a list, store a tuple."""
+    return tuple(grid) if isinstance(grid, list) else grid
+
+
+class AbstractAttentionMap(AbstractAttribution):
+    """Base of the methods that explain a transformer through its attention maps.
+
+    Declares the options they share (documented on
+    [`eqx_attr.AttentionRollout`][]) and checks them at construction.
+    """
+
+    model: eqx.AbstractVar[Callable[..., Any]]
+    attention: eqx.AbstractVar[Callable]
+    n_prefix_tokens: eqx.AbstractVar[int]
+    resize: eqx.AbstractVar[str | None]
+    grid: eqx.AbstractVar[tuple[int, int] | None]
+
+    def __check_init__(self):
+        check_attention_options(self)
+
+
+def check_attention_options(method: Any) -> None:
+    """Trace-time validation of the options every attention method has."""
+    if not callable(method.attention) or isinstance(method.attention, eqx.Module):
+        raise TypeError(
+            "`attention` must be a `where` function returning the modules whose "
+            "outputs are the attention probabilities, e.g. "
+            "`attention=lambda m: [b.attn.attn_drop for b in m.blocks]`; got "
+            f"{type(method.attention).__name__}."
+        )
+    n = method.n_prefix_tokens
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"`n_prefix_tokens` must be an int >= 0, got {n!r}.")
+    if method.resize is not None:
+        check_choice(method.resize, "resize", RESIZES)
+    grid = method.grid
+    if grid is not None and not (
+        isinstance(grid, tuple)
+        and len(grid) == 2
+        and all(
+            isinstance(g, (int, np.integer)) and not isinstance(g, bool) and g >= 1
+            for g in grid
+        )
+    ):
+        raise ValueError(
+            f"`grid` must be None or a pair of positive ints `(h, w)`, got {grid!r}."
+        )
+
+
+def patch_grid(n_tokens: int, n_prefix_tokens: int, grid: Any) -> tuple[int, int]:
+    """The `(h, w)` grid the tokens after the prefix fold into, or a clear error."""
+    m = n_tokens - n_prefix_tokens
+    if m < 1:
+        raise ValueError(
+            f"`n_prefix_tokens={n_prefix_tokens}` leaves no patch tokens of the "
+            f"{n_tokens} tokens; it counts the class/register tokens before the "
+            "patch grid (1 for a ViT with a class token)."
+        )
+    if grid is not None:
+        h, w = grid
+        if h * w != m:
+            raise ValueError(
+                f"`grid={tuple(grid)}` has {h * w} cells but there are {m} patch "
+                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
+                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
+            )
+        return int(h), int(w)
+    side = math.isqrt(m)
+    if side * side != m:
+        raise ValueError(
+            f"There are {m} patch tokens ({n_tokens} tokens minus "
+            f"`n_prefix_tokens={n_prefix_tokens}`), which is not a square grid. "
+            "Count the class/register tokens in `n_prefix_tokens`, or pass "
+            "`grid=(h, w)` for a non-square patch grid."
+        )
+    return side, side
+
+
+def _check_probabilities(a: Array) -> Array:
+    # Softmax rows sum to 1 up to rounding; the tolerance admits bfloat16.
+    tol = max(1e-3, 8 * float(jnp.finfo(a.dtype).eps))
+    a32 = a.astype(jnp.float32)
+    bad = jnp.any(a32 < -tol) | jnp.any(jnp.abs(jnp.sum(a32, axis=-1) - 1.0) > tol)
+    return eqx.error_if(
+        a32,
+        bad,
+        "`attention` must select modules whose outputs are attention "
+        "probabilities (non-negative rows summing to 1, i.e. after the softmax), "
+        "but an output is not. Point `attention` at the module applied to the "
+        "softmax output, e.g. `lambda m: [b.attn.attn_drop for b in m.blocks]`.",
+    )
+
+
+def inspect_attention(model: Any, attention: Callable, x: Array) -> tuple:
+    """Trace once; check every selected output is `(heads, N, N)` with one `N`."""
+    infos = inspect_layers(model, attention, x, name="attention")
+    shapes = [info.act.shape for info in infos]
+    for i, s in enumerate(shapes):
+        if len(s) != 3 or s[1] != s[2]:
+            raise ValueError(
+                f"Item {i} of `attention` outputs shape {s}, not attention "
+                "probabilities `(heads, N, N)`. Point `attention` at the module "
+                "applied to the softmax output, e.g. "
+                "`lambda m: [b.attn.attn_drop for b in m.blocks]`."
+            )
+    if len({s[1] for s in shapes}) != 1:
+        raise ValueError(
+            f"The attention maps have different token counts {shapes}; `attention` "
+            "must select one module per block of the same transformer."
+        )
+    return infos
+
+
+def read_attention(
+    method: Any, x: Array, target: Target, gradients: bool
+) -> tuple[list[Array], list[Array], tuple[int, int]]:
+    """Every block's attention (and its gradient), float32, in ONE pass each way.
+
+    With `gradients=False` only the attention is used (and `target` ignored): the
+    backward pass that hands it out is dead code under `jit`. Returns
+    `(attentions, gradients, grid)`; checks shapes at trace time and
+    probabilities at run time.
+    """
+    infos = inspect_attention(method.model, method.attention, x)
+    shapes = [info.act.shape for info in infos]
+    grid = patch_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
+    if gradients:
+        objective = make_objective(target, infos[0].out.shape)
+    else:
+        objective = lambda s: jnp.sum(s)  # noqa: E731
+    _, _, acts, grads = read_layers(method.model, method.attention, x, objective, infos)
+    acts = [_check_probabilities(a) for a in acts]
+    return acts, [g.astype(jnp.float32) for g in grads], grid
+
+
+def class_token_map(
+    r: Float[Array, "n n"], x: Array, grid: tuple[int, int], method: Any
+) -> Array:
+    """The class token's row of `r` over the patch tokens, on the grid, resized."""
+    m = r[0, method.n_prefix_tokens :].reshape(grid)
+    if method.resize is not None:
+        if x.ndim < 2:
+            raise ValueError(
+                f"`resize={method.resize!r}` maps onto the input's last two axes, "
+                f"but `x` has shape {x.shape}; pass an image or `resize=None`."
+            )
+        m = jax.image.resize(m, x.shape[-2:], method.resize)
+    return m.astype(x.dtype)

@@ -1,0 +1,191 @@
+"""Localisation metrics: does the attribution fall on the object's (H, W) mask?
+
+All follow Quantus's definitions. The attribution (shaped like the input, or an
+`(H, W)` map) is summed over channels first; `mask` is a boolean `(H, W)` array.
+An empty mask gives NaN, as in Quantus (there is nothing to localise).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from .._attribution import check_positive_int
+from ._base import (
+    AbstractMetric,
+    check_attribution,
+    check_mask,
+    descending_ranks,
+    safe_divide,
+    spatial_map,
+)
+
+
+def _prepare(a: Array, mask: Array, absolute: bool = False) -> tuple[Array, Array]:
+    s = spatial_map(check_attribution(a))
+    if absolute:
+        s = jnp.abs(s)
+    return s, check_mask(mask, s.shape)
+
+
+def _nan_if_empty(value: Array, mask: Array) -> Array:
+    return jnp.where(jnp.any(mask), value, jnp.nan).astype(jnp.float32)
+
+
+class PointingGame(AbstractMetric):
+    """1.0 when the attribution's maximum lies in the mask, else 0.0.
+
+    Zhang et al., *Top-down Neural Attention by Excitation Backprop*, ECCV 2016;
+    as Quantus: a hit when ANY of the tied maxima lies in the mask.
+
+    **Arguments:** `weighted`: a hit scores `1 - |mask| / (H W)` instead of 1
+    (Quantus's `weighted=True`).
+
+    **Returns:** a 0-d float32 array. An all-zero attribution ties everywhere: a hit
+    whenever the mask is non-empty.
+
+    ```python
+    hit = xa.metrics.PointingGame()(a, mask)
+    ```
+    """
+
+    weighted: bool = False
+
+    def __call__(
+        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+    ) -> Float[Array, ""]:
+        s, mask = _prepare(a, mask)
+        hit = jnp.any(mask & (s == jnp.max(s))).astype(jnp.float32)
+        if self.weighted:
+            hit = hit * (1 - jnp.mean(mask.astype(jnp.float32)))
+        return _nan_if_empty(hit, mask)
+
+
+class RelevanceMassAccuracy(AbstractMetric):
+    """The share of the attribution's (signed) sum inside the mask: Σ a[mask] / Σ a.
+
+    Arras, Osman & Samek, *CLEVR-XAI*, Information Fusion 2022; as Quantus
+    (`abs=False`).
+
+    **Returns:** a 0-d float32 array; 0 for an attribution summing to 0 (e.g. all
+    zero).
+
+    ```python
+    mass = xa.metrics.RelevanceMassAccuracy()(a, mask)
+    ```
+    """
+
+    def __call__(
+        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+    ) -> Float[Array, ""]:
+        s, mask = _prepare(a, mask)
+        inside = jnp.sum(jnp.where(mask, s, 0.0))
+        return _nan_if_empty(safe_divide(inside, jnp.sum(s)), mask)
+
+
+def _top_k_in_mask(s: Array, mask: Array, k: Array | int) -> Array:
+    """How many of the `k` largest entries of `s` lie in `mask` (ties row-major)."""
+    top = descending_ranks(s) < k
+    return jnp.sum(top & mask).astype(jnp.float32)
+
+
+class RelevanceRankAccuracy(AbstractMetric):
+    """The share of the K = |mask| highest-ranked pixels that lie in the mask.
+
+    Arras, Osman & Samek, *CLEVR-XAI*, 2022; as Quantus, ranking by signed value.
+
+    **Returns:** a 0-d float32 array in [0, 1]. Ties are broken in row-major order
+    (stable sort), so an all-zero attribution scores the share of the first K
+    pixels in row-major order that lie in the mask.
+
+    ```python
+    rank = xa.metrics.RelevanceRankAccuracy()(a, mask)
+    ```
+    """
+
+    def __call__(
+        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+    ) -> Float[Array, ""]:
+        s, mask = _prepare(a, mask)
+        k = jnp.sum(mask)
+        return _nan_if_empty(safe_divide(_top_k_in_mask(s, mask, k), k), mask)
+
+
+class AttributionLocalisation(AbstractMetric):
+    """The share of the attribution's sum inside the mask, after |.| or clipping.
+
+    Kohlbrenner et al., *Towards Best Practice in Explaining Neural Network
+    Decisions with LRP*, IJCNN 2020; as Quantus's `AttributionLocalisation`:
+    `Σ s[mask] / (Σ s + 1e-9)` with `s = |a|` (`abs=True`) or `max(a, 0)`
+    (`positive_attributions=True`), NaN above 1.
+
+    **Arguments:**
+
+    - `abs`: take |a| first (default `True`, as Quantus).
+    - `positive_attributions`: clip negative relevance to 0 first.
+    - `weighted`: multiply by the mask's share of the image, `|mask| / (H W)` (the
+        paper's weighting; Quantus 0.6 divides by a batch-dependent size instead).
+
+    **Returns:** a 0-d float32 array; 0 for an all-zero attribution.
+
+    ```python
+    loc = xa.metrics.AttributionLocalisation()(a, mask)
+    ```
+    """
+
+    abs: bool = True
+    positive_attributions: bool = False
+    weighted: bool = False
+
+    def __call__(
+        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+    ) -> Float[Array, ""]:
+        s, mask = _prepare(a, mask, self.abs)
+        if self.positive_attributions:
+            s = jnp.maximum(s, 0.0)
+        ratio = jnp.sum(jnp.where(mask, s, 0.0)) / (jnp.sum(s) + 1e-9)
+        ratio = jnp.where(ratio > 1, jnp.nan, ratio)
+        if self.weighted:
+            ratio = ratio * jnp.mean(mask.astype(jnp.float32))
+        return _nan_if_empty(ratio, mask)
+
+
+class TopKIntersection(AbstractMetric):
+    """The share of the `k` highest-ranked pixels that lie in the mask.
+
+    Theiner, Müller-Budack & Ewerth, *Interpretable Semantic Photo Geolocation*,
+    WACV 2022; as Quantus's `TopKIntersection` (signed ranking, `abs=False`).
+
+    **Arguments:**
+
+    - `k`: how many pixels to take (at most H W).
+    - `concept_influence`: multiply by `H W / |mask|` (Quantus's option).
+
+    **Returns:** a 0-d float32 array in [0, 1] (before `concept_influence`). Ties
+    are broken in row-major order; for an all-zero attribution that is the share
+    of the first `k` pixels in the mask.
+
+    ```python
+    tki = xa.metrics.TopKIntersection(k=100)(a, mask)
+    ```
+    """
+
+    k: int = 1000
+    concept_influence: bool = False
+
+    def __check_init__(self):
+        check_positive_int(self.k, "k")
+
+    def __call__(
+        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+    ) -> Float[Array, ""]:
+        s, mask = _prepare(a, mask)
+        if self.k > s.size:
+            raise ValueError(
+                f"`k={self.k}` exceeds the {s.size} pixels of the attribution; pass "
+                f"`k <= {s.size}`."
+            )
+        tki = _top_k_in_mask(s, mask, self.k) / self.k
+        if self.concept_influence:
+            tki = tki * s.size / jnp.maximum(jnp.sum(mask), 1)
+        return _nan_if_empty(tki, mask)

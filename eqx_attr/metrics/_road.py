@@ -1,0 +1,195 @@
+"""ROAD: remove and debias, with noisy linear imputation (Rong et al., ICML 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.sparse.linalg import cg
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from .._attribution import (
+    Target,
+    batched_map,
+    check_choice,
+    check_input,
+    check_key,
+    forward_shape,
+    make_objective,
+)
+from ._base import (
+    SCORES,
+    AbstractMetric,
+    check_attribution,
+    check_chunk_size,
+    check_positive_float,
+    descending_ranks,
+    scorer,
+    spatial_map,
+)
+
+# Neighbour weights of the imputation (Rong et al.): 1/6 for the four edge
+# neighbours, 1/12 for the four diagonal ones.
+_KERNEL = np.array(
+    [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]]
+)
+
+
+def _neighbour_sum(u: Array) -> Array:
+    """Weighted sum of each pixel's in-image neighbours, over the last two axes."""
+    k = jnp.asarray(_KERNEL, u.dtype)
+    lead = u.shape[:-2]
+    z = u.reshape(-1, 1, *u.shape[-2:])
+    out = jax.lax.conv_general_dilated(z, k[None, None], (1, 1), "SAME")
+    return out.reshape(*lead, *u.shape[-2:])
+
+
+def linear_imputation(
+    x: Float[Array, "c h w"], removed: Bool[Array, "h w"], tol: float = 1e-7
+) -> Float[Array, "c h w"]:
+    """Replace the `removed` pixels by the weighted mean of their neighbours.
+
+    Solves, per channel, `S_i u_i - Σ_j w_ij u_j = 0` for every removed pixel `i`
+    (neighbours `j` in the image, kept ones known, `S_i = Σ_j w_ij`), the system
+    of Rong et al.'s noisy linear imputation. Restricted to the removed pixels it
+    is symmetric positive definite when every removed region touches a kept pixel,
+    so conjugate gradients solve it, with the stencil as a matrix-free operator.
+    """
+    x32 = x.astype(jnp.float32)
+    r = jnp.broadcast_to(removed, x.shape).astype(jnp.float32)
+    degree = _neighbour_sum(jnp.ones(x.shape, jnp.float32))
+
+    def operator(u):
+        return r * (degree * u - _neighbour_sum(r * u)) + (1 - r) * u
+
+    rhs = r * _neighbour_sum((1 - r) * x32) + (1 - r) * x32
+    sol, _ = cg(operator, rhs, x0=(1 - r) * x32, tol=tol, maxiter=4 * removed.size)
+    return jnp.where(removed, sol, x32)
+
+
+def _percent_counts(n_pixels: int, percentages: tuple[float, ...]) -> Array:
+    return jnp.asarray([int(n_pixels * p / 100) for p in percentages], jnp.int32)
+
+
+class ROAD(AbstractMetric):
+    """Mean score over removal percentages, removed pixels imputed from neighbours.
+
+    Rong et al., *A Consistent and Efficient Evaluation Strategy for Attribution
+    Methods*, ICML 2022; as Quantus's `ROAD`: for each percentage p the first
+    `int(P p / 100)` of the P pixels (attribution summed over channels; most
+    relevant first with `order="morf"`, least relevant first with `"lerf"`) are
+    replaced by noisy linear imputation (see [`linear_imputation`][], plus
+    Gaussian noise of std `noise`). `curve[i]` is the score at `percentages[i]`:
+    with `score="accuracy"` 1.0 when the prediction is still `target` (Quantus's
+    per-sample output), else the softmax probability or the raw score.
+
+    **Arguments:** `model`, `percentages` (default 1, 3, ..., 99, as Quantus),
+    `noise`, `order`, `score` (`"accuracy"` needs an integer target), `chunk_size`.
+
+    **Call:** `metric(x, target, a, *, key)`; `key` only when `noise > 0`.
+
+    **Returns:** the mean of the curve; lower is better for `"morf"`, higher for
+    `"lerf"`. An all-zero attribution removes pixels in row-major order.
+
+    ```python
+    road = xa.metrics.ROAD(model)(x, 3, a, key=key)
+    ```
+    """
+
+    model: Callable[..., Any]
+    percentages: tuple[float, ...] = eqx.field(static=True)
+    noise: float = eqx.field(static=True)
+    order: str = eqx.field(static=True)
+    score: str = eqx.field(static=True)
+    chunk_size: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        percentages: tuple[int | float, ...] = tuple(range(1, 100, 2)),
+        noise: float = 0.01,
+        order: str = "morf",
+        score: str = "accuracy",
+        chunk_size: int | None = None,
+    ):
+        percentages = tuple(float(p) for p in percentages)
+        if not percentages or not all(0 <= p < 100 for p in percentages):
+            raise ValueError(
+                f"`percentages` must be a non-empty tuple of numbers in [0, 100), "
+                f"got {percentages!r}."
+            )
+        check_positive_float(noise, "noise", allow_zero=True)
+        check_choice(order, "order", ("morf", "lerf"))
+        check_choice(score, "score", ("accuracy", *SCORES))
+        check_chunk_size(chunk_size)
+        self.model = model
+        self.percentages = percentages
+        self.noise = noise
+        self.order = order
+        self.score = score
+        self.chunk_size = chunk_size
+
+    def _scorer(self, x: Array, target: Target) -> Callable[[Array], Array]:
+        if self.score != "accuracy":
+            return scorer(self.model, x, target, self.score)
+        (n,) = forward_shape(self.model, x).shape or (0,)
+        if callable(target) or target is None or n == 0:
+            raise ValueError(
+                '`score="accuracy"` needs a model returning class scores and an '
+                'integer class `target`; use `score="probability"` otherwise.'
+            )
+        # The objective of a one-hot prediction is 1 exactly when the prediction is
+        # the target, and it checks the class index like every other method.
+        objective = make_objective(target, (n,))
+
+        def correct(z):
+            hit = jax.nn.one_hot(jnp.argmax(self.model(z)), n, dtype=jnp.float32)
+            return objective(hit)
+
+        return correct
+
+    def curve(
+        self,
+        x: Float[Array, "c h w"],
+        target: Target,
+        a: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " n_percentages"]:
+        """The score at each percentage."""
+        x = check_input(x)
+        a = check_attribution(a, x)
+        s = spatial_map(a)
+        ranks = descending_ranks(s if self.order == "morf" else -s)
+        counts = _percent_counts(s.size, self.percentages)
+        if self.noise > 0:
+            key = check_key(key, "ROAD with noise > 0")
+            keys = jax.random.split(key, len(self.percentages))
+        else:
+            keys = jnp.zeros((len(self.percentages),), jnp.uint32)
+        f = self._scorer(x, target)
+
+        def one(args):
+            count, k = args
+            removed = ranks < count
+            z = linear_imputation(x, removed)
+            if self.noise > 0:
+                eps = jax.random.normal(k, x.shape, jnp.float32)
+                z = z + jnp.where(removed, self.noise * eps, 0.0)
+            return f(z.astype(x.dtype))
+
+        return batched_map(one, (counts, keys), self.chunk_size)
+
+    def __call__(
+        self,
+        x: Float[Array, "c h w"],
+        target: Target,
+        a: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, ""]:
+        return jnp.mean(self.curve(x, target, a, key=key))

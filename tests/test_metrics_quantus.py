@@ -1,0 +1,218 @@
+"""Metrics equal Quantus 0.6 on identical models, attributions and masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+import skimage.metrics
+
+import eqx_attr as xa
+from eqx_attr.torch_twins import to_torch
+
+from ._quantus_import import quantus
+
+M = xa.metrics
+N, H = 3, 8  # three 1x8x8 examples through a width-4 SmallCNN
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    xs = jax.random.uniform(jax.random.key(1), (N, 1, H, H))
+    xs = xs.at[:, 0, 0, 0].set(0.0)  # Quantus's "black" baseline is x.min() = 0
+    attrs = jax.random.normal(jax.random.key(2), (N, 1, H, H))
+    ys = np.array([1, 4, 7])
+    masks = np.zeros((N, H, H), bool)
+    masks[0, 2:5, 2:6] = True
+    masks[1, 0:3, 5:8] = True
+    masks[2, 4:8, 0:8] = True
+    twin = to_torch(model)
+    return model, xs, attrs, ys, masks, twin
+
+
+def quantus_call(metric, setup, **kwargs):
+    model, xs, attrs, ys, masks, twin = setup
+    out = metric(
+        model=twin,
+        x_batch=np.asarray(xs),
+        y_batch=ys,
+        a_batch=np.asarray(attrs),
+        s_batch=masks[:, None].astype(float),
+        channel_first=True,
+        device="cpu",
+        **kwargs,
+    )
+    return np.asarray(out, np.float64)
+
+
+def ours(metric, xs, *args):
+    return np.asarray(jax.vmap(metric)(xs, *args), np.float64)
+
+
+def test_complexity_metrics(setup):
+    _, xs, attrs, *_ = setup
+    q = dict(disable_warnings=True)
+    np.testing.assert_allclose(
+        ours(M.Sparseness(), attrs),
+        quantus_call(quantus.Sparseness(normalise=False, **q), setup),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        ours(M.Complexity(), attrs),
+        quantus_call(quantus.Complexity(normalise=False, **q), setup),
+        rtol=1e-5,
+    )
+    # `normalise=True` is Quantus's normalise-by-max on a batch of one example.
+    q_one = quantus.Sparseness(normalise=True, **q)
+    model, xs, attrs, ys, masks, twin = setup
+    expected = [
+        q_one(
+            model=twin,
+            x_batch=np.asarray(xs[i : i + 1]),
+            y_batch=ys[i : i + 1],
+            a_batch=np.asarray(attrs[i : i + 1]),
+            channel_first=True,
+        )[0]
+        for i in range(N)
+    ]
+    np.testing.assert_allclose(
+        ours(M.Sparseness(normalise=True), attrs), expected, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "ours_metric, theirs",
+    [
+        (
+            M.PointingGame(),
+            quantus.PointingGame(normalise=False),
+        ),
+        (
+            M.RelevanceMassAccuracy(),
+            quantus.RelevanceMassAccuracy(normalise=False),
+        ),
+        (
+            M.RelevanceRankAccuracy(),
+            quantus.RelevanceRankAccuracy(normalise=False),
+        ),
+        (
+            M.AttributionLocalisation(),
+            quantus.AttributionLocalisation(),
+        ),
+        (
+            M.AttributionLocalisation(abs=False, positive_attributions=True),
+            quantus.AttributionLocalisation(abs=False, positive_attributions=True),
+        ),
+        (
+            M.TopKIntersection(k=10),
+            quantus.TopKIntersection(k=10, normalise=False),
+        ),
+        (
+            M.TopKIntersection(k=10, concept_influence=True),
+            quantus.TopKIntersection(k=10, concept_influence=True),
+        ),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_localisation(setup, ours_metric, theirs):
+    _, xs, attrs, ys, masks, _ = setup
+    got = ours(ours_metric, attrs, jnp.asarray(masks))
+    np.testing.assert_allclose(got, quantus_call(theirs, setup), rtol=1e-5)
+
+
+def test_pixel_flipping_and_region_perturbation(setup):
+    model, xs, attrs, ys, *_ = setup
+    q = dict(disable_warnings=True, normalise=False)
+    theirs = quantus_call(quantus.PixelFlipping(features_in_step=4, **q), setup)
+    pf = M.PixelFlipping(model, features_in_step=4)
+    curves = jax.vmap(pf.curve)(xs, ys, attrs)
+    np.testing.assert_allclose(curves, theirs, rtol=1e-4, atol=1e-6)
+    auc = np.trapezoid(theirs, axis=1) / (theirs.shape[1] - 1)
+    np.testing.assert_allclose(ours(pf, xs, ys, attrs), auc, rtol=1e-4)
+
+    for patch, order in [(3, "morf"), (4, "lerf")]:
+        theirs = quantus_call(
+            quantus.RegionPerturbation(patch_size=patch, order=order, **q), setup
+        )
+        rp = M.RegionPerturbation(model, patch_size=patch, order=order)
+        curves = jax.vmap(rp.curve)(xs, ys, attrs)
+        np.testing.assert_allclose(curves, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_road_noise_free(setup):
+    model, xs, attrs, ys, *_ = setup
+    pct = (5, 30, 60, 95)
+    road = M.ROAD(model, percentages=pct, noise=0.0)
+    theirs = quantus.ROAD(
+        percentages=list(pct), noise=0.0, normalise=False, disable_warnings=True
+    )
+    # Quantus returns the accuracy at each percentage over the batch.
+    want = theirs(
+        model=setup[-1],
+        x_batch=np.asarray(xs),
+        y_batch=ys,
+        a_batch=np.asarray(attrs),
+        channel_first=True,
+        device="cpu",
+    )
+    curves = np.asarray(jax.vmap(road.curve)(xs, ys, attrs))
+    np.testing.assert_allclose(curves.mean(0), [want[p] for p in pct])
+
+
+def test_linear_imputation_equals_quantus():
+    x = np.asarray(jax.random.uniform(jax.random.key(3), (2, 7, 9)))
+    removed = np.zeros((7, 9), bool)
+    removed[1:6, 2:7] = True
+    removed[0, 0] = True
+    idx = np.flatnonzero(removed)
+    theirs = quantus.functions.perturb_func.noisy_linear_imputation(
+        x.copy(), idx, noise=0.0
+    )
+    got = M.linear_imputation(jnp.asarray(x), jnp.asarray(removed))
+    np.testing.assert_allclose(got, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_faithfulness_correlation_same_subsets(setup, monkeypatch):
+    model, xs, attrs, ys, *_ = setup
+    fc = M.FaithfulnessCorrelation(model, n_runs=6, subset_size=10)
+    keys = jax.random.split(jax.random.key(4), N)
+    # Our subsets, handed to Quantus in the order it draws them (run, example).
+    subsets = [np.asarray(fc.subsets(xs[0], jax.random.split(k)[0])) for k in keys]
+    draws = iter([subsets[i][r] for r in range(6) for i in range(N)])
+    monkeypatch.setattr(np.random, "choice", lambda *a, **k: next(draws))
+    theirs = quantus_call(
+        quantus.FaithfulnessCorrelation(
+            nr_runs=6, subset_size=10, normalise=False, return_aggregate=False,
+            disable_warnings=True,
+        ),
+        setup,
+    )  # fmt: skip
+    got = jax.vmap(fc)(xs, ys, attrs, key=keys)
+    np.testing.assert_allclose(got, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_similarities_equal_scipy_and_skimage():
+    a = np.asarray(jax.random.normal(jax.random.key(5), (12, 10)))
+    b = a + np.asarray(jax.random.normal(jax.random.key(6), (12, 10)))
+    b[0, :4] = b[0, 0]  # ties get average ranks
+    want = scipy.stats.spearmanr(a.ravel(), b.ravel())[0]
+    np.testing.assert_allclose(M.spearman(jnp.asarray(a), jnp.asarray(b)), want, 1e-5)
+    rng = max(a.max(), b.max()) - min(a.min(), b.min())
+    want = skimage.metrics.structural_similarity(a, b, data_range=rng)
+    np.testing.assert_allclose(M.ssim(jnp.asarray(a), jnp.asarray(b)), want, 1e-4)
+
+
+def test_local_lipschitz_same_noise(setup):
+    model, xs, attrs, ys, _, twin = setup
+    ll = M.LocalLipschitzEstimate(xa.Gradients(model), n_samples=4, stdev=0.1)
+    key = jax.random.key(7)
+    noise = np.asarray(ll.perturbations(xs[0], key))
+    e0 = np.asarray(xa.Gradients(model)(xs[0], int(ys[0])))
+    grads = [
+        np.asarray(xa.Gradients(model)(xs[0] + noise[i], int(ys[0]))) for i in range(4)
+    ]
+    want = max(
+        np.linalg.norm(g - e0) / np.linalg.norm(noise[i]) for i, g in enumerate(grads)
+    )
+    np.testing.assert_allclose(ll(xs[0], int(ys[0]), key=key), want, rtol=1e-4)
