@@ -31,6 +31,8 @@ from ._layers import (
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._runner._evaluate import evaluate_dataset as evaluate_dataset
+from ._runner._explain import explain_dataset as explain_dataset
 from ._smooth import SmoothGrad as SmoothGrad
 from ._surgery import (
     ReLUSwapped as ReLUSwapped,
