@@ -59,7 +59,7 @@ def per_example(method, xs, targets, keys=None):
     return np.stack(
         [
             np.asarray(f(jnp.asarray(x), jnp.int32(t), k), np.float32)
-            for x, t, k in zip(xs, targets, keys)
+            for x, t, k in zip(xs, targets, keys, strict=True)
         ]
     )
 

@@ -1,4 +1,4 @@
-"""Checks of the data-set arguments shared by `explain_dataset` and `evaluate_dataset`."""
+"""Checks of the data-set arguments of `explain_dataset` and `evaluate_dataset`."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def check_rows_like(n_classes: int | None) -> Callable[[str, np.ndarray, int], N
 
 
 def storage_dtype(dtype: Any) -> np.dtype:
-    """float64 stays float64; every other float (bfloat16, float16) is stored as float32."""
+    """float64 stays float64; other floats (bfloat16, float16) are stored as float32."""
     dtype = np.dtype(dtype)
     if dtype == np.float64 or np.issubdtype(dtype, np.integer) or dtype == np.bool_:
         return dtype
