@@ -133,9 +133,16 @@ def test_lazy_inputs_memmap_zarr_and_bfloat16(tmp_path):
     expected = np.asarray(jax.vmap(grads)(jnp.asarray(xs), jnp.asarray(ts)))
     for i, data in enumerate([memmap, z]):
         g = xa.explain_dataset(
-            grads, data, ts, out=tmp_path / f"o{i}.zarr", batch_size=3, progress=False
+            grads,
+            data,
+            ts,
+            out=tmp_path / f"o{i}.zarr",
+            batch_size=3,
+            progress=False,
+            scores=i == 0,
         )
         np.testing.assert_allclose(g["attributions"][:], expected, rtol=1e-5, atol=1e-6)
+        assert ("scores" in g) == (i == 0)
     x16 = xs.astype(jnp.bfloat16)
     m16 = jax.tree.map(
         lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, model

@@ -101,9 +101,9 @@ def _load_data(spec: str) -> tuple[Any, Any]:
     if spec.endswith(".npy"):
         return np.load(spec, mmap_mode="r"), None
     if os.path.isdir(spec):
-        import zarr
+        from ._store import zarr_module
 
-        node = zarr.open(spec, mode="r")
+        node = zarr_module().open(spec, mode="r")
         if hasattr(node, "shape"):
             return node, None
         if "xs" in node:

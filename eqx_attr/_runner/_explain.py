@@ -17,23 +17,27 @@ from ._inputs import check_rows_like, check_targets, num_rows, storage_dtype
 
 
 @eqx.filter_jit
-def _explain_batch(method, xs, targets, rows, key, predicted: bool):
-    scores = jax.vmap(method.model)(xs)
+def _explain_batch(method, xs, targets, rows, key, predicted: bool, scores: bool):
+    if predicted or scores:
+        # One more forward pass than the method's own: cheap next to IG's many,
+        # about a third of Grad-CAM's cost (hence `scores=False`).
+        logits = jax.vmap(method.model)(xs)
     if predicted:
-        targets = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        targets = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if key is None:
         attributions = jax.vmap(lambda x, t: method(x, t))(xs, targets)
     else:
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
         attributions = jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, targets, keys)
-    score = jnp.take_along_axis(scores, targets[:, None], axis=-1)[:, 0]
-    return {
-        "attributions": attributions.astype(
-            jnp.promote_types(attributions.dtype, jnp.float32)
-        ),
+    dtype = jnp.promote_types(attributions.dtype, jnp.float32)
+    out = {
+        "attributions": attributions.astype(dtype),
         "targets": targets.astype(jnp.int32),
-        "scores": score.astype(jnp.float32),
     }
+    if scores:
+        score = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        out["scores"] = score.astype(jnp.float32)
+    return out
 
 
 def explain_dataset(
@@ -47,6 +51,7 @@ def explain_dataset(
     resume: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    scores: bool = True,
 ) -> Any:
     """Explain every example of a data set; stream the results to a Zarr store.
 
@@ -74,12 +79,14 @@ def explain_dataset(
     - `progress`: show a tqdm bar (examples per second).
     - `overwrite`: replace a store written by another method, data or options
         (otherwise it is refused with an error and left intact).
+    - `scores`: also store the target's score (one more forward pass per
+        example; `False` for cheap methods such as Grad-CAM when speed matters).
 
     **Returns:**
 
     The Zarr group: `attributions` `(N, *attribution shape)`, `targets` `(N,)`,
-    `scores` `(N,)` (the target's score), `done` `(N,)`; its attribute
-    `eqx_attr` records the configuration, data fingerprint, batch size,
+    `scores` `(N,)` (the target's score, unless `scores=False`), `done` `(N,)`;
+    its attribute `eqx_attr` records the configuration, data fingerprint, batch size,
     throughput and wall time.
 
     **Example:**
@@ -114,19 +121,22 @@ def explain_dataset(
     n_classes, a_shape, a_dtype = _shapes(method, x0, key)
     identity = {
         "kind": "explain",
-        "method": _fingerprint.config_hash(_fingerprint.describe(method)),
+        "method": None,
         "method_class": type(method).__qualname__,
         "data": _fingerprint.data_fingerprint(xs),
         "targets": _fingerprint.targets_fingerprint(targets),
         "batch_size": int(batch_size),
         "key": None if key is None else _fingerprint.describe(key),
+        "scores": bool(scores),
     }
-    record = {"version": __version__, "method_config": _fingerprint.describe(method)}
+    config = _fingerprint.describe(method)
+    identity["method"] = _fingerprint.config_hash(config)
+    record = {"version": __version__, "method_config": config}
     sources = {"xs": xs} if predicted else {"xs": xs, "targets": targets}
 
     def compute(batch, rows):
         t = batch.get("targets", rows)
-        return _explain_batch(method, batch["xs"], t, rows, key, predicted)
+        return _explain_batch(method, batch["xs"], t, rows, key, predicted, scores)
 
     job = _loop.Job(
         out=path,
@@ -137,7 +147,7 @@ def explain_dataset(
         outputs={
             "attributions": (a_shape, a_dtype),
             "targets": ((), np.int32),
-            "scores": ((), np.float32),
+            **({"scores": ((), np.float32)} if scores else {}),
         },
         compute=compute,
         identity=identity,
@@ -152,6 +162,35 @@ def _shapes(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:
     """Number of classes, and shape and storage dtype of one attribution."""
     if x0 is None:
         return None, (), np.float32
+    leaves, treedef = jax.tree_util.tree_flatten(method)
+    signature = (
+        treedef,
+        tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves),
+        x0.shape,
+        str(x0.dtype),
+        key is None,
+    )
+    try:
+        hash(signature)
+    except TypeError:  # an unhashable static field: trace without the cache
+        return _shapes_uncached(method, x0, key)
+    return _shapes_cached(signature, method, x0, key)
+
+
+_SHAPES_CACHE: dict[Any, tuple[int | None, tuple, Any]] = {}
+
+
+def _shapes_cached(signature, method, x0, key):
+    # Tracing a method to learn its output shape costs as much as a small batch;
+    # repeated runs of the same method on the same shapes reuse it.
+    if signature not in _SHAPES_CACHE:
+        if len(_SHAPES_CACHE) > 64:
+            _SHAPES_CACHE.clear()
+        _SHAPES_CACHE[signature] = _shapes_uncached(method, x0, key)
+    return _SHAPES_CACHE[signature]
+
+
+def _shapes_uncached(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:
     out = forward_shape(method.model, x0)
     n_classes = out.shape[0] if len(out.shape) == 1 else None
     a = eqx.filter_eval_shape(

@@ -10,6 +10,8 @@ batch and writing the previous one overlap the computation.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import time
 from collections.abc import Callable
@@ -92,18 +94,47 @@ def _read(job: Job, start: int, stop: int) -> dict[str, np.ndarray]:
     return batch
 
 
-def _write(arrays: dict[str, Any], done: Any, start: int, stop: int, outs) -> None:
+def _write(arrays: dict[str, Any], done: Any, start: int, stop: int, outs) -> int:
     for name, array in arrays.items():
         array[start:stop] = np.asarray(outs[name])[: stop - start]
     # Only after the outputs: a row marked done always has its data.
     done[start:stop] = True
+    return stop - start
+
+
+class _Writer:
+    """Writes finished batches on one background thread, in order, while the
+    devices compute the next ones; at most `depth` batches wait to be written."""
+
+    def __init__(self, arrays: dict[str, Any], done: Any, bar: Any, depth: int = 2):
+        self.arrays, self.done, self.bar, self.depth = arrays, done, bar, depth
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, "eqx_attr_writer")
+        self.queue: collections.deque = collections.deque()
+        self.written = 0
+
+    def _collect(self, keep: int) -> None:
+        while len(self.queue) > keep:
+            n = self.queue.popleft().result()  # re-raises a failed write
+            self.bar.update(n)
+            self.written += n
+
+    def submit(self, start: int, stop: int, outs: Any) -> None:
+        self._collect(self.depth - 1)
+        self.queue.append(
+            self.pool.submit(_write, self.arrays, self.done, start, stop, outs)
+        )
+
+    def finish(self) -> int:
+        try:
+            self._collect(0)
+        finally:
+            self.pool.shutdown(wait=True)
+        return self.written
 
 
 def _compute_batches(job: Job, group: Any, mine: list[int], progress: bool) -> int:
     mesh = _devices.local_mesh()
     size = _devices.padded_size(job.batch_size, mesh.size)
-    arrays = {name: group[name] for name in job.outputs}
-    done = group[_store.DONE]
     bar = progress_bar(
         sum(min(job.n, (b + 1) * job.batch_size) - b * job.batch_size for b in mine),
         f"{job.desc} [{_devices.process_index()}]"
@@ -111,31 +142,17 @@ def _compute_batches(job: Job, group: Any, mine: list[int], progress: bool) -> i
         else job.desc,
         progress,
     )
-    pending = None
-    computed = 0
+    writer = _Writer({k: group[k] for k in job.outputs}, group[_store.DONE], bar)
     try:
         for b in mine:
             start, stop = b * job.batch_size, min(job.n, (b + 1) * job.batch_size)
-            try:
-                batch = _read(job, start, stop)
-            except ValueError:
-                if pending is not None:
-                    _write(arrays, done, *pending)
-                raise
+            batch = _read(job, start, stop)  # a bad row raises after the writes
             batch = {k: _devices.pad_rows(v, size) for k, v in batch.items()}
             rows = _devices.pad_rows(np.arange(start, stop, dtype=np.int32), size)
             batch, rows = _devices.shard((batch, rows), mesh)
-            outs = job.compute(batch, rows)  # dispatched, not waited for
-            if pending is not None:
-                _write(arrays, done, *pending)
-                bar.update(pending[1] - pending[0])
-                computed += pending[1] - pending[0]
-            pending = (start, stop, outs)
-        if pending is not None:
-            _write(arrays, done, *pending)
-            bar.update(pending[1] - pending[0])
-            computed += pending[1] - pending[0]
+            writer.submit(start, stop, job.compute(batch, rows))  # async dispatch
     finally:
+        computed = writer.finish()
         bar.close()
     return computed
 

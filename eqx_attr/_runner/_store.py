@@ -18,12 +18,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from typing import Any
 
 import numpy as np
 
 ATTR = "eqx_attr"
+# Probe files of other processes may appear while a folder is inspected.
+_PROBE = ".eqx_attr_probe_"
 DONE = "done"
+
+
+def zarr_module() -> Any:
+    """`zarr`, imported on first use, with the install command if it is missing."""
+    try:
+        import zarr
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "Data-set runs write Zarr stores and need the `zarr` package (>= 3): "
+            "`pip install 'eqx_attr[runner]'` or `pip install zarr`."
+        ) from e
+    return zarr
 
 
 class StoreMismatchError(ValueError):
@@ -45,7 +60,7 @@ def check_out(out: Any) -> str:
         )
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".eqx_attr_probe_{os.getpid()}")
+        probe = os.path.join(path, f"{_PROBE}{uuid.uuid4().hex}")
         with open(probe, "wb"):
             pass
         os.remove(probe)
@@ -82,14 +97,13 @@ def inspect_store(path: str, identity: dict[str, Any], *, overwrite: bool) -> st
     `ValueError` for a non-empty folder that is not a Zarr store (never deleted).
     """
     if not _is_store(path):
-        if os.listdir(path):
+        if [f for f in os.listdir(path) if not f.startswith(_PROBE)]:
             raise ValueError(
                 f"`out={path!r}` is a non-empty folder that is not a Zarr store; it "
                 "is left untouched. Choose a new path."
             )
         return "absent"
-    import zarr
-
+    zarr = zarr_module()
     found = dict(
         zarr.open_group(path, mode="r").attrs.get(ATTR, {}).get("identity", {})
     )
@@ -116,7 +130,7 @@ def create_store(
     record: dict[str, Any],
 ) -> Any:
     """A fresh store (replacing an old one at `path`) with zero-filled outputs."""
-    import zarr
+    zarr = zarr_module()
 
     if _is_store(path):
         shutil.rmtree(path)
@@ -137,9 +151,7 @@ def create_store(
 
 def open_store(path: str, mode: str = "r+") -> Any:
     """The store at `path` (Zarr group)."""
-    import zarr
-
-    return zarr.open_group(path, mode=mode)  # pyright: ignore[reportArgumentType]
+    return zarr_module().open_group(path, mode=mode)  # pyright: ignore[reportArgumentType]
 
 
 def is_complete(group: Any) -> bool:
