@@ -144,6 +144,7 @@ def main() -> None:
     p.add_argument("--devices-child", action="store_true")
     p.add_argument("--child-batch", type=int, default=64)
     p.add_argument("--skip-devices", action="store_true")
+    p.add_argument("--methods", default="ig,gradcam", help="which rows to run")
     args = p.parse_args()
     if args.devices_child:
         return _devices_child(args)
@@ -168,6 +169,8 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as folder:
         for name, method in methods.items():
+            if not any(name.startswith(m) for m in args.methods.split(",")):
+                continue
             n = args.n if name.startswith("ig") else args.n_cam
             xs, ts = xs_all[:n], ts_all[:n]
             for bs in map(int, args.batch_sizes.split(",")):
@@ -207,8 +210,11 @@ def main() -> None:
             *_devices_rows(args),
         ]
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    suffix = (
+        "" if args.methods == "ig,gradcam" else "-" + args.methods.replace(",", "-")
+    )
     path = os.path.join(
-        ROOT, "benchmarks", "results", f"runner-{jax.default_backend()}.md"
+        ROOT, "benchmarks", "results", f"runner-{jax.default_backend()}{suffix}.md"
     )
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -143,6 +143,9 @@ def create_store(
             chunks=(chunk, *shape),
             dtype=np.dtype(dtype),
             fill_value=0,
+            # Attributions are float noise to a compressor: zstd saved little and
+            # cost more per batch than a cheap method's computation.
+            compressors=None,
         )
     group.create_array(DONE, shape=(n,), chunks=(chunk,), dtype=bool, fill_value=False)
     group.attrs[ATTR] = {"identity": identity, **record, "complete": n == 0}
