@@ -18,11 +18,12 @@ from ._inputs import check_rows_like, check_targets, num_rows, storage_dtype
 
 @eqx.filter_jit
 def _explain_batch(method, xs, targets, rows, key, predicted: bool, scores: bool):
+    logits = None
     if predicted or scores:
         # One more forward pass than the method's own: cheap next to IG's many,
         # about a third of Grad-CAM's cost (hence `scores=False`).
         logits = jax.vmap(method.model)(xs)
-    if predicted:
+    if predicted and logits is not None:
         targets = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if key is None:
         attributions = jax.vmap(lambda x, t: method(x, t))(xs, targets)
@@ -34,7 +35,7 @@ def _explain_batch(method, xs, targets, rows, key, predicted: bool, scores: bool
         "attributions": attributions.astype(dtype),
         "targets": targets.astype(jnp.int32),
     }
-    if scores:
+    if scores and logits is not None:
         score = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
         out["scores"] = score.astype(jnp.float32)
     return out

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # How many rows of the data set are hashed: enough to tell data sets apart, few
@@ -33,7 +34,7 @@ def _hash_bytes(*arrays: np.ndarray) -> str:
 
 
 def _describe_array(a: Any) -> dict[str, Any]:
-    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
         a = jax.random.key_data(a)
     arr = np.asarray(a)
     return {"shape": list(arr.shape), "dtype": str(arr.dtype), "hash": _hash_bytes(arr)}
@@ -50,9 +51,7 @@ def describe(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, (jax.Array, np.ndarray, np.generic)) and not isinstance(
         obj, (np.bool_,)
     ):
-        if np.ndim(obj) == 0 and not jax.dtypes.issubdtype(
-            obj.dtype, jax.dtypes.prng_key
-        ):
+        if np.ndim(obj) == 0 and not jnp.issubdtype(obj.dtype, jax.dtypes.prng_key):
             return np.asarray(obj).item()
         return _describe_array(obj)
     if obj is None or isinstance(obj, (bool, int, float, str, np.bool_)):
