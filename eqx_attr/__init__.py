@@ -55,6 +55,8 @@ from ._rules._relu import (
     guided_relu as guided_relu,
 )
 from ._rules._swap import ReLUSwapped as ReLUSwapped, swap_relu as swap_relu
+from ._runner._evaluate import evaluate_dataset as evaluate_dataset
+from ._runner._explain import explain_dataset as explain_dataset
 from ._transformer._chefer import CheferRelevance as CheferRelevance
 from ._transformer._cplrp import (
     ConservativeLRP as ConservativeLRP,

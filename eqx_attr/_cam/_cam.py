@@ -25,8 +25,8 @@ from .._attribution import (
     check_where,
     make_objective,
 )
-from .._rules._guided import GuidedBackprop
 from .._layers import resolve_layer
+from .._rules._guided import GuidedBackprop
 from ._base import (
     AbstractCAM,
     AbstractGradientCAM,

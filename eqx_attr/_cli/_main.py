@@ -1,4 +1,4 @@
-"""The command line: `python -m eqx_attr {demo,explain,methods}` (also `eqx-attr`)."""
+"""The command line: `python -m eqx_attr COMMAND` (also `eqx-attr`)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "methods":
             return cmd_methods()
+        if args.command == "explain-dataset":
+            from .._runner._cli import run
+
+            return run(args)
         return cmd_explain(args)
     except CLIError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(sub)
     _add_explain(sub)
+    from .._runner import _cli as runner_cli
+
+    runner_cli.add_parser(sub)
     sub.add_parser(
         "methods",
         help="list the methods and the model names",

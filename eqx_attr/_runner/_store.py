@@ -1,0 +1,169 @@
+"""The Zarr store of a data-set run: creation, refusal of foreign stores, metadata.
+
+Layout of a store (a Zarr group):
+
+- one array per output (`attributions`, `targets`, `scores`; or `values` for a
+    metric), each `(N, *row shape)` and chunked by `batch_size` rows along N, so
+    that every batch owns whole chunks and processes never write the same chunk;
+- `done`: `(N,)` booleans, set for a batch only after its outputs are written;
+- the group attribute `eqx_attr`: what produced the store (the *identity*: kind,
+    method configuration, data and target fingerprints, batch size, key), plus a
+    record (library version, throughput, wall time, completeness).
+
+Zarr's local store writes every chunk to a temporary file and renames it, so a
+process killed at any moment leaves each chunk either old or new, never torn.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+ATTR = "eqx_attr"
+# Probe files of other processes may appear while a folder is inspected.
+_PROBE = ".eqx_attr_probe_"
+DONE = "done"
+
+
+def zarr_module() -> Any:
+    """`zarr`, imported on first use, with the install command if it is missing."""
+    try:
+        import zarr
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "Data-set runs write Zarr stores and need the `zarr` package (>= 3): "
+            "`pip install 'eqx_attr[scale]'` or `pip install zarr`."
+        ) from e
+    return zarr
+
+
+class StoreMismatchError(ValueError):
+    """An existing store at `out` was written by another method, data or options."""
+
+
+def check_out(out: Any) -> str:
+    """Validate `out` and make sure its folder can be written; return it as `str`."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(
+            f"`out` must be a path to a Zarr store (str or os.PathLike), got "
+            f"{type(out).__name__}."
+        )
+    path = os.fspath(out)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"`out={path!r}` is an existing file, not a Zarr store; choose a new "
+            "path such as 'attributions.zarr'."
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f"{_PROBE}{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"`out={path!r}` cannot be written ({e.strerror or e}); choose a folder "
+            "you can write to."
+        ) from e
+    return path
+
+
+def _is_store(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    keys = sorted(set(found) | set(wanted))
+    return [
+        f"{k}: store has {_short(found.get(k))}, this run has {_short(wanted.get(k))}"
+        for k in keys
+        if found.get(k) != wanted.get(k)
+    ]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def inspect_store(path: str, identity: dict[str, Any], *, overwrite: bool) -> str:
+    """`"absent"`, `"match"` (same identity) or `"replace"` (foreign, `overwrite`).
+
+    Raises [`StoreMismatchError`][] for a foreign store without `overwrite`, and
+    `ValueError` for a non-empty folder that is not a Zarr store (never deleted).
+    """
+    if not _is_store(path):
+        if [f for f in os.listdir(path) if not f.startswith(_PROBE)]:
+            raise ValueError(
+                f"`out={path!r}` is a non-empty folder that is not a Zarr store; it "
+                "is left untouched. Choose a new path."
+            )
+        return "absent"
+    zarr = zarr_module()
+    found = dict(
+        zarr.open_group(path, mode="r").attrs.get(ATTR, {}).get("identity", {})
+    )
+    if found == identity:
+        return "match"
+    if overwrite:
+        return "replace"
+    diffs = (
+        _differences(found, identity) if found else ["it was not written by eqx_attr"]
+    )
+    raise StoreMismatchError(
+        f"`out={path!r}` holds a store from another run and is left intact:\n  "
+        + "\n  ".join(diffs)
+        + "\nPass `overwrite=True` to replace it, or choose another `out`."
+    )
+
+
+def create_store(
+    path: str,
+    n: int,
+    batch_size: int,
+    outputs: dict[str, tuple[tuple[int, ...], Any]],
+    identity: dict[str, Any],
+    record: dict[str, Any],
+) -> Any:
+    """A fresh store (replacing an old one at `path`) with zero-filled outputs."""
+    zarr = zarr_module()
+
+    if _is_store(path):
+        shutil.rmtree(path)
+    group = zarr.open_group(path, mode="w")
+    chunk = max(1, min(batch_size, n))
+    for name, (shape, dtype) in outputs.items():
+        group.create_array(
+            name,
+            shape=(n, *shape),
+            chunks=(chunk, *shape),
+            dtype=np.dtype(dtype),
+            fill_value=0,
+            # Attributions are float noise to a compressor: zstd saved little and
+            # cost more per batch than a cheap method's computation.
+            compressors=None,
+        )
+    group.create_array(DONE, shape=(n,), chunks=(chunk,), dtype=bool, fill_value=False)
+    group.attrs[ATTR] = {"identity": identity, **record, "complete": n == 0}
+    return group
+
+
+def open_store(path: str, mode: str = "r+") -> Any:
+    """The store at `path` (Zarr group)."""
+    return zarr_module().open_group(path, mode=mode)  # pyright: ignore[reportArgumentType]
+
+
+def is_complete(group: Any) -> bool:
+    """Whether every row of the store is done."""
+    return bool(group.attrs.get(ATTR, {}).get("complete", False))
+
+
+def update_record(group: Any, **record: Any) -> None:
+    """Merge `record` into the store's metadata (one atomic write of zarr.json)."""
+    meta = dict(group.attrs.get(ATTR, {}))
+    meta.update(record)
+    group.attrs[ATTR] = meta
