@@ -67,7 +67,12 @@ class AbstractAttribution(eqx.Module):
 def check_input(x: Any, name: str = "x") -> Array:
     """Return `x` as a floating JAX array, with clear errors for bad input.
 
-    Integer images raise at trace time; NaNs raise at run time via `eqx.error_if`.
+    Non-floating images (bool, integer, complex) raise `TypeError` and empty ones
+    `ValueError` at trace time.
+    Non-finite values (NaN, +inf, -inf) raise at run time via `eqx.error_if`:
+    an attribution of an infinite pixel is as meaningless as one of a NaN (the
+    scores and gradients become inf or NaN), so both are errors rather than
+    silently propagated.
     """
     if isinstance(x, (jax.Array, np.ndarray, np.generic)) or hasattr(
         x, "__jax_array__"
@@ -89,11 +94,17 @@ def check_input(x: Any, name: str = "x") -> Array:
             "pixels."
         )
     x = jnp.asarray(x)
+    if x.size == 0:
+        raise ValueError(
+            f"`{name}` is empty (shape {x.shape}); attributions need at least one "
+            "value. Pass ONE example shaped as the model expects."
+        )
     x = eqx.error_if(
         x,
-        jnp.any(jnp.isnan(x)),
-        f"`{name}` contains NaN; attributions of a NaN input are meaningless. "
-        "Clean or impute the input first.",
+        jnp.any(~jnp.isfinite(x)),
+        f"`{name}` contains NaN or inf; attributions of a non-finite input are "
+        "meaningless. Clean, clip or impute the input first "
+        f"(e.g. `jnp.nan_to_num({name})`).",
     )
     return x
 

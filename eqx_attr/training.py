@@ -11,6 +11,16 @@ xa.training.accuracy(model, data.x_test, data.y_test)   # >= 0.97
 The cache lives in `$EQX_ATTR_CACHE`, else `$XDG_CACHE_HOME/eqx_attr`, else
 `~/.cache/eqx_attr`. Weights are saved without pickle and keyed by a hash of the
 architecture and the training configuration, so changing either retrains.
+
+The cache is safe to share between processes (two pytest workers, a demo and a
+notebook): every save writes a temporary file in the cache folder and renames it
+into place, so a reader sees a whole file or none, and of two processes training
+the same model at once the last rename wins (both wrote the same model). A
+truncated or corrupt file (unreadable, or failing the checksum stored with it)
+is logged as a warning on the `eqx_attr.training` logger and retrained. A cache
+folder that cannot be written (read-only, no permission) is not an error: the
+trained model is returned without being cached, with a warning naming the folder
+and `$EQX_ATTR_CACHE`.
 """
 
 from __future__ import annotations
@@ -375,20 +385,39 @@ def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save(path: pathlib.Path, model: Any) -> None:
+def _save(path: pathlib.Path, model: Any) -> bool:
+    """Cache `model` at `path` (atomically: `models.save` writes, then renames).
+
+    **Returns:** whether it was cached; `False`, with a warning, when the folder
+    cannot be written.
+    """
     from .models import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent reader never sees half a file.
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    save(tmp, model)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(path, model)
+    except OSError as e:
+        _log.warning(
+            "cannot write the weights cache %s (%s: %s); the trained model is used "
+            "without being cached. Point $EQX_ATTR_CACHE at a writable folder to "
+            "keep it.",
+            path,
+            type(e).__name__,
+            e,
+        )
+        return False
+    return True
 
 
-def _load(path: pathlib.Path, like: Any) -> Any:
-    from .models import load
+def _load(path: pathlib.Path, like: Any) -> Any | None:
+    """The cached model, or `None` (with a warning) when the file is corrupt."""
+    from .models import WeightsError, load
 
-    return load(path, like)
+    try:
+        return load(path, like)
+    except (WeightsError, OSError) as e:
+        _log.warning("ignoring unreadable cache file %s (%s); retraining", path, e)
+        return None
 
 
 def cached_train(
@@ -404,9 +433,19 @@ def cached_train(
     architecture + config was trained before, else train and save.
 
     The key also covers the training data's shape and a checksum of its values,
-    so different data never reuses weights.
+    so different data never reuses weights. A corrupt cache file is retrained
+    (with a warning); a folder that cannot be written returns the trained model
+    uncached (with a warning); see the module's notes on concurrency.
+
+    **Arguments:** as [`eqx_attr.training.train`][], plus `name` (the cache
+    file's prefix) and `verbose` (log where the weights were cached, at INFO
+    level on the `eqx_attr.training` logger).
 
     **Returns:** the trained model.
+
+    ```python
+    model = xa.training.cached_train(model, (xs, ys), config, name="my_cnn")
+    ```
     """
     config = TrainConfig() if config is None else config
     xs, ys = np.asarray(data[0]), np.asarray(data[1])
@@ -414,14 +453,15 @@ def cached_train(
     key = _fingerprint(model, config, {"data": digest, "shape": list(xs.shape)})
     path = cache_dir() / f"{name}-{key}.safetensors"
     if path.is_file():
-        try:
-            return _load(path, model)
-        except Exception as e:  # a corrupt cache entry: say so, then retrain
-            _log.warning("ignoring unreadable cache file %s (%s); retraining", path, e)
+        cached = _load(path, model)
+        if cached is not None:
+            return cached
     result = train(model, (xs, ys), config, progress=progress, desc=name)
-    level = logging.INFO if verbose else logging.DEBUG
-    _log.log(level, "trained %s in %.1f s; cached at %s", name, result.seconds, path)
-    _save(path, result.model)
+    if _save(path, result.model):
+        level = logging.INFO if verbose else logging.DEBUG
+        _log.log(
+            level, "trained %s in %.1f s; cached at %s", name, result.seconds, path
+        )
     return result.model
 
 

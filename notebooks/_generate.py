@@ -35,13 +35,15 @@ print(f"fast mode: {FAST}; {len(data.x_train)} training and "
 
 MODEL = """\
 # The demo's CNN, trained once and then loaded from the cache
-# ($EQX_ATTR_CACHE, else ~/.cache/eqx_attr). Fast mode trains 2 epochs only.
-config = xa.training.TrainConfig(epochs=2) if FAST else None
+# ($EQX_ATTR_CACHE, else ~/.cache/eqx_attr). Fast mode trains 1 epoch only: the
+# notebooks show numbers of whatever model training produced and assert only what
+# holds for any model.
+config = xa.training.TrainConfig(epochs=1) if FAST else None
 model = xa.training.pretrained_small_cnn(config=config, progress=False)
 print("test accuracy:", xa.training.accuracy(model, data.x_test, data.y_test))"""
 
 DIGITS = """\
-from eqx_attr._batch import batched
+from eqx_attr._batch import batch_runner
 from eqx_attr._cli._demo import choose_digits
 
 n_digits = 4 if FAST else 8
@@ -52,9 +54,12 @@ keys = jax.random.split(jax.random.key(0), n_digits)
 labels = [f"label {y}, pred {t}" for y, t in zip(data.y_test[idx], targets)]
 
 
+run_batch = batch_runner()  # one compile per kind of method
+
+
 def explain(method, xs=xs, targets=targets):
-    \"\"\"Attribute a batch: one compiled, vmapped call.\"\"\"
-    out = batched(method)(xs, targets, keys[: len(xs)])
+    \"\"\"Attribute a batch: one vmapped call, compiled once per kind of method.\"\"\"
+    out = run_batch(method, xs, targets, keys[: len(xs)])
     return jax.tree_util.tree_map(np.asarray, out)"""
 
 
@@ -215,20 +220,29 @@ for name, method in ig.items():
 display(xa.viz.grid(xs, maps, row_labels=labels))""",
     """md:## Completeness for each baseline
 
-`delta = sum(attr) - (f(x) - f(b))` should be ~0: IG's attributions add up to the
-difference of the target's score between input and baseline. For the random
+`delta = sum(attr) - (f(x) - f(b))` is the quadrature error of the path integral:
+IG's attributions add up to the difference of the target's score between input
+and baseline as `n_steps` grows. How small it is at a given `n_steps` depends on
+the model (a ReLU net's integrand has kinks), so it is shown here, not asserted;
+what is asserted is that `delta` is exactly that difference. For the random
 baseline, `f(b)` is the average over the draws.""",
     """\
 f = jax.vmap(lambda x, t: model(x)[t])
 fx = np.asarray(f(xs, targets))
 print(f"{'baseline':<26}{'mean f(x)-f(b)':>15}{'max |delta|':>13}{'max rel.':>10}")
-for name in baselines:
+for name, b in baselines.items():
     total = maps[name].reshape(len(xs), -1).sum(1)
     gap = total - deltas[name]             # = f(x) - f(b)
-    rel = np.abs(deltas[name]) / np.abs(gap)
+    rel = np.abs(deltas[name]) / np.maximum(np.abs(gap), 1e-12)
     print(f"{name:<26}{gap.mean():15.3f}{np.abs(deltas[name]).max():13.2e}"
           f"{rel.max():10.2e}")
-    assert rel.max() < 0.05, name  # completeness holds for every baseline""",
+    if "noise" not in name:  # deterministic baselines: f(b) is computable here
+        bs = jax.vmap(lambda x: b(x, key=jax.random.key(1))[0])(xs)
+        fb = np.asarray(f(bs, targets))
+        # delta is computed as documented, whatever the model: sum(a) - delta
+        # equals f(x) - f(b) up to float32 rounding.
+        scale = 1.0 + np.abs(fx) + np.abs(fb) + np.abs(total)
+        assert np.all(np.abs(gap - (fx - fb)) <= 1e-4 * scale), name""",
     """md:## What the model thinks of each baseline
 
 A good baseline should be *uninformative*: the model's prediction on it should
@@ -255,7 +269,7 @@ with faithfulness metrics. Both use the weights cache, so re-running is instant.
     SETUP,
     MODEL,
     """\
-vit_config = xa.training.TrainConfig(epochs=2, learning_rate=2e-3) if FAST else None
+vit_config = xa.training.TrainConfig(epochs=1, learning_rate=2e-3) if FAST else None
 t = time.perf_counter()
 vit = xa.training.pretrained_mnist_vit(depth=2 if FAST else 4, config=vit_config,
                                        progress=False)
@@ -355,7 +369,10 @@ Gradient-based methods only see the function, so their maps match.""",
     """\
 conv_a = model.conv1.layers[0]            # 1 -> w channels, then ReLU and pool
 conv_b = model.conv1.layers[3]            # w -> 2w channels
-c = jnp.exp(jax.random.normal(jax.random.key(3), (conv_a.out_channels,)))
+# Powers of two: scaling by them is exact in floating point, so the twin computes
+# bit for bit the same function (other scales would differ by rounding, and a
+# ReLU input within rounding of 0 could then switch sides).
+c = 2.0 ** jax.random.randint(jax.random.key(3), (conv_a.out_channels,), -3, 4)
 twin = eqx.tree_at(
     lambda m: (m.conv1.layers[0].weight, m.conv1.layers[0].bias,
                m.conv1.layers[3].weight),
@@ -374,32 +391,47 @@ for name, build in {
     "Grad-CAM": lambda m: xa.GradCAM(m, lambda m: m.conv2),
 }.items():
     a, b = explain(build(model)), explain(build(twin))
-    rel = np.abs(a - b).max() / np.abs(a).max()
-    print(f"{name:<22} max |difference| / max |attr| = {rel:.1e}")
-    assert rel < 1e-3, name""",
+    gap, scale = np.abs(a - b).max(), np.abs(a).max()
+    print(f"{name:<22} max |difference| / max |attr| = {gap / max(scale, 1e-30):.1e}")
+    assert gap <= 1e-4 * scale + 1e-7, name  # holds for any weights""",
     """md:## Completeness
 
 IG's attributions sum to `f(x) - f(b)`. The residual `delta` measures the
 quadrature error; it shrinks as `n_steps` grows, much faster with Gauss-Legendre
-nodes than with Riemann sums (the integrand is piecewise smooth for a ReLU net).""",
+nodes than with Riemann sums (the integrand is piecewise smooth for a ReLU net).
+How fast depends on the trained weights, so the table is shown, not asserted.""",
     """\
 x0, t0 = xs[0], int(targets[0])
 f_x, f_b = model(x0)[t0], model(jnp.zeros_like(x0))[t0]
 print(f"f(x) - f(black) = {f_x - f_b:.4f}")
 print(f"{'n_steps':>8}{'riemann_trapezoid':>20}{'gausslegendre':>16}")
 grid_steps = [4, 16, 64] if FAST else [4, 8, 16, 32, 64, 128]
+with_delta = eqx.filter_jit(lambda ig, x, t: ig.attribute_with_delta(x, t))
 errors = {}
 for n in grid_steps:
     row = []
     for rule in ["riemann_trapezoid", "gausslegendre"]:
-        a, d = xa.IntegratedGradients(model, n_steps=n, method=rule
-                                      ).attribute_with_delta(x0, t0)
+        a, d = with_delta(xa.IntegratedGradients(model, n_steps=n, method=rule),
+                          x0, t0)
         # delta is exactly sum(a) - (f(x) - f(b)): check the identity itself.
-        assert abs(float(jnp.sum(a)) - float(f_x - f_b) - float(d)) < 1e-3
+        scale = 1.0 + abs(float(f_x)) + abs(float(f_b)) + float(jnp.sum(jnp.abs(a)))
+        assert abs(float(jnp.sum(a)) - float(f_x - f_b) - float(d)) <= 1e-4 * scale
         row.append(abs(float(d)) / abs(float(f_x - f_b)))
     errors[n] = row
-    print(f"{n:8d}{row[0]:20.2e}{row[1]:16.2e}")
-assert errors[grid_steps[-1]][1] < 0.05""",
+    print(f"{n:8d}{row[0]:20.2e}{row[1]:16.2e}")""",
+    """md:On a network that is smooth by construction (softplus instead of ReLU,
+untrained weights) the integrand is analytic along the path, and Gauss-Legendre
+reaches completeness to float32 rounding with a few dozen nodes, for any
+weights of this scale:""",
+    """\
+smooth_mlp = eqx.nn.MLP(28 * 28, 10, 32, 2, activation=jax.nn.softplus,
+                        key=jax.random.key(4))
+smooth = lambda x: smooth_mlp(x.reshape(-1))
+a, d = xa.IntegratedGradients(smooth, n_steps=64).attribute_with_delta(x0, t0)
+scale = abs(float(smooth(x0)[t0])) + abs(float(smooth(jnp.zeros_like(x0))[t0]))
+print(f"smooth net, 64 Gauss-Legendre nodes: |delta| = {abs(float(d)):.1e} "
+      f"(scores of size {scale:.2f})")
+assert abs(float(d)) <= 1e-4 * (1.0 + scale + float(jnp.sum(jnp.abs(a))))""",
     """md:Gradients×Input, by contrast, is complete only for linear models:""",
     """\
 gxi = xa.GradientsXInput(model)(x0, t0)

@@ -39,6 +39,9 @@ class MethodSpec:
     build: Callable[[eqx.Module], xa.AbstractAttribution]
     output: str = "input"  # "input": shaped like x; "map": (H, W) like the input
     random: bool = False
+    # Class-agnostic methods (Eigen-CAM, attention rollout) accept and ignore
+    # `target`; the fuzz tests then do not expect target errors from them.
+    class_agnostic: bool = False
 
     def __repr__(self):
         return self.name
@@ -99,7 +102,12 @@ METHODS: list[MethodSpec] = [
     MethodSpec("XGradCAM", lambda m: xa.XGradCAM(m, _conv2), output="map"),
     MethodSpec("HiResCAM", lambda m: xa.HiResCAM(m, _conv1), output="map"),
     MethodSpec("LayerCAM", lambda m: xa.LayerCAM(m, _conv1), output="map"),
-    MethodSpec("EigenCAM", lambda m: xa.EigenCAM(m, _conv2), output="map"),
+    MethodSpec(
+        "EigenCAM",
+        lambda m: xa.EigenCAM(m, _conv2),
+        output="map",
+        class_agnostic=True,
+    ),
     MethodSpec(
         "ScoreCAM", lambda m: xa.ScoreCAM(m, _conv2, chunk_size=8), output="map"
     ),

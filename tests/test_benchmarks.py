@@ -10,9 +10,8 @@ import pathlib
 import sys
 from dataclasses import replace
 
+import captum  # noqa: F401  (the benchmarks compare with it: a dev dependency)
 import pytest
-
-pytest.importorskip("captum")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

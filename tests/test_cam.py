@@ -447,8 +447,9 @@ def test_tokens_layout_gradcam_and_grid():
 
 
 def test_gradcam_matches_captum_layergradcam():
-    torch = pytest.importorskip("torch")
-    captum_attr = pytest.importorskip("captum.attr")
+    import captum.attr as captum_attr
+    import torch
+
     nn = torch.nn
     m = xa.models.SmallCNN(width=4, key=jax.random.key(9))
     xs = jnp.stack([digit_like(20), digit_like(21)])

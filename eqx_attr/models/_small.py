@@ -100,6 +100,14 @@ class SmallCNN(eqx.Module):
 
     def features(self, x: Float[Array, "c h w"]) -> Float[Array, "k h2 w2"]:
         """The last feature map (the output of `conv2`)."""
+        if x.ndim != 3 or min(x.shape[1:]) < 4:
+            # Below 4x4 the two max-pools leave an empty map, whose global average
+            # is NaN: refuse it rather than return NaN scores. (The convolutions
+            # check the channels.)
+            raise ValueError(
+                f"SmallCNN expects one example of shape (C, H, W) with H, W >= 4, "
+                f"got shape {x.shape}."
+            )
         return self.conv2(self.conv1(x))
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " n"]:

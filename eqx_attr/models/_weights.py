@@ -15,8 +15,10 @@ Two naming schemes are used:
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +181,38 @@ def _check_suffix(path: str | os.PathLike, argument: str = "path") -> str:
     return p
 
 
+def _digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        a = np.ascontiguousarray(tensors[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _write_atomically(p: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file in the same folder, then rename it to `p`.
+
+    The rename is atomic on POSIX and Windows, so a reader (another process, a
+    second pytest worker) sees the old file or the whole new one, never half a
+    file; of two concurrent writers the last rename wins, with a whole file. The
+    temporary name keeps `p`'s suffix (`np.savez` would append `.npz` otherwise).
+    """
+    folder, base = os.path.split(os.path.abspath(p))
+    suffix = os.path.splitext(base)[1]
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     p = _check_suffix(path)
     if not os.path.isfile(p):
@@ -204,6 +238,12 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str
             f"could not read weights file {p!r} ({type(e).__name__}: {e}); the "
             "file is corrupt or not in the format its suffix says."
         ) from e
+    expected = metadata.get("sha256")
+    if expected is not None and _digest(tensors) != expected:
+        raise WeightsError(
+            f"weights file {p!r} is corrupt: its contents do not match the "
+            "checksum written with them. Delete it and save or download it again."
+        )
     return tensors, metadata
 
 
@@ -235,6 +275,12 @@ def save(path: str | os.PathLike, model: PyTree) -> None:
     the model's structure and static fields are not stored: `load` takes a model
     of the same architecture to fill.
 
+    The write is atomic: the file is written under a temporary name in the same
+    folder and then renamed, so a concurrent reader or writer never sees a
+    partial file. A `.safetensors` file also stores a SHA-256 checksum of its
+    tensors in its metadata, which `load` verifies (a truncated or altered file
+    raises `WeightsError`).
+
     **Arguments:**
 
     - `path`: the file to write; must end in `.safetensors` or `.npz`.
@@ -262,13 +308,15 @@ def save(path: str | os.PathLike, model: PyTree) -> None:
     if p.endswith(".safetensors"):
         from safetensors.numpy import save_file
 
-        save_file(tensors, p, metadata={"format": _FORMAT, "model": name})
+        metadata = {"format": _FORMAT, "model": name, "sha256": _digest(tensors)}
+        _write_atomically(p, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     else:
         if _NPZ_MARKER in tensors:
             raise ValueError(f"A model path may not be named {_NPZ_MARKER!r}.")
-        # `np.savez` appends ".npz" to names without it; `p` always has it.
+        # `np.savez` appends ".npz" to names without it; `p` always has it. Zip
+        # members carry a CRC, which `np.load` checks.
         arrays: dict[str, Any] = {**tensors, _NPZ_MARKER: np.array(name)}
-        np.savez(p, **arrays)
+        _write_atomically(p, lambda tmp: np.savez(tmp, **arrays))
 
 
 def load(path: str | os.PathLike, like: PyTree) -> PyTree:
