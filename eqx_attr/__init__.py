@@ -3,6 +3,7 @@
 from . import (
     baselines as baselines,
     datasets as datasets,
+    masks as masks,
     models as models,
     training as training,
     viz as viz,
@@ -30,6 +31,15 @@ from ._layers import (
     layer_activation as layer_activation,
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
+)
+from ._perturbation._ablation import FeatureAblation as FeatureAblation
+from ._perturbation._kernel_shap import KernelShap as KernelShap
+from ._perturbation._lime import Lime as Lime
+from ._perturbation._occlusion import Occlusion as Occlusion
+from ._perturbation._rise import RISE as RISE
+from ._perturbation._shapley import (
+    ShapleyValues as ShapleyValues,
+    ShapleyValueSampling as ShapleyValueSampling,
 )
 from ._smooth import SmoothGrad as SmoothGrad
 from ._surgery import (
