@@ -271,8 +271,15 @@ def _entries() -> tuple[MethodEntry, ...]:
             output="map",
         ),
         # --- perturbation family ---
+        *_perturbation_entries(xa),
         # --- transformer family ---
     )
+
+
+def _perturbation_entries(xa: Any) -> tuple[MethodEntry, ...]:
+    from ._perturbation._registry import entries
+
+    return entries(xa, MethodEntry)
 
 
 _TABLE: tuple[MethodEntry, ...] | None = None

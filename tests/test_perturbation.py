@@ -215,6 +215,15 @@ def test_rise_masks_and_formula():
     m0 = xa.RISE.mask(key, (12, 12), 4, 0.5)
     assert m0.shape == (12, 12)
     assert float(m0.min()) >= 0.0 and float(m0.max()) <= 1.0
+    # Upsampling as the original RISE code: scikit-image's bilinear resize.
+    from skimage.transform import resize
+
+    from eqx_attr._perturbation._rise import upsample_matrix
+
+    g = np.asarray(digit_like(3, (3, 4)))
+    up = upsample_matrix(3, 16) @ g @ upsample_matrix(4, 20).T
+    ref = resize(g, (16, 20), order=1, mode="reflect", anti_aliasing=False)
+    np.testing.assert_allclose(up, ref, atol=1e-6)
     # A constant cell grid (p = 1) upsamples to an all-one mask.
     np.testing.assert_allclose(xa.RISE.mask(key, (12, 12), 4, 1.0), 1.0, atol=1e-6)
     # The map is sum_i f(x * M_i) M_i / (N p), rebuilt here from the documented keys.

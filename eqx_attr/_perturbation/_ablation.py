@@ -7,10 +7,11 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import AbstractAttribution, Attribution, Image, Target, check_input
+from .._attribution import Target
 from ._common import (
+    AbstractPerturbation,
     Baseline,
     FeatureMask,
     as_baseline_array,
@@ -23,7 +24,7 @@ from ._common import (
 )
 
 
-class FeatureAblation(AbstractAttribution):
+class FeatureAblation(AbstractPerturbation):
     """Feature ablation, with Captum's definition.
 
     Each feature (the elements sharing an id in `mask`) is replaced by the baseline
@@ -68,10 +69,9 @@ class FeatureAblation(AbstractAttribution):
     def __check_init__(self):
         check_chunk(self.chunk_size)
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        x = check_input(x)
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         mask = broadcast_mask(self.mask, x)
         b = broadcast_baseline(self.baseline, x)
         ids = jnp.arange(self.n_features, dtype=jnp.int32)

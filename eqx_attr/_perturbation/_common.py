@@ -10,15 +10,25 @@ pass.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Shaped
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
-from .._attribution import Target, batched_map, check_positive_int, resolve_target
+from .._attribution import (
+    AbstractAttribution,
+    Image,
+    Target,
+    batched_map,
+    check_input,
+    check_positive_int,
+    resolve_target,
+)
 
 FeatureMask = Shaped[Array, "*dims"] | Shaped[np.ndarray, "*dims"]
 Baseline = float | int | Float[Array, "*dims"] | Float[np.ndarray, "*dims"]
@@ -122,3 +132,34 @@ def scored(
 def score(model: Callable, x: Array, target: Target) -> Array:
     """The target's score on one input, as float32."""
     return resolve_target(model, x, target)(model(x)).astype(jnp.float32)
+
+
+class AbstractPerturbation(AbstractAttribution):
+    """Base of the perturbation family: checks, then one compiled computation.
+
+    A concrete method implements `attribute(x, target, key)`. `__call__` runs it
+    under `eqx.filter_jit` (inlined when the caller already jits), so even an eager
+    call compiles the whole batch of perturbations once instead of dispatching it
+    operation by operation. A Python int target is checked against the model and
+    then passed as an array, so other class indices reuse the compilation.
+    """
+
+    @abc.abstractmethod
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "..."]:
+        """The attribution of one checked input (see the class docstring)."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
+        x = check_input(x)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            resolve_target(self.model, x, target)  # the trace-time range check
+            target = jnp.asarray(target, jnp.int32)
+        return _attribute_jit(self, x, target, key)
+
+
+@eqx.filter_jit
+def _attribute_jit(method, x, target, key):
+    return method.attribute(x, target, key)

@@ -9,19 +9,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
-    Attribution,
-    Image,
     Target,
-    check_input,
     check_key,
     check_positive_int,
 )
 from ._coalitions import coalition_scores
 from ._common import (
+    AbstractPerturbation,
     Baseline,
     FeatureMask,
     as_baseline_array,
@@ -50,7 +47,7 @@ def kernel_shap_coalitions(key: PRNGKeyArray, n_features: int, n: int) -> Array:
     return (rank < sizes[:, None]).astype(jnp.int8)
 
 
-class KernelShap(AbstractAttribution):
+class KernelShap(AbstractPerturbation):
     """KernelSHAP (Lundberg & Lee, 2017), with Captum's sampling.
 
     The target's score on coalitions of features (kept features from `x`, the
@@ -114,11 +111,10 @@ class KernelShap(AbstractAttribution):
         drawn = kernel_shap_coalitions(key, n, self.n_samples - 2)
         return jnp.concatenate([ends, drawn])
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         key = check_key(key, "KernelShap")
-        x = check_input(x)
         mask = broadcast_mask(self.mask, x)
         b = broadcast_baseline(self.baseline, x)
         z = self.coalitions(key)

@@ -8,19 +8,16 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
-    Attribution,
-    Image,
     Target,
-    check_input,
     check_key,
     check_positive_int,
 )
 from ._coalitions import coalition_scores
 from ._common import (
+    AbstractPerturbation,
     Baseline,
     FeatureMask,
     as_baseline_array,
@@ -57,7 +54,7 @@ def cosine_kernel(
     return jnp.exp(-(d**2) / (2.0 * width**2))
 
 
-class Lime(AbstractAttribution):
+class Lime(AbstractPerturbation):
     """LIME (Ribeiro et al., 2016) with Captum's defaults.
 
     `n_samples` coalitions keep each feature with probability 1/2 (the others take
@@ -132,11 +129,10 @@ class Lime(AbstractAttribution):
         shape = (self.n_samples, self.n_features)
         return jax.random.bernoulli(key, 0.5, shape).astype(jnp.int8)
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         key = check_key(key, "Lime")
-        x = check_input(x)
         mask = broadcast_mask(self.mask, x)
         b = broadcast_baseline(self.baseline, x)
         z = self.coalitions(key)

@@ -9,10 +9,11 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import AbstractAttribution, Attribution, Image, Target, check_input
+from .._attribution import Target
 from ._common import (
+    AbstractPerturbation,
     Baseline,
     as_baseline_array,
     broadcast_baseline,
@@ -72,7 +73,7 @@ def window_indicators(
     return out
 
 
-class Occlusion(AbstractAttribution):
+class Occlusion(AbstractPerturbation):
     """Occlusion (Zeiler & Fergus, 2014), with Captum's definition.
 
     A window slides over the input with the given strides; each position replaces
@@ -120,10 +121,9 @@ class Occlusion(AbstractAttribution):
     def __check_init__(self):
         check_chunk(self.chunk_size)
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        x = check_input(x)
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         b = broadcast_baseline(self.baseline, x)
         ind = window_indicators(x.shape, self.window, self.strides)
         counts = [a.shape[0] for a in ind]

@@ -10,19 +10,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
-    Attribution,
-    Image,
     Target,
-    check_input,
     check_key,
     check_positive_int,
 )
 from ._coalitions import coalition_scores
 from ._common import (
+    AbstractPerturbation,
     Baseline,
     FeatureMask,
     as_baseline_array,
@@ -60,7 +57,7 @@ def all_coalitions(n: int) -> np.ndarray:
     return ((s[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int8)
 
 
-class ShapleyValues(AbstractAttribution):
+class ShapleyValues(AbstractPerturbation):
     """Exact Shapley values of features, as Captum's `ShapleyValues`.
 
     The value of a coalition is the target's score with its features kept and the
@@ -112,10 +109,9 @@ class ShapleyValues(AbstractAttribution):
                 "a coarser mask."
             )
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        x = check_input(x)
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         mask = broadcast_mask(self.mask, x)
         b = broadcast_baseline(self.baseline, x)
         n = self.n_features
@@ -132,7 +128,7 @@ class ShapleyValues(AbstractAttribution):
         return phi[mask].astype(x.dtype)
 
 
-class ShapleyValueSampling(AbstractAttribution):
+class ShapleyValueSampling(AbstractPerturbation):
     """Shapley values estimated from random permutations, as Captum's.
 
     For each of `n_permutations` random orders of the features, the features are
@@ -184,11 +180,10 @@ class ShapleyValueSampling(AbstractAttribution):
         check_positive_int(self.n_permutations, "n_permutations")
         check_chunk(self.chunk_size)
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "*dims"]:
         key = check_key(key, "ShapleyValueSampling")
-        x = check_input(x)
         mask = broadcast_mask(self.mask, x)
         b = broadcast_baseline(self.baseline, x)
         n, p = self.n_features, self.n_permutations
