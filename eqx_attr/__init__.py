@@ -32,6 +32,8 @@ from ._layers import (
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._pair._blur_ig import BlurIG as BlurIG
+from ._pair._guided_ig import GuidedIG as GuidedIG
 from ._perturbation._ablation import FeatureAblation as FeatureAblation
 from ._perturbation._kernel_shap import KernelShap as KernelShap
 from ._perturbation._lime import Lime as Lime

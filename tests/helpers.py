@@ -132,6 +132,8 @@ METHODS: list[MethodSpec] = [
         output="map",
         random=True,
     ),
+    MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4)),
+    MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),
 ]
 
 

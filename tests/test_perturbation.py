@@ -349,3 +349,62 @@ def test_masks_grid_and_superpixels_match_skimage():
         jnp.asarray(img), 0
     )
     assert a.shape == img.shape
+
+
+# ---------------------------------------------------------------------------------
+# PAIR's Blur IG and Guided IG, driven through PAIR's call-model function
+
+
+def _pair_call(model, target):
+    import saliency.core as sc
+
+    grads = jax.jit(jax.vmap(jax.grad(lambda z: model(z)[target])))
+
+    def call(x_batch, call_model_args=None, expected_keys=None):
+        g = grads(jnp.asarray(np.moveaxis(x_batch, -1, 1), jnp.float32))
+        return {sc.base.INPUT_OUTPUT_GRADIENTS: np.moveaxis(np.asarray(g), 1, -1)}
+
+    return call
+
+
+def test_blur_ig_equals_pair_and_scipy_blur():
+    import saliency.core as sc
+    from scipy import ndimage
+
+    from eqx_attr._pair._blur_ig import gaussian_blur
+
+    img = np.asarray(digit_like(1, (2, 9, 11)))
+    for s in (0.01, 0.7, 3.0, 20.0):
+        ref = ndimage.gaussian_filter(img, sigma=[0, s, s], mode="constant")
+        ours = gaussian_blur(jnp.asarray(img), jnp.float32(s), 82)
+        np.testing.assert_allclose(ours, ref, atol=1e-6)
+    f, _ = tiny_mlp(2)
+    x = np.asarray(digit_like(1, (1, 8, 8)))
+    # PAIR's batches reuse one sigma spacing, so it is exact with batch_size=1.
+    ref = sc.BlurIG().GetMask(
+        np.moveaxis(x, 0, -1), _pair_call(f, 1), max_sigma=3, steps=6, sqrt=True
+    )
+    ours = J(xa.BlurIG(f, max_sigma=3, steps=6, sqrt=True, chunk_size=4))(x, 1)
+    # float32 finite differences over grad_step = 0.01: ~1e-5 of the largest value.
+    np.testing.assert_allclose(ours, np.moveaxis(ref, -1, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_guided_ig_equals_pair(monkeypatch):
+    import saliency.core as sc
+
+    # saliency 0.2.1 calls np.quantile(..., interpolation=), removed in NumPy 2.
+    quantile = np.quantile
+    monkeypatch.setattr(
+        np,
+        "quantile",
+        lambda a, q, interpolation="linear", **kw: quantile(a, q, method=interpolation),
+    )
+    f, _ = tiny_mlp(3)
+    x = np.asarray(digit_like(2, (1, 8, 8)))
+    ref = sc.GuidedIG().GetMask(np.moveaxis(x, 0, -1), _pair_call(f, 0), x_steps=8)
+    ours = J(xa.GuidedIG(f, steps=8))(x, 0)
+    np.testing.assert_allclose(ours, np.moveaxis(ref, -1, 0), rtol=1e-4, atol=1e-7)
+    # max_dist = 0 is IG on the straight line with a left Riemann sum.
+    ig = xa.IntegratedGradients(f, n_steps=8, method="riemann_left")(x, 0)
+    gig = J(xa.GuidedIG(f, steps=8, max_dist=0.0))(x, 0)
+    np.testing.assert_allclose(gig, ig, rtol=1e-3, atol=1e-6)

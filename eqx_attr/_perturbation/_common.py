@@ -135,7 +135,9 @@ def score(model: Callable, x: Array, target: Target) -> Array:
 
 
 class AbstractPerturbation(AbstractAttribution):
-    """Base of the perturbation family: checks, then one compiled computation.
+    """Base of methods that expand one input into many: checks, then one compilation.
+
+    Used by the perturbation family and PAIR's path methods.
 
     A concrete method implements `attribute(x, target, key)`. `__call__` runs it
     under `eqx.filter_jit` (inlined when the caller already jits), so even an eager

@@ -129,6 +129,25 @@ def entries(xa: Any, entry: type) -> tuple[Any, ...]:
             needs=frozenset({"key"}),
             output="map",
         ),
+        entry(
+            "blur_ig",
+            xa.BlurIG,
+            "gradient",
+            "Blur IG: integrated gradients along a blur path (PAIR)",
+            lambda c: xa.BlurIG(
+                c.model,
+                max_sigma=c.option("max_sigma", 50.0),
+                steps=c.option("n_steps", 32),
+                chunk_size=chunk(c),
+            ),
+        ),
+        entry(
+            "guided_ig",
+            xa.GuidedIG,
+            "gradient",
+            "Guided IG: adaptive-path integrated gradients (PAIR)",
+            lambda c: xa.GuidedIG(c.model, steps=c.option("n_steps", 32)),
+        ),
     )
 
 
