@@ -147,7 +147,8 @@ def main():
         "",
         f"Median of {args.repeats} runs after a warm-up, same process, same weights; "
         f"chunk_size = perturbations_per_eval = {args.chunk or 'all'}. "
-        "The machine was shared with other jobs (load average far above its 2 cores) while this ran: "
+        "The machine was shared with other jobs (load average far above its "
+        "2 cores) while this ran: "
         "absolute times are inflated, the ratios are the result.",
         "",
         "| model | batch | method | ours (s) | Captum (s) | ours / Captum |",
