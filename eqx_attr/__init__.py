@@ -8,7 +8,7 @@ imported on first use, through the module `__getattr__` below.
 import importlib as _importlib
 from typing import Any as _Any
 
-from . import baselines as baselines, models as models
+from . import baselines as baselines, masks as masks, models as models
 from ._attribution import AbstractAttribution as AbstractAttribution
 from ._cam import (
     CAM as CAM,
@@ -51,6 +51,17 @@ from ._rules._guided import (
     GuidedBackprop as GuidedBackprop,
 )
 from ._rules._relu import (
+from ._pair._blur_ig import BlurIG as BlurIG
+from ._pair._guided_ig import GuidedIG as GuidedIG
+from ._perturbation._ablation import FeatureAblation as FeatureAblation
+from ._perturbation._kernel_shap import KernelShap as KernelShap
+from ._perturbation._lime import Lime as Lime
+from ._perturbation._occlusion import Occlusion as Occlusion
+from ._perturbation._rise import RISE as RISE
+from ._perturbation._shapley import (
+    ShapleyValues as ShapleyValues,
+    ShapleyValueSampling as ShapleyValueSampling,
+)
     deconvnet_relu as deconvnet_relu,
     guided_relu as guided_relu,
 )

@@ -331,6 +331,7 @@ def _entries() -> tuple[MethodEntry, ...]:
             output="map",
         ),
         # --- perturbation family ---
+        *_perturbation_entries(xa),
         # --- transformer family ---
         MethodEntry(
             "attention_rollout",
@@ -370,6 +371,12 @@ def _entries() -> tuple[MethodEntry, ...]:
             needs=frozenset({"attention"}),
         ),
     )
+
+
+def _perturbation_entries(xa: Any) -> tuple[MethodEntry, ...]:
+    from ._perturbation._registry import entries
+
+    return entries(xa, MethodEntry)
 
 
 _TABLE: tuple[MethodEntry, ...] | None = None

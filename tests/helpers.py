@@ -164,6 +164,42 @@ METHODS += [
     _registry_spec(e)
     for e in methods()
     if e.needs <= _OFFERED and e.cls.__name__ not in _NAMED
+    # --- perturbation family (few, coarse features: the contract, not accuracy) ---
+    MethodSpec(
+        "Occlusion",
+        lambda m: xa.Occlusion(m, window=(1, 10, 10), strides=(1, 9, 9)),
+    ),
+    MethodSpec(
+        "FeatureAblation",
+        lambda m: xa.FeatureAblation(m, mask=xa.masks.grid((28, 28), 10)),
+    ),
+    MethodSpec(
+        "ShapleyValues",
+        lambda m: xa.ShapleyValues(m, mask=xa.masks.grid((28, 28), 14), chunk_size=8),
+    ),
+    MethodSpec(
+        "ShapleyValueSampling",
+        lambda m: xa.ShapleyValueSampling(m, xa.masks.grid((28, 28), 14), 2),
+        random=True,
+    ),
+    MethodSpec(
+        "KernelShap",
+        lambda m: xa.KernelShap(m, mask=xa.masks.grid((28, 28), 14), n_samples=8),
+        random=True,
+    ),
+    MethodSpec(
+        "Lime",
+        lambda m: xa.Lime(m, mask=xa.masks.grid((28, 28), 14), n_samples=8, alpha=0.0),
+        random=True,
+    ),
+    MethodSpec(
+        "RISE",
+        lambda m: xa.RISE(m, n_masks=8, cell_size=7),
+        output="map",
+        random=True,
+    ),
+    MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4)),
+    MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),
 ]
 
 

@@ -1,0 +1,1 @@
+"""Methods from Google PAIR's `saliency` package: Blur IG and Guided IG."""

@@ -1,0 +1,1 @@
+"""The perturbation family: methods that only evaluate the model."""

@@ -1,0 +1,167 @@
+"""What the perturbation family shares: feature masks, baselines, scored batches.
+
+Every method here evaluates the model on a batch of perturbed copies of ONE example.
+The batch is built from a small per-perturbation description (a window position, a
+feature id, a binary coalition), so the copies exist only `chunk_size` at a time, and
+the model's full score vector is computed once per copy: a target (or a vmap over
+targets) only selects from those scores afterwards, so it never repeats a forward
+pass.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+
+from .._attribution import (
+    AbstractAttribution,
+    Image,
+    Target,
+    batched_map,
+    check_input,
+    check_positive_int,
+    resolve_target,
+)
+
+FeatureMask = Shaped[Array, "*dims"] | Shaped[np.ndarray, "*dims"]
+Baseline = float | int | Float[Array, "*dims"] | Float[np.ndarray, "*dims"]
+
+
+def relabel_mask(mask: Any) -> tuple[Array, int]:
+    """Check a feature mask and number its features 0..F-1 in increasing id order.
+
+    Ids only name features, so relabelling changes no attribution; it removes
+    unused ids, which would otherwise be phantom features for the surrogates.
+    Raises at construction time, naming `mask`, for non-integer or negative ids.
+    """
+    if isinstance(mask, jax.core.Tracer):
+        raise TypeError(
+            "`mask` must be concrete (a NumPy or JAX array built outside jit); the "
+            "number of features decides the shapes of the computation."
+        )
+    if not isinstance(mask, (np.ndarray, jax.Array, np.generic)):
+        raise TypeError(
+            f"`mask` must be an integer array of feature ids, got "
+            f"{type(mask).__name__}; e.g. `xa.masks.grid((28, 28), 7)`."
+        )
+    m = np.asarray(mask)
+    if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
+        raise TypeError(
+            f"`mask` must hold integer feature ids, got dtype {m.dtype}; convert it "
+            "with `mask.astype(jnp.int32)` (ids name features, they are not weights)."
+        )
+    if m.size == 0:
+        raise ValueError("`mask` is empty; it needs one feature id per element.")
+    if m.min() < 0:
+        raise ValueError(
+            f"`mask` holds negative ids (min {int(m.min())}); ids must be >= 0."
+        )
+    ids, inverse = np.unique(m, return_inverse=True)
+    return jnp.asarray(inverse.reshape(m.shape), jnp.int32), int(ids.size)
+
+
+def broadcast_mask(mask: Array, x: Array) -> Array:
+    """The mask broadcast to `x`'s shape, with an error naming `mask` if it can't."""
+    try:
+        if mask.ndim > x.ndim:
+            raise ValueError
+        return jnp.broadcast_to(mask, x.shape)
+    except ValueError:
+        raise ValueError(
+            f"`mask` of shape {mask.shape} does not broadcast to the input's shape "
+            f"{x.shape}; give one id per element, or per pixel as (1, H, W) or "
+            "(H, W) for all channels."
+        ) from None
+
+
+def as_baseline_array(value: Any) -> Array:
+    """A number or an array (broadcastable to the input) as a float array."""
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(
+            f"`baseline` must be a number or an array, got {type(value).__name__}."
+        )
+    arr = jnp.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.float32)
+    return arr
+
+
+def broadcast_baseline(baseline: Array, x: Array) -> Array:
+    """The baseline in `x`'s dtype and shape, with an error naming `baseline`."""
+    try:
+        if baseline.ndim > x.ndim:
+            raise ValueError
+        return jnp.broadcast_to(baseline, x.shape).astype(x.dtype)
+    except ValueError:
+        raise ValueError(
+            f"`baseline` of shape {baseline.shape} does not broadcast to the input's "
+            f"shape {x.shape}; pass a number or an array shaped like `x`."
+        ) from None
+
+
+def check_chunk(chunk_size: Any) -> None:
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+
+
+def scored(
+    model: Callable,
+    x: Array,
+    target: Target,
+    make_input: Callable[[Any], Array],
+    params: Any,
+    chunk_size: int | None,
+) -> Array:
+    """The target's score (float32) on each perturbed copy `make_input(p)`.
+
+    `params` is a PyTree with a leading axis, one entry per copy. The forward passes
+    do not depend on `target`, so under a vmap over targets they are not repeated.
+    """
+    objective = resolve_target(model, x, target)
+    scores = batched_map(lambda p: model(make_input(p)), params, chunk_size)
+    return jax.vmap(objective)(scores).astype(jnp.float32)
+
+
+def score(model: Callable, x: Array, target: Target) -> Array:
+    """The target's score on one input, as float32."""
+    return resolve_target(model, x, target)(model(x)).astype(jnp.float32)
+
+
+class AbstractPerturbation(AbstractAttribution):
+    """Base of methods that expand one input into many: checks, then one compilation.
+
+    Used by the perturbation family and PAIR's path methods.
+
+    A concrete method implements `attribute(x, target, key)`. `__call__` runs it
+    under `eqx.filter_jit` (inlined when the caller already jits), so even an eager
+    call compiles the whole batch of perturbations once instead of dispatching it
+    operation by operation. A Python int target is checked against the model and
+    then passed as an array, so other class indices reuse the compilation.
+    """
+
+    @abc.abstractmethod
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "..."]:
+        """The attribution of one checked input (see the class docstring)."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "..."]:
+        x = check_input(x)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            resolve_target(self.model, x, target)  # the trace-time range check
+            target = jnp.asarray(target, jnp.int32)
+        return _attribute_jit(self, x, target, key)
+
+
+@eqx.filter_jit
+def _attribute_jit(method, x, target, key):
+    return method.attribute(x, target, key)
