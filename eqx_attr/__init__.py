@@ -40,17 +40,6 @@ from ._layers import (
     layers_activation_and_gradient as layers_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
-from ._rules._deeplift import (
-    AbstractDeepLift as AbstractDeepLift,
-    DeepLift as DeepLift,
-    DeepLiftShap as DeepLiftShap,
-)
-from ._rules._gradient_shap import GradientShap as GradientShap
-from ._rules._guided import (
-    Deconvolution as Deconvolution,
-    GuidedBackprop as GuidedBackprop,
-)
-from ._rules._relu import (
 from ._pair._blur_ig import BlurIG as BlurIG
 from ._pair._guided_ig import GuidedIG as GuidedIG
 from ._perturbation._ablation import FeatureAblation as FeatureAblation
@@ -62,6 +51,17 @@ from ._perturbation._shapley import (
     ShapleyValues as ShapleyValues,
     ShapleyValueSampling as ShapleyValueSampling,
 )
+from ._rules._deeplift import (
+    AbstractDeepLift as AbstractDeepLift,
+    DeepLift as DeepLift,
+    DeepLiftShap as DeepLiftShap,
+)
+from ._rules._gradient_shap import GradientShap as GradientShap
+from ._rules._guided import (
+    Deconvolution as Deconvolution,
+    GuidedBackprop as GuidedBackprop,
+)
+from ._rules._relu import (
     deconvnet_relu as deconvnet_relu,
     guided_relu as guided_relu,
 )
