@@ -130,40 +130,6 @@ METHODS: list[MethodSpec] = [
         ),
         random=True,
     ),
-]
-
-
-# What SmallCNN offers a registry entry's build, at test size.
-_OFFERED = frozenset({"layer", "classifier", "key", "baseline", "mask"})
-
-
-def _cells(side: int = 28, cell: int = 7) -> np.ndarray:
-    ids = (np.arange(side) // cell)[:, None] * (side // cell) + np.arange(side) // cell
-    return ids[None].astype(np.int32)  # (1, 28, 28): 16 features
-
-
-def _registry_spec(entry: MethodEntry) -> MethodSpec:
-    def build(m):
-        return entry.build(
-            BuildContext(
-                model=m,
-                layer=_conv2,
-                classifier=lambda m: _unwrap(m).fc,
-                mask=jnp.asarray(_cells()),
-                options={"n_steps": 8, "n_samples": 4, "chunk_size": 8},
-                input_shape=(1, 28, 28),
-            )
-        )
-
-    return MethodSpec(entry.cls.__name__, build, entry.output, entry.random)
-
-
-NOT_ON_SMALL_CNN: list[str] = [e.name for e in methods() if not e.needs <= _OFFERED]
-_NAMED = {spec.name for spec in METHODS}
-METHODS += [
-    _registry_spec(e)
-    for e in methods()
-    if e.needs <= _OFFERED and e.cls.__name__ not in _NAMED
     # --- perturbation family (few, coarse features: the contract, not accuracy) ---
     MethodSpec(
         "Occlusion",
@@ -200,6 +166,40 @@ METHODS += [
     ),
     MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4)),
     MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),
+]
+
+
+# What SmallCNN offers a registry entry's build, at test size.
+_OFFERED = frozenset({"layer", "classifier", "key", "baseline", "mask"})
+
+
+def _cells(side: int = 28, cell: int = 7) -> np.ndarray:
+    ids = (np.arange(side) // cell)[:, None] * (side // cell) + np.arange(side) // cell
+    return ids[None].astype(np.int32)  # (1, 28, 28): 16 features
+
+
+def _registry_spec(entry: MethodEntry) -> MethodSpec:
+    def build(m):
+        return entry.build(
+            BuildContext(
+                model=m,
+                layer=_conv2,
+                classifier=lambda m: _unwrap(m).fc,
+                mask=jnp.asarray(_cells()),
+                options={"n_steps": 8, "n_samples": 4, "chunk_size": 8},
+                input_shape=(1, 28, 28),
+            )
+        )
+
+    return MethodSpec(entry.cls.__name__, build, entry.output, entry.random)
+
+
+NOT_ON_SMALL_CNN: list[str] = [e.name for e in methods() if not e.needs <= _OFFERED]
+_NAMED = {spec.name for spec in METHODS}
+METHODS += [
+    _registry_spec(e)
+    for e in methods()
+    if e.needs <= _OFFERED and e.cls.__name__ not in _NAMED
 ]
 
 

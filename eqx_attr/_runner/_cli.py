@@ -128,14 +128,12 @@ def _build_method(
     args: argparse.Namespace, model: Any, shape: tuple[int, ...]
 ) -> tuple[Any, Any]:
     """The method, built from the registry exactly as `explain` builds it."""
-    import types
-
     import jax
 
     from ..models._zoo import MODEL_SPECS
 
     entry = resolve_method(args.method)
-    options = types.SimpleNamespace(
+    options = argparse.Namespace(
         layer=args.layer,
         n_steps=args.n_steps,
         n_samples=args.n_samples,
