@@ -3,6 +3,7 @@
 from . import (
     baselines as baselines,
     datasets as datasets,
+    lrp as lrp,
     models as models,
     training as training,
     viz as viz,
@@ -31,6 +32,7 @@ from ._layers import (
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._rules._lrp import LRP as LRP
 from ._smooth import SmoothGrad as SmoothGrad
 from ._surgery import (
     ReLUSwapped as ReLUSwapped,

@@ -1,0 +1,1 @@
+"""Rewrites of the traced model: rule tables and rule-based backward passes."""
