@@ -18,6 +18,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from ..models._blocks import AdaptiveAvgPool2d, FrozenBatchNorm2d
 from ._lrp_rules import AbstractRule, apply_rule
@@ -112,23 +113,33 @@ def check_no_batch_norm(model: Any) -> None:
 
 
 def _layer_params(node: Any) -> tuple[Callable, Any, Any] | None:
-    """`(fn, weight, bias)` of a dense or convolutional layer, else None."""
+    """`(fn, weight, bias)` of a dense or convolutional layer, else None.
+
+    A rule may drop the bias (`b=None`): the layer then runs with a zero bias.
+    """
     if isinstance(node, Shifted):
         inner = node.layer
 
         def shifted(x, w, b):
-            return eqx.tree_at(lambda c: c.weight, inner, w)(x) + b
+            y = eqx.tree_at(lambda c: c.weight, inner, w)(x)
+            return y if b is None else y + b
 
         return shifted, inner.weight, node.bias
-    if isinstance(node, (eqx.nn.Linear, eqx.nn.Conv)):
-        if node.bias is None:
-            fn = lambda x, w, b: eqx.tree_at(lambda c: c.weight, node, w)(x)
-        else:
-            fn = lambda x, w, b: eqx.tree_at(
-                lambda c: (c.weight, c.bias), node, (w, b)
-            )(x)
-        return fn, node.weight, node.bias
-    return None
+    if not isinstance(node, (eqx.nn.Linear, eqx.nn.Conv)):
+        return None
+    if node.bias is None:
+        return (
+            (lambda x, w, b: eqx.tree_at(lambda c: c.weight, node, w)(x)),
+            (node.weight),
+            None,
+        )
+    zero = jnp.zeros_like(node.bias)
+
+    def layer(x, w, b):
+        b = zero if b is None else b
+        return eqx.tree_at(lambda c: (c.weight, c.bias), node, (w, b))(x)
+
+    return layer, node.weight, node.bias
 
 
 class RuleOp(eqx.Module):

@@ -352,13 +352,15 @@ def apply_rule(
     for the interpreter (it then counts as a network's first layer).
     """
     dyn, static = eqx.partition(rule, eqx.is_array)
-    tag = LAYER_TAG if layer else RULE_TAG
 
-    def body(d, x_, w_, b_):
+    # The function's own name marks the call in the jaxpr (see `_lrp_trace`).
+    def _eqx_attr_lrp_rule(d, x_, w_, b_):
         return fn(x_, w_, b_)
 
-    body.__name__ = body.__qualname__ = tag
-    call = jax.custom_vjp(body)
+    def _eqx_attr_lrp_layer(d, x_, w_, b_):
+        return fn(x_, w_, b_)
+
+    call = jax.custom_vjp(_eqx_attr_lrp_layer if layer else _eqx_attr_lrp_rule)
 
     def fwd(d, x_, w_, b_):
         return fn(x_, w_, b_), (d, x_, w_, b_)

@@ -124,11 +124,13 @@ def _uses(jaxpr) -> dict:
     return uses
 
 
-def _bias_chain(jaxpr, i: int, uses: dict, act: set) -> tuple[list, Any, int] | None:
-    """The `add` of a constant bias after the linear equation `i`, if there is one.
+def _follow(jaxpr, i: int, uses: dict, act: set, terminals: tuple):
+    """The equation that completes linear equation `i`, if there is one.
 
-    Returns the equations in between, the add, and the position of the linear
-    branch among the add's operands.
+    Follows single-use shape steps (`_CHAIN`) from the equation's output to an
+    equation in `terminals` (the bias `add` of a layer, the `div` of a mean) whose
+    other operand is a constant and whose output keeps the shape. Returns the
+    steps in between, that equation, and the linear branch's operand position.
     """
     var = jaxpr.eqns[i].outvars[0]
     chain = []
@@ -141,7 +143,7 @@ def _bias_chain(jaxpr, i: int, uses: dict, act: set) -> tuple[list, Any, int] | 
             chain.append(eqn)
             var = eqn.outvars[0]
             continue
-        if eqn.primitive.name != "add":
+        if eqn.primitive.name not in terminals or len(eqn.invars) != 2:
             return None
         pos = 0 if eqn.invars[0] is var else 1
         other = eqn.invars[1 - pos]
@@ -149,7 +151,38 @@ def _bias_chain(jaxpr, i: int, uses: dict, act: set) -> tuple[list, Any, int] | 
             return None
         if eqn.outvars[0].aval.shape != var.aval.shape:
             return None
+        if eqn.primitive.name == "div" and pos != 0:
+            return None
         return chain, eqn, pos
+
+
+def _fused(jaxpr, i, x_flags, invals, uses, act, read, terminals):
+    """`fn(x, w, b)` for equation `i` completed by its terminal (see `_follow`).
+
+    `b` is the terminal's constant operand (a bias, a mean's count); `w` the
+    equation's other operand, if any. Returns fn, x, w, b, the output variable
+    and the fused equations.
+    """
+    eqn = jaxpr.eqns[i]
+    xpos = x_flags.index(True)
+    found = _follow(jaxpr, i, uses, act, terminals)
+    chain, end, bpos = found if found is not None else ([], None, 0)
+    const = None if end is None else read(end.invars[1 - bpos])
+    others = [v for k, v in enumerate(invals) if k != xpos]
+
+    def fn(x, w, b):
+        ops = list(w)
+        ops.insert(xpos, x)
+        (y,) = _bind(eqn, ops)
+        for step in chain:
+            (y,) = _bind(step, [y])
+        if end is not None and b is not None:  # a rule may drop the bias
+            (y,) = _bind(end, [y, b] if bpos == 0 else [b, y])
+        return y
+
+    out = eqn.outvars[0] if end is None else end.outvars[0]
+    fused = {id(e) for e in chain} | ({id(end)} if end is not None else set())
+    return fn, invals[xpos], tuple(others), const, out, fused
 
 
 def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
@@ -157,7 +190,6 @@ def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
     eqn = jaxpr.eqns[i]
     if all(flags):
         raise _no_rule(state, eqn, "a product of two activations")
-    xpos = 0 if flags[0] else 1
     kind = _LINEAR[eqn.primitive.name]
     rule = None
     if not state.first_done:
@@ -165,24 +197,28 @@ def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
         state.first_done = rule is not None
     if rule is None:
         rule = state.composite.layer_rule(kind)
-    found = _bias_chain(jaxpr, i, uses, act)
-    chain, add, bpos = found if found is not None else ([], None, 0)
-    bias = None if add is None else read(add.invars[1 - bpos])
+    fn, x, (w,), b, out, fused = _fused(
+        jaxpr, i, flags, invals, uses, act, read, ("add",)
+    )
+    # The rule modifies the weight `w` and the bias `b`; `fn` takes `w` as a
+    # tuple of the equation's other operands.
+    env[out] = apply_rule(rule, lambda x_, w_, b_: fn(x_, (w_,), b_), x, w, b)
+    act.add(out)
+    return fused
 
-    def fn(x, w, b):
-        ops = [x, w] if xpos == 0 else [w, x]
-        (y,) = _bind(eqn, ops)
-        for step in chain:
-            (y,) = _bind(step, [y])
-        if b is not None:
-            (y,) = _bind(add, [y, b] if bpos == 0 else [b, y])
-        return y
 
-    out = apply_rule(rule, fn, invals[xpos], invals[1 - xpos], bias)
-    target = eqn.outvars[0] if add is None else add.outvars[0]
-    env[target] = out
-    act.add(target)
-    return {id(e) for e in chain} | ({id(add)} if add is not None else set())
+def _norm(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
+    """A sum or a sum pool, fused with a following division (a mean): `norm_rule`."""
+    fn, x, _, count, out, fused = _fused(
+        jaxpr, i, flags, invals, uses, act, read, ("div", "mul")
+    )
+    rule = state.composite.norm_rule()
+    # The count is part of the operation, not a weight: no rule modifies it (as
+    # Zennit's rules leave a pool's forward pass alone). It is a constant, so the
+    # closure holds no value being differentiated.
+    env[out] = apply_rule(rule, lambda x_, w_, b_: fn(x_, (), count), x)
+    act.add(out)
+    return fused
 
 
 def _one(state: _State, eqn, invals: list, flags: list) -> list:
@@ -209,9 +245,6 @@ def _one(state: _State, eqn, invals: list, flags: list) -> list:
         if all(flags) or (prim == "div" and flags[1]):
             raise _no_rule(state, eqn, f"a `{prim}` of two activations")
         return _pass_with_constant(state, eqn, invals, flags, "a scaling")
-    if prim in _NORM:
-        rule = state.composite.norm_rule()
-        return [apply_rule(rule, lambda x, w, b: _bind(eqn, [x])[0], invals[0])]
     if prim == "add" and all(flags):
         rule = state.composite.norm_rule()
         fn = lambda x, w, b: _bind(eqn, list(x))[0]
@@ -271,6 +304,9 @@ def evaluate(jaxpr, consts: Sequence, args: Sequence, flags: Sequence[bool], sta
             continue
         elif eqn.primitive.name in _LINEAR and eqn.primitive.name not in state.allow:
             done |= _linear(jaxpr, i, invals, in_flags, uses, act, state, env, read)
+            continue
+        elif eqn.primitive.name in _NORM and eqn.primitive.name not in state.allow:
+            done |= _norm(jaxpr, i, invals, in_flags, uses, act, state, env, read)
             continue
         else:
             outs = _one(state, eqn, invals, in_flags)
