@@ -89,7 +89,9 @@ def build(arch):
         model = xa.models.vgg11(n_classes=5, width=8, hidden=16, pool_size=2, key=key)
         return model, lambda: [zcanon.SequentialMergeBatchNorm()]
     if arch == "vgg11_bn":
-        model = xa.models.vgg11_bn(n_classes=5, width=8, hidden=16, pool_size=1, key=key)
+        model = xa.models.vgg11_bn(
+            n_classes=5, width=8, hidden=16, pool_size=1, key=key
+        )
         model = random_batch_norms(model, jax.random.key(4))
         return model, lambda: [zcanon.SequentialMergeBatchNorm()]
     model = xa.models.resnet18(n_classes=5, width=4, key=key)

@@ -133,10 +133,10 @@ def _layer_params(node: Any) -> tuple[Callable, Any, Any] | None:
             (node.weight),
             None,
         )
-    zero = jnp.zeros_like(node.bias)
+    shape = node.bias.shape  # not the array: a traced value must not be closed over
 
     def layer(x, w, b):
-        b = zero if b is None else b
+        b = jnp.zeros(shape, w.dtype) if b is None else b
         return eqx.tree_at(lambda c: (c.weight, c.bias), node, (w, b))(x)
 
     return layer, node.weight, node.bias
