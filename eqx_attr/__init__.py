@@ -24,7 +24,6 @@ from ._cam_variants import (
     XGradCAM as XGradCAM,
 )
 from ._gradient import Gradients as Gradients, GradientsXInput as GradientsXInput
-from ._guided import Deconvolution as Deconvolution, GuidedBackprop as GuidedBackprop
 from ._integrated import IntegratedGradients as IntegratedGradients
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
@@ -32,13 +31,16 @@ from ._layers import (
     layer_activation_and_gradient as layer_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._rules._guided import (
+    Deconvolution as Deconvolution,
+    GuidedBackprop as GuidedBackprop,
+)
 from ._rules._lrp import LRP as LRP
-from ._smooth import SmoothGrad as SmoothGrad
-from ._surgery import (
-    ReLUSwapped as ReLUSwapped,
+from ._rules._relu import (
     deconvnet_relu as deconvnet_relu,
     guided_relu as guided_relu,
-    swap_relu as swap_relu,
 )
+from ._rules._swap import ReLUSwapped as ReLUSwapped, swap_relu as swap_relu
+from ._smooth import SmoothGrad as SmoothGrad
 
 __version__ = "0.1.0"

@@ -30,8 +30,8 @@ from ._attribution import (
     check_input,
     make_objective,
 )
-from ._guided import GuidedBackprop
 from ._layers import LayerInfo, inspect_layer, read_layer, resolve_layer
+from ._rules._guided import GuidedBackprop
 
 RESIZES = ("bilinear", "nearest")
 LAYOUTS = ("chw", "hwc", "tokens")

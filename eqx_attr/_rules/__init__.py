@@ -1,1 +1,14 @@
-"""Rewrites of the traced model: rule tables and rule-based backward passes."""
+"""Rewrites of the traced model: the rule engine and the rule-based methods.
+
+- `_jax_internals`: everything known about JAX's internals (one place, self-checked).
+- `_interpreter`: the interpreter, a table from primitive to handler.
+- `_pytree`: PyTree surgery (find and replace nodes by path).
+- `_relu`, `_match`, `_swap`: the ReLU swap (guided backprop, deconvnet).
+- `_guided`: GuidedBackprop, Deconvolution.
+- `_deeplift`, `_deeplift_rules`, `_gradient_shap`: DeepLIFT, DeepLiftShap,
+  GradientShap.
+- `_lrp`, `_lrp_rules`, `_lrp_composites`, `_lrp_canon`, `_lrp_trace`: LRP (the
+  public rules and composites are re-exported by `eqx_attr.lrp`).
+
+See ENGINE_API.md at the repository root for writing rules.
+"""

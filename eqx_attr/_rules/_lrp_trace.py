@@ -35,11 +35,10 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
-from .._surgery import _bind, _summary
+from ._jax_internals import JIT as _JIT, bind as _bind, fn_name, where as _summary
 from ._lrp_composites import AbstractComposite
 from ._lrp_rules import LAYER_TAG, RULE_TAG, Pass, apply_rule
 
-_JIT = ("jit", "pjit", "closed_call", "core_call")
 _LINEAR = {"dot_general": "linear", "conv_general_dilated": "conv"}
 _NORM = ("reduce_sum", "reduce_window_sum")
 # Operations that move, copy or select values: their gradient moves the relevance
@@ -82,22 +81,12 @@ def _is_float(aval: Any) -> bool:
 
 
 def _tag(eqn) -> str | None:
-    closed = eqn.params.get("call_jaxpr")
-    dbg = getattr(getattr(closed, "jaxpr", closed), "debug_info", None)
-    src = getattr(dbg, "func_src_info", None) or ""
-    for tag in (LAYER_TAG, RULE_TAG):
-        if src.startswith(tag + " "):
-            return tag
-    return None
+    name = fn_name(eqn.params.get("call_jaxpr"))
+    return name if name in (LAYER_TAG, RULE_TAG) else None
 
 
 def _call_name(eqn) -> str:
-    name = eqn.params.get("name")
-    if name:
-        return str(name)
-    closed = eqn.params.get("call_jaxpr")
-    dbg = getattr(getattr(closed, "jaxpr", closed), "debug_info", None)
-    return (getattr(dbg, "func_src_info", None) or "<unknown>").split(" ")[0]
+    return str(eqn.params.get("name") or fn_name(eqn.params.get("call_jaxpr")))
 
 
 def _no_rule(state: _State, eqn, what: str) -> ValueError:

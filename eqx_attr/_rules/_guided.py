@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ._attribution import (
+from .._attribution import (
     AbstractAttribution,
     Attribution,
     Image,
@@ -16,7 +16,8 @@ from ._attribution import (
     check_input,
     resolve_target,
 )
-from ._surgery import POLICIES, swap_relu
+from ._relu import POLICIES
+from ._swap import swap_relu
 
 
 def swapped_gradient(

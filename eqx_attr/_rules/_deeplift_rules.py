@@ -1,0 +1,262 @@
+"""DeepLIFT's rules for the engine: Rescale on nonlinearities, max pooling as
+Captum does, linear operations pass multipliers through.
+
+Values that depend on the input are [`Act`][]s with two streams: the input's and
+the reference's. Every rule's forward pass evaluates both; its backward pass
+(a `jax.custom_vjp`) returns the DeepLIFT multipliers for the input's stream and
+zero for the reference's (which is not differentiated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _interpreter as it, _jax_internals as ji
+from ._match import Facts, Known, relu_operand, sub_known
+
+# Linear in every tracked operand: multipliers pass through as gradients.
+LINEAR = (
+    "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose",
+    "squeeze", "expand_dims", "reduce_sum", "slice", "dynamic_slice", "gather",
+    "concatenate", "pad", "convert_element_type", "copy", "copy_p", "rev",
+    "reduce_window_sum", "cumsum", "reduce_precision", "split", "real",
+    "dynamic_update_slice", "scatter-add", "scatter_add",
+)  # fmt: skip
+# Linear in each operand separately: one tracked operand at most (the weights, the
+# mask, the divisor are constants); otherwise a product of two activations.
+BILINEAR = {"mul": None, "dot_general": None, "conv_general_dilated": (0,)}
+# Elementwise nonlinearities of one tracked operand: the Rescale rule.
+ELEMENTWISE = (
+    "logistic", "tanh", "exp", "exp2", "log", "log1p", "expm1", "erf", "erfc",
+    "sqrt", "rsqrt", "cbrt", "integer_pow", "pow", "abs", "sin", "cos", "tan",
+    "atan", "sinh", "cosh", "asinh", "atanh", "max", "min", "div", "square",
+    "sign", "floor", "ceil", "round", "clamp", "select_n", "erf_inv", "atan2",
+)  # fmt: skip
+MAX_POOLS = ("reduce_window_max", "reduce_max")
+# `jax.nn` activations that are one unit in the jaxpr (a named jit or custom_jvp
+# call), or a run of equations traced inside them (`gelu` is not jitted).
+UNITS = (
+    "relu", "relu6", "sigmoid", "silu", "swish", "softplus", "elu", "leaky_relu",
+    "celu", "selu", "gelu", "mish", "hard_tanh", "hard_sigmoid", "hard_silu",
+    "hard_swish", "log_sigmoid", "squareplus", "sparse_plus", "soft_sign",
+)  # fmt: skip
+SOFTMAX = ("softmax", "_softmax")
+
+HINT = (
+    "DeepLIFT is defined for linear operations and nonlinearities of one "
+    "activation. Rewrite the operation, or pass `plain=(...)` with the primitive "
+    "names listed here to accept their plain gradient (the attributions then no "
+    "longer sum to f(x) - f(baseline))."
+)
+
+
+def _safe_div(num: jax.Array, den: jax.Array, eps: float) -> jax.Array:
+    small = jnp.abs(den) < eps
+    return jnp.where(small, 0, num / jnp.where(small, jnp.ones_like(den), den))
+
+
+def rescale(f: Callable, eps: float, normalise: bool = False) -> Callable:
+    """The Rescale rule of the elementwise `f` on a two-stream value.
+
+    Backward: `g * (f(x) - f(x0)) / (x - x0)`, or the plain derivative where
+    `|x - x0| < eps` (as Captum). With `normalise` (Captum's softmax), the
+    multipliers then have their mean over the example subtracted.
+    """
+
+    @jax.custom_vjp
+    def apply(s):
+        return jax.vmap(f)(s)
+
+    def fwd(s):
+        y = apply(s)
+        return y, (s, y)
+
+    def bwd(res, g):
+        s, y = res
+        dx, dy = s[0] - s[1], y[0] - y[1]
+        _, vjp = jax.vjp(f, s[0])
+        (plain,) = vjp(g[0])
+        m = jnp.where(jnp.abs(dx) < eps, plain, g[0] * _safe_div(dy, dx, eps))
+        if normalise:
+            m = m - jnp.mean(m)
+        return (jnp.stack([m, jnp.zeros_like(m)]).astype(s.dtype),)
+
+    apply.defvjp(fwd, bwd)
+    return apply
+
+
+def max_pool_rule(f: Callable, eps: float) -> Callable:
+    """Captum's rule for max pooling `f` on a two-stream value.
+
+    With `y = f(x)`, `y0 = f(x0)` and `m = max(y, y0)`, the output differences
+    `m - y0` (routed to the input's maxima) and `y - m` (routed to the
+    reference's maxima) are divided by `x - x0`: the multipliers times `x - x0`
+    sum to `y - y0`. The plain derivative where `|x - x0| < eps`.
+    """
+
+    @jax.custom_vjp
+    def apply(s):
+        return jax.vmap(f)(s)
+
+    def fwd(s):
+        y = apply(s)
+        return y, (s, y)
+
+    def bwd(res, g):
+        s, y = res
+        top = jnp.maximum(y[0], y[1])
+        _, vjp_x = jax.vjp(f, s[0])
+        _, vjp_r = jax.vjp(f, s[1])
+        (plain,) = vjp_x(g[0])
+        (to_x,) = vjp_x(g[0] * (top - y[1]))
+        (to_r,) = vjp_r(g[0] * (y[0] - top))
+        dx = s[0] - s[1]
+        m = jnp.where(jnp.abs(dx) < eps, plain, _safe_div(to_x + to_r, dx, eps))
+        return (jnp.stack([m, jnp.zeros_like(m)]).astype(s.dtype),)
+
+    apply.defvjp(fwd, bwd)
+    return apply
+
+
+def _tracked(invals: Sequence) -> list[int]:
+    return [i for i, v in enumerate(invals) if isinstance(v, it.Act)]
+
+
+def one_operand(invals: list, k: int, fn: Callable) -> Callable:
+    """`fn` of all operands as a function of operand `k` (the others fixed)."""
+
+    def f(a):
+        vals = list(invals)
+        vals[k] = a
+        return fn(vals)
+
+    return f
+
+
+class DeepLiftRules:
+    """The rule table, `match` and `enter` hooks of DeepLIFT's interpreter."""
+
+    def __init__(self, eps: float, plain: Sequence[str] = ()):
+        self.eps = eps
+        table: dict[str, it.Handler] = {n: it.on_streams for n in LINEAR}
+        table.update({n: self.bilinear for n in BILINEAR})
+        table.update({n: self.elementwise for n in ELEMENTWISE})
+        table.update({n: self.max_pool for n in MAX_POOLS})
+        self.interpreter = it.Interpreter(
+            table,
+            "DeepLift",
+            streams=2,
+            match=self.match,
+            enter=self.enter,
+            plain=frozenset(plain),
+            hint=HINT,
+        )
+
+    def scope(self, closed: Any) -> Facts:
+        """The matcher's facts about the top-level jaxpr."""
+        n = len(closed.jaxpr.invars)
+        return Facts(closed.jaxpr, closed.consts, Known.nothing(n))
+
+    def enter(self, eqn: Any, facts: Facts | None) -> list:
+        if facts is None:
+            return [None] * len(ji.sub_jaxprs(eqn))
+        return [Facts(j, c, k) for j, c, k in sub_known(eqn, facts)]
+
+    # -- handlers --------------------------------------------------------------
+
+    def bilinear(self, interp: it.Interpreter, eqn: Any, invals: list) -> list:
+        tracked = _tracked(invals)
+        allowed = BILINEAR[eqn.primitive.name]
+        if len(tracked) > 1 or (allowed is not None and tracked[0] not in allowed):
+            what = f"`{eqn.primitive.name}` of two activations"
+            raise interp.no_rule(eqn, what, "a product is not a linear operation")
+        return it.on_streams(interp, eqn, invals)
+
+    def elementwise(self, interp: it.Interpreter, eqn: Any, invals: list) -> list:
+        name = eqn.primitive.name
+        tracked = _tracked(invals)
+        if name == "div" and tracked == [0]:  # x / c is linear
+            return it.on_streams(interp, eqn, invals)
+        if name == "select_n" and 0 not in _tracked(invals):  # a fixed mask
+            return it.on_streams(interp, eqn, invals)
+        (out,) = eqn.outvars
+        if len(tracked) != 1 or eqn.invars[tracked[0]].aval.shape != out.aval.shape:
+            what = f"`{name}` of several activations"
+            if name == "select_n":
+                what = "a `select_n` (`jnp.where`) whose condition depends on the input"
+            raise interp.no_rule(eqn, what, "it is not a function of one activation")
+        k = tracked[0]
+        f = one_operand(invals, k, lambda vals: ji.bind(eqn, vals)[0])
+        return [it.Act(rescale(f, self.eps)(invals[k].streams))]
+
+    def max_pool(self, interp: it.Interpreter, eqn: Any, invals: list) -> list:
+        (k,) = _tracked(invals)
+        f = one_operand(invals, k, lambda vals: ji.bind(eqn, vals)[0])
+        return [it.Act(max_pool_rule(f, self.eps)(invals[k].streams))]
+
+    def unit(self, normalise: bool) -> it.Handler:
+        """A named activation of one operand (one `jit` or custom_jvp call)."""
+
+        def handler(interp: it.Interpreter, eqn: Any, invals: list) -> list:
+            (x,) = invals
+            if not isinstance(x, it.Act):
+                return it.bind_plain(interp, eqn, invals)
+            f = lambda a: ji.bind(eqn, [a])[0]
+            return [it.Act(rescale(f, self.eps, normalise)(x.streams))]
+
+        return handler
+
+    def relu(self, index: int) -> it.Handler:
+        def handler(interp: it.Interpreter, eqn: Any, invals: list) -> list:
+            x = invals[index]
+            if not isinstance(x, it.Act):
+                return it.bind_plain(interp, eqn, [_first(v) for v in invals])
+            shape = eqn.outvars[0].aval.shape
+            s = jnp.broadcast_to(x.streams, (2, *shape))
+            return [it.Act(rescale(jax.nn.relu, self.eps)(s))]
+
+        return handler
+
+    # -- patterns ----------------------------------------------------------------
+
+    def match(self, interp: it.Interpreter, eqns: list, i: int, facts) -> Any:
+        eqn = eqns[i]
+        name = ji.name_of(eqn)
+        n_out = len(eqn.outvars)
+        if name in UNITS + SOFTMAX and n_out == 1 and self._one_input(eqn):
+            return it.Unit(self.unit(name in SOFTMAX))
+        frame = ji.nn_function(eqn, UNITS + SOFTMAX)
+        if frame is not None:
+            n = 1
+            while i + n < len(eqns) and ji.nn_function(eqns[i + n], (frame,)):
+                n += 1
+            return it.Unit(self.region(frame in SOFTMAX), n, region=True)
+        if facts is not None:
+            idx = relu_operand(eqn, facts)
+            if idx is not None:
+                return it.Unit(self.relu(idx))
+        return None
+
+    def region(self, normalise: bool) -> Callable:
+        """The equations traced inside a `jax.nn` activation that is not jitted."""
+
+        def handler(interp: it.Interpreter, fn: Callable, invals: list) -> list:
+            (x,) = invals
+            if not isinstance(x, it.Act):
+                return [fn(x)]
+            return [it.Act(rescale(fn, self.eps, normalise)(x.streams))]
+
+        return handler
+
+    @staticmethod
+    def _one_input(eqn: Any) -> bool:
+        # The activation's input is its only operand (no captured weights).
+        return len(eqn.invars) == 1
+
+
+def _first(v: Any) -> Any:
+    return v.streams[0] if isinstance(v, it.Act) else v
