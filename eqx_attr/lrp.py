@@ -21,12 +21,14 @@ a = xa.LRP(model, overrides=((lambda m: m.fc, xa.lrp.Epsilon(0.25)),))(x, 3)
 """
 
 from ._rules._lrp_composites import (
+    COMPOSITE_NAMES as COMPOSITE_NAMES,
     AbstractComposite as AbstractComposite,
     EpsilonAlpha2Beta1 as EpsilonAlpha2Beta1,
     EpsilonGammaBox as EpsilonGammaBox,
     EpsilonPlus as EpsilonPlus,
     EpsilonPlusFlat as EpsilonPlusFlat,
     SingleRule as SingleRule,
+    composite_by_name as composite_by_name,
 )
 from ._rules._lrp_rules import (
     AbstractRule as AbstractRule,

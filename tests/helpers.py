@@ -98,6 +98,11 @@ METHODS: list[MethodSpec] = [
     MethodSpec(
         "AblationCAM", lambda m: xa.AblationCAM(m, _conv2, chunk_size=8), output="map"
     ),
+    MethodSpec("LRP", lambda m: xa.LRP(m)),
+    MethodSpec(
+        "LRPGammaBox",
+        lambda m: xa.LRP(m, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0)),
+    ),
 ]
 
 

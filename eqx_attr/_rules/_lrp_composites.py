@@ -175,3 +175,34 @@ class EpsilonGammaBox(AbstractComposite):
 
     def stabilizer_value(self) -> float:
         return self.stabilizer
+
+
+COMPOSITE_NAMES = (
+    "epsilon_plus_flat",
+    "epsilon_plus",
+    "epsilon_alpha2_beta1",
+    "epsilon_gamma_box",
+)
+
+
+def composite_by_name(
+    name: str | AbstractComposite, low: Any = 0.0, high: Any = 1.0
+) -> AbstractComposite:
+    """A composite from its Zennit name (`"epsilon_plus_flat"`, ...), for the CLI.
+
+    `low`/`high` bound the input for `"epsilon_gamma_box"`. A composite passes
+    through unchanged.
+    """
+    if isinstance(name, AbstractComposite):
+        return name
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in COMPOSITE_NAMES:
+        options = ", ".join(map(repr, COMPOSITE_NAMES))
+        raise ValueError(f"Unknown `composite={name!r}`; choose one of {options}.")
+    if key == "epsilon_gamma_box":
+        return EpsilonGammaBox(low, high)
+    return {
+        "epsilon_plus_flat": EpsilonPlusFlat,
+        "epsilon_plus": EpsilonPlus,
+        "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+    }[key]()
