@@ -217,3 +217,35 @@ def test_rule_backward_is_a_custom_vjp_of_the_forward():
     y, pull = jax.vjp(lambda v: apply_rule(xa.lrp.ZPlus(), fn, v, w, jnp.ones(1)), x)
     np.testing.assert_allclose(y, [0.0])
     np.testing.assert_allclose(pull(jnp.ones(1))[0], [2.0 / 3.0, 0.0], rtol=1e-5)
+
+
+def test_registry_entry_and_composite_names():
+    from eqx_attr._registry import BuildContext, get
+
+    entry = get("lrp")
+    assert entry.cls is xa.LRP and entry.family == "rules" and not entry.random
+    model = small_cnn()
+    default = entry.build(BuildContext(model))
+    assert isinstance(default.composite, xa.lrp.EpsilonPlusFlat)
+    box = entry.build(
+        BuildContext(model, options={"composite": "epsilon-gamma-box", "low": -1.0})
+    )
+    assert isinstance(box.composite, xa.lrp.EpsilonGammaBox)
+    assert box.composite.low == -1.0 and box.composite.high == 1.0
+    for name in xa.lrp.COMPOSITE_NAMES:
+        assert isinstance(xa.lrp.composite_by_name(name), xa.lrp.AbstractComposite)
+    with pytest.raises(ValueError, match="epsilon_plus_flat"):
+        xa.lrp.composite_by_name("epsilon_minus")
+
+
+def test_scaling_by_constants_passes_relevance():
+    # `-(W v) / 3` and `2 (W v)`: the scalings pass the relevance unchanged, so
+    # LRP-0 of a bias-free linear map is x_i w_ti times the scale, summing to f_t.
+    w = jax.random.normal(jax.random.key(0), (3, 4))
+    x = jnp.linspace(0.5, 1.0, 4)
+    for scale, f in (
+        (-1 / 3, lambda v: -(w @ v) / 3.0),
+        (2.0, lambda v: 2.0 * (w @ v)),
+    ):
+        a = xa.LRP(f, rule=xa.lrp.Epsilon(1e-9))(x, 1)
+        np.testing.assert_allclose(a, scale * x * w[1], rtol=1e-5, atol=1e-7)

@@ -231,7 +231,7 @@ def _one(state: _State, eqn, invals: list, flags: list) -> list:
     if prim == "max" and not all(flags):
         return _pass_with_constant(state, eqn, invals, flags, "a maximum")
     if prim in _SCALE:
-        if all(flags) or (prim == "div" and flags[1]):
+        if (len(flags) == 2 and all(flags)) or (prim == "div" and flags[1]):
             raise _no_rule(state, eqn, f"a `{prim}` of two activations")
         return _pass_with_constant(state, eqn, invals, flags, "a scaling")
     if prim == "add" and all(flags):
