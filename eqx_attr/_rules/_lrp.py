@@ -7,6 +7,8 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._attribution import (
@@ -123,14 +125,31 @@ class LRP(AbstractAttribution):
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Attribution:
         x = check_input(x)
-        objective = resolve_target(self.model, x, target)
-        model = prepare(self.model, self.overrides, self.composite.norm_rule())
-        name = _model_name(self.model)
-        allow = frozenset(self.allow_gradient)
+        resolve_target(self.model, x, target)  # trace-time checks, with clear errors
+        if _is_index(target):
+            # An int becomes a 0-d array (already range-checked above), so that
+            # every class shares one compiled program.
+            target = jnp.asarray(target, jnp.int32)
+        return _relevance(self, x, target)
 
-        def forward(z):
-            return run(model, z, self.composite, allow, name)
 
-        scores, pull = jax.vjp(forward, x)
-        relevance = scores * jax.grad(objective)(scores)
-        return pull(relevance.astype(scores.dtype))[0]
+def _is_index(target: Any) -> bool:
+    return isinstance(target, (int, np.integer)) and not isinstance(target, bool)
+
+
+@eqx.filter_jit
+def _relevance(method: LRP, x: Any, target: Any) -> Any:
+    # Compiled as one program: the interpreter and the rules' backward passes
+    # would otherwise run (and compile) primitive by primitive. Nested in a
+    # user's jit or vmap, this is simply inlined.
+    objective = resolve_target(method.model, x, target)
+    model = prepare(method.model, method.overrides, method.composite.norm_rule())
+    name = _model_name(method.model)
+    allow = frozenset(method.allow_gradient)
+
+    def forward(z):
+        return run(model, z, method.composite, allow, name)
+
+    scores, pull = jax.vjp(forward, x)
+    relevance = scores * jax.grad(objective)(scores)
+    return pull(relevance.astype(scores.dtype))[0]
