@@ -8,7 +8,7 @@ imported on first use, through the module `__getattr__` below.
 import importlib as _importlib
 from typing import Any as _Any
 
-from . import baselines as baselines, masks as masks, models as models
+from . import baselines as baselines, lrp as lrp, masks as masks, models as models
 from ._attribution import AbstractAttribution as AbstractAttribution
 from ._cam import (
     CAM as CAM,
@@ -61,6 +61,7 @@ from ._rules._guided import (
     Deconvolution as Deconvolution,
     GuidedBackprop as GuidedBackprop,
 )
+from ._rules._lrp import LRP as LRP
 from ._rules._relu import (
     deconvnet_relu as deconvnet_relu,
     guided_relu as guided_relu,

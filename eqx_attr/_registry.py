@@ -234,6 +234,21 @@ def _entries() -> tuple[MethodEntry, ...]:
             aliases=("gradientshap",),
             needs=frozenset({"baseline", "key"}),
         ),
+        MethodEntry(
+            "lrp",
+            xa.LRP,
+            "rules",
+            "Layer-wise Relevance Propagation (composite: epsilon_plus_flat, "
+            "epsilon_plus, epsilon_alpha2_beta1, epsilon_gamma_box)",
+            lambda c: xa.LRP(
+                c.model,
+                composite=xa.lrp.composite_by_name(
+                    c.option("composite", "epsilon_plus_flat"),
+                    low=c.option("low", 0.0),
+                    high=c.option("high", 1.0),
+                ),
+            ),
+        ),
         # --- CAM family ---
         MethodEntry(
             "cam",

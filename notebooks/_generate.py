@@ -131,6 +131,26 @@ methods have unrelated units) and clipped.""",
     """\
 fig = xa.viz.grid(xs, maps, row_labels=labels)
 display(fig)""",
+    """md:## LRP composites
+
+Layer-wise Relevance Propagation with the four composites of `xa.lrp` (Zennit's
+definitions): the relevance starts as the target's score and is redistributed
+layer by layer, so each map sums to about the score (exactly, up to the biases'
+share). `EpsilonGammaBox` needs the input's range, here `[0, 1]`.""",
+    """\
+lrp = {
+    "EpsilonPlusFlat": xa.LRP(model),
+    "EpsilonPlus": xa.LRP(model, composite=xa.lrp.EpsilonPlus()),
+    "EpsilonAlpha2Beta1": xa.LRP(model, composite=xa.lrp.EpsilonAlpha2Beta1()),
+    "EpsilonGammaBox": xa.LRP(
+        model, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0)),
+}
+lrp_maps = {name: explain(method) for name, method in lrp.items()}
+scores = np.asarray(jax.vmap(model)(xs))[np.arange(len(xs)), np.asarray(targets)]
+for name, a in lrp_maps.items():
+    ratio = a.reshape(len(xs), -1).sum(1) / scores
+    print(f"{name:<20} relevance / score: {np.round(ratio, 2)}")
+display(xa.viz.grid(xs, lrp_maps, row_labels=labels))""",
     """md:## Pros and cons
 
 | method | pros | cons |

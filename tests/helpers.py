@@ -130,6 +130,11 @@ METHODS: list[MethodSpec] = [
         ),
         random=True,
     ),
+    MethodSpec("LRP", lambda m: xa.LRP(m)),
+    MethodSpec(
+        "LRPGammaBox",
+        lambda m: xa.LRP(m, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0)),
+    ),
     # --- perturbation family (few, coarse features: the contract, not accuracy) ---
     MethodSpec(
         "Occlusion",

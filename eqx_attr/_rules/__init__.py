@@ -9,6 +9,8 @@
 - `_guided`: GuidedBackprop, Deconvolution.
 - `_deeplift`, `_deeplift_rules`, `_gradient_shap`: DeepLIFT, DeepLiftShap,
   GradientShap.
+- `_lrp`, `_lrp_rules`, `_lrp_composites`, `_lrp_canon`, `_lrp_trace`: LRP (the
+  public rules and composites are re-exported by `eqx_attr.lrp`).
 
 See ENGINE_API.md at the repository root for writing rules.
 """

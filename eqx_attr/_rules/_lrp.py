@@ -1,0 +1,155 @@
+"""Layer-wise Relevance Propagation with Zennit's rules and composites."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from .._attribution import (
+    AbstractAttribution,
+    Attribution,
+    Image,
+    Target,
+    check_input,
+    resolve_target,
+)
+from ._lrp_canon import prepare
+from ._lrp_composites import AbstractComposite, EpsilonPlusFlat, SingleRule
+from ._lrp_rules import AbstractRule
+from ._lrp_trace import run
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, eqx.Module) or not hasattr(model, "__name__"):
+        return type(model).__name__
+    return model.__name__
+
+
+class LRP(AbstractAttribution):
+    """Layer-wise Relevance Propagation (Bach et al. 2015), as Zennit computes it.
+
+    The relevance starts as the target's score `f_t(x)` at the target output
+    (`s * d objective / d s` for a callable target) and flows back through every
+    operation of the model by a rule: the composite's rule for dense layers and
+    convolutions (a special one for the first layer), a proportional split
+    (`Norm`) for average pools, means and the sums of skip connections, and the
+    relevance passes through activations and max pools (to the winner). Batch
+    norm is merged into the convolution before it first. Linear operations are
+    reached both as Equinox modules and inline (`x @ w`, `jnp.einsum`,
+    `lax.conv_general_dilated`, `jnp.mean`); an operation with no rule raises,
+    naming the operation and where it is called.
+
+    **Arguments:**
+
+    - `model`: maps one example to a 1-D vector of scores.
+    - `composite`: an `xa.lrp` composite (`EpsilonPlusFlat()` by default,
+        `EpsilonPlus()`, `EpsilonAlpha2Beta1()`, `EpsilonGammaBox(low, high)`).
+    - `rule`: instead of a composite, one rule for every dense layer,
+        convolution, average pool and sum (e.g. `xa.lrp.Epsilon(1e-6)`).
+    - `overrides`: `((where, rule), ...)`: sub-modules named by `where` (as for
+        `eqx.tree_at`) get `rule` instead, whatever they contain.
+    - `allow_gradient`: primitive names (e.g. `("exp",)`) through which the plain
+        gradient is accepted where LRP has no rule.
+
+    **Returns:** the input relevance, shaped like `x`.
+
+    ```python
+    a = xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0))(x, 3)
+    a = xa.LRP(model, rule=xa.lrp.Epsilon(1e-6))(x, 3)
+    ```
+    """
+
+    model: Callable[..., Any]
+    composite: AbstractComposite
+    overrides: tuple
+    allow_gradient: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        composite: AbstractComposite | None = None,
+        *,
+        rule: AbstractRule | None = None,
+        overrides: tuple | list = (),
+        allow_gradient: tuple[str, ...] | list[str] = (),
+    ):
+        if composite is not None and rule is not None:
+            raise ValueError(
+                "Pass either `composite=` or `rule=` to LRP, not both; to change the "
+                "rule of some layers of a composite use `overrides=`."
+            )
+        if rule is not None:
+            if not isinstance(rule, AbstractRule):
+                raise TypeError(
+                    f"`rule` must be an `xa.lrp` rule such as `xa.lrp.Epsilon()`, got "
+                    f"{type(rule).__name__}."
+                )
+            composite = SingleRule(rule)
+        elif composite is None:
+            composite = EpsilonPlusFlat()
+        if not isinstance(composite, AbstractComposite):
+            raise TypeError(
+                "`composite` must be an `xa.lrp` composite such as "
+                f"`xa.lrp.EpsilonPlusFlat()`, got {type(composite).__name__}."
+            )
+        pairs = []
+        for k, pair in enumerate(overrides):
+            if (
+                not isinstance(pair, (tuple, list))
+                or len(pair) != 2
+                or not callable(pair[0])
+                or not isinstance(pair[1], AbstractRule)
+            ):
+                raise TypeError(
+                    f"`overrides[{k}]` must be a pair `(where, rule)`, e.g. "
+                    "`(lambda m: m.features[0], xa.lrp.Flat())`."
+                )
+            pairs.append((pair[0], pair[1]))
+        if isinstance(allow_gradient, str):
+            raise TypeError(
+                "`allow_gradient` must be a tuple of primitive names, e.g. "
+                f"`allow_gradient=({allow_gradient!r},)`."
+            )
+        self.model = model
+        self.composite = composite
+        self.overrides = tuple(pairs)
+        self.allow_gradient = tuple(allow_gradient)
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Attribution:
+        x = check_input(x)
+        resolve_target(self.model, x, target)  # trace-time checks, with clear errors
+        if _is_index(target):
+            # An int becomes a 0-d array (already range-checked above), so that
+            # every class shares one compiled program.
+            target = jnp.asarray(target, jnp.int32)
+        return _relevance(self, x, target)
+
+
+def _is_index(target: Any) -> bool:
+    return isinstance(target, (int, np.integer)) and not isinstance(target, bool)
+
+
+@eqx.filter_jit
+def _relevance(method: LRP, x: Any, target: Any) -> Any:
+    # Compiled as one program: the interpreter and the rules' backward passes
+    # would otherwise run (and compile) primitive by primitive. Nested in a
+    # user's jit or vmap, this is simply inlined.
+    objective = resolve_target(method.model, x, target)
+    model = prepare(method.model, method.overrides, method.composite.norm_rule())
+    name = _model_name(method.model)
+    allow = frozenset(method.allow_gradient)
+
+    def forward(z):
+        return run(model, z, method.composite, allow, name)
+
+    scores, pull = jax.vjp(forward, x)
+    relevance = scores * jax.grad(objective)(scores)
+    return pull(relevance.astype(scores.dtype))[0]

@@ -1,0 +1,208 @@
+"""LRP composites: which rule each kind of operation gets, as Zennit's composites.
+
+An operation is one of four kinds: `"linear"` (a dense layer, `x @ w`, `einsum`),
+`"conv"` (a convolution), `"norm"` (an average pool, a global mean, the sum of two
+branches) and activations (always passed through). A composite names a rule for
+each kind, and optionally a different rule for the network's first layer.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+
+from ._lrp_rules import (
+    AbstractRule,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    ZBox,
+    ZPlus,
+)
+
+KINDS = ("linear", "conv")
+
+
+class AbstractComposite(eqx.Module):
+    """Assigns LRP rules to the kinds of operation of a network.
+
+    Concrete composites are final; build your own by subclassing this with
+    `layer_rule`, `first_rule` and `norm_rule`.
+    """
+
+    @abc.abstractmethod
+    def layer_rule(self, kind: str) -> AbstractRule:
+        """The rule of a `"linear"` or `"conv"` layer (not the first one)."""
+
+    def first_rule(self, kind: str) -> AbstractRule | None:
+        """The rule of the first layer of this kind, or None for no special rule."""
+        del kind
+        return None
+
+    def norm_rule(self) -> AbstractRule:
+        """The rule of average pools and of sums of branches."""
+        return Norm(self.stabilizer_value())
+
+    def stabilizer_value(self) -> float:
+        return 1e-6
+
+
+class SingleRule(AbstractComposite):
+    """One rule on every linear layer, convolution, average pool and sum.
+
+    What `xa.LRP(model, rule=...)` builds.
+
+    **Arguments:** `rule`, an [`eqx_attr.lrp.AbstractRule`][].
+    """
+
+    rule: AbstractRule
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        return self.rule
+
+    def norm_rule(self) -> AbstractRule:
+        return self.rule
+
+
+class EpsilonPlus(AbstractComposite):
+    """`ZPlus` on convolutions, `Epsilon` on dense layers (Zennit's `EpsilonPlus`).
+
+    **Arguments:** `epsilon` (of `Epsilon`, default `1e-6`), `stabilizer` (of the
+    other rules, default `1e-6`).
+
+    ```python
+    a = xa.LRP(model, composite=xa.lrp.EpsilonPlus())(x, 3)
+    ```
+    """
+
+    epsilon: float = eqx.field(static=True, default=1e-6)
+    stabilizer: float = eqx.field(static=True, default=1e-6)
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        if kind == "conv":
+            return ZPlus(self.stabilizer)
+        return Epsilon(self.epsilon)
+
+    def stabilizer_value(self) -> float:
+        return self.stabilizer
+
+
+class EpsilonPlusFlat(AbstractComposite):
+    """`EpsilonPlus` with `Flat` on the first layer, dense or convolutional.
+
+    Zennit's `EpsilonPlusFlat`, the recommended default for image classifiers.
+
+    **Arguments:** `epsilon` (default `1e-6`), `stabilizer` (default `1e-6`).
+
+    ```python
+    a = xa.LRP(model, composite=xa.lrp.EpsilonPlusFlat())(x, 3)
+    ```
+    """
+
+    epsilon: float = eqx.field(static=True, default=1e-6)
+    stabilizer: float = eqx.field(static=True, default=1e-6)
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        if kind == "conv":
+            return ZPlus(self.stabilizer)
+        return Epsilon(self.epsilon)
+
+    def first_rule(self, kind: str) -> AbstractRule | None:
+        return Flat(self.stabilizer)
+
+    def stabilizer_value(self) -> float:
+        return self.stabilizer
+
+
+class EpsilonAlpha2Beta1(AbstractComposite):
+    """`AlphaBeta(2, 1)` on convolutions, `Epsilon` on dense layers.
+
+    Zennit's `EpsilonAlpha2Beta1`.
+
+    **Arguments:** `epsilon` (default `1e-6`), `stabilizer` (default `1e-6`).
+
+    ```python
+    a = xa.LRP(model, composite=xa.lrp.EpsilonAlpha2Beta1())(x, 3)
+    ```
+    """
+
+    epsilon: float = eqx.field(static=True, default=1e-6)
+    stabilizer: float = eqx.field(static=True, default=1e-6)
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        if kind == "conv":
+            return AlphaBeta(2.0, 1.0, self.stabilizer)
+        return Epsilon(self.epsilon)
+
+    def stabilizer_value(self) -> float:
+        return self.stabilizer
+
+
+class EpsilonGammaBox(AbstractComposite):
+    """`ZBox` on the first convolution, `Gamma` on the others, `Epsilon` on dense.
+
+    Zennit's `EpsilonGammaBox`. `low` and `high` bound the input (after any
+    normalisation the model expects), e.g. `low=0.0, high=1.0` for raw pixels.
+
+    **Arguments:** `low`, `high` (floats or arrays broadcastable to the input),
+    `epsilon` (default `1e-6`), `gamma` (default `0.25`), `stabilizer` (default
+    `1e-6`).
+
+    ```python
+    a = xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(low=-1.0, high=1.0))(x, 3)
+    ```
+    """
+
+    low: Any
+    high: Any
+    epsilon: float = eqx.field(static=True, default=1e-6)
+    gamma: float = eqx.field(static=True, default=0.25)
+    stabilizer: float = eqx.field(static=True, default=1e-6)
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        if kind == "conv":
+            return Gamma(self.gamma, self.stabilizer)
+        return Epsilon(self.epsilon)
+
+    def first_rule(self, kind: str) -> AbstractRule | None:
+        if kind == "conv":
+            return ZBox(self.low, self.high, self.stabilizer)
+        return None
+
+    def stabilizer_value(self) -> float:
+        return self.stabilizer
+
+
+COMPOSITE_NAMES = (
+    "epsilon_plus_flat",
+    "epsilon_plus",
+    "epsilon_alpha2_beta1",
+    "epsilon_gamma_box",
+)
+
+
+def composite_by_name(
+    name: str | AbstractComposite, low: Any = 0.0, high: Any = 1.0
+) -> AbstractComposite:
+    """A composite from its Zennit name (`"epsilon_plus_flat"`, ...), for the CLI.
+
+    `low`/`high` bound the input for `"epsilon_gamma_box"`. A composite passes
+    through unchanged.
+    """
+    if isinstance(name, AbstractComposite):
+        return name
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in COMPOSITE_NAMES:
+        options = ", ".join(map(repr, COMPOSITE_NAMES))
+        raise ValueError(f"Unknown `composite={name!r}`; choose one of {options}.")
+    if key == "epsilon_gamma_box":
+        return EpsilonGammaBox(low, high)
+    return {
+        "epsilon_plus_flat": EpsilonPlusFlat,
+        "epsilon_plus": EpsilonPlus,
+        "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+    }[key]()

@@ -1,0 +1,44 @@
+"""LRP rules and composites for [`eqx_attr.LRP`][], named and defined as in Zennit.
+
+Rules (each maps a layer's output relevance to its input):
+
+- [`Epsilon`][], [`ZPlus`][], [`AlphaBeta`][], [`Gamma`][], [`ZBox`][],
+  [`Flat`][], [`WSquare`][] for dense and convolutional layers;
+- [`Norm`][] (proportional split) for average pools and skip-connection sums;
+- [`Pass`][] for activations and other elementwise operations.
+
+Composites (which rule each kind of layer gets): [`EpsilonPlus`][],
+[`EpsilonPlusFlat`][], [`EpsilonGammaBox`][], [`EpsilonAlpha2Beta1`][];
+[`AbstractComposite`][] to write your own.
+
+```python
+import eqx_attr as xa
+
+a = xa.LRP(model, composite=xa.lrp.EpsilonPlusFlat())(x, target=3)
+a = xa.LRP(model, rule=xa.lrp.Epsilon(1e-6))(x, target=3)
+a = xa.LRP(model, overrides=((lambda m: m.fc, xa.lrp.Epsilon(0.25)),))(x, 3)
+```
+"""
+
+from ._rules._lrp_composites import (
+    COMPOSITE_NAMES as COMPOSITE_NAMES,
+    AbstractComposite as AbstractComposite,
+    EpsilonAlpha2Beta1 as EpsilonAlpha2Beta1,
+    EpsilonGammaBox as EpsilonGammaBox,
+    EpsilonPlus as EpsilonPlus,
+    EpsilonPlusFlat as EpsilonPlusFlat,
+    SingleRule as SingleRule,
+    composite_by_name as composite_by_name,
+)
+from ._rules._lrp_rules import (
+    AbstractRule as AbstractRule,
+    AlphaBeta as AlphaBeta,
+    Epsilon as Epsilon,
+    Flat as Flat,
+    Gamma as Gamma,
+    Norm as Norm,
+    Pass as Pass,
+    WSquare as WSquare,
+    ZBox as ZBox,
+    ZPlus as ZPlus,
+)
