@@ -83,6 +83,9 @@ class MethodEntry:
     - `needs`: what the build needs from the context (`layer`, `key`, ...).
     - `output`: `"input"` when the attribution is shaped like `x`, `"map"` for an
         `(H, W)` map.
+    - `baselines`: for entries that need a baseline, whether they take exactly
+        one (`"one"`, DeepLIFT), a set of draws to average over (`"many"`,
+        DeepLiftShap, GradientShap) or either (`"any"`, IG).
     - `axioms`: properties the attributions satisfy that tools may check, e.g.
         `"completeness"` (they sum to `f(x) - f(baseline)`; the demo reports it).
     """
@@ -96,6 +99,7 @@ class MethodEntry:
     needs: frozenset[str] = frozenset()
     output: Literal["input", "map"] = "input"
     axioms: frozenset[str] = frozenset()
+    baselines: Literal["one", "many", "any"] = "any"
 
     @property
     def random(self) -> bool:
@@ -200,6 +204,7 @@ def _entries() -> tuple[MethodEntry, ...]:
                 c.model, baseline=c.baseline if c.baseline is not None else 0.0
             ),
             aliases=("deep_lift",),
+            baselines="one",
             needs=frozenset({"baseline"}),
         ),
         MethodEntry(
@@ -215,6 +220,7 @@ def _entries() -> tuple[MethodEntry, ...]:
                 chunk_size=c.options.get("chunk_size"),
             ),
             aliases=("deepliftshap",),
+            baselines="many",
             needs=frozenset({"baseline", "key"}),
         ),
         MethodEntry(
@@ -232,6 +238,7 @@ def _entries() -> tuple[MethodEntry, ...]:
                 chunk_size=c.options.get("chunk_size"),
             ),
             aliases=("gradientshap",),
+            baselines="many",
             needs=frozenset({"baseline", "key"}),
         ),
         MethodEntry(

@@ -42,6 +42,13 @@ class MethodSpec:
     # Class-agnostic methods (Eigen-CAM, attention rollout) accept and ignore
     # `target`; the fuzz tests then do not expect target errors from them.
     class_agnostic: bool = False
+    # Methods whose options depend on the input's size (perturbation masks and
+    # windows): `sized(model, input_shape)`; `build` then means the 28x28 digits.
+    sized: Callable[[eqx.Module, tuple[int, ...]], xa.AbstractAttribution] | None = None
+
+    def make(self, model: eqx.Module, shape: tuple[int, ...]):
+        """The method for inputs of `shape`."""
+        return self.build(model) if self.sized is None else self.sized(model, shape)
 
     def __repr__(self):
         return self.name
@@ -59,6 +66,25 @@ def _conv1(m):
 
 def _conv2(m):
     return _unwrap(m).conv2
+
+
+def _grid(shape: tuple[int, ...], per_side: int):
+    """Feature ids: `per_side` x `per_side` cells over the input's (H, W)."""
+    h, w = shape[-2:]
+    return xa.masks.grid((h, w), (-(-h // per_side), -(-w // per_side)))
+
+
+def _sized_specs(*rows) -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            name,
+            lambda m, f=sized: f(m, (1, 28, 28)),
+            output,
+            random,
+            sized=sized,
+        )
+        for name, random, output, sized in rows
+    ]
 
 
 # The one list of every public method, used by parametrised tests. Methods that
@@ -136,38 +162,53 @@ METHODS: list[MethodSpec] = [
         lambda m: xa.LRP(m, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0)),
     ),
     # --- perturbation family (few, coarse features: the contract, not accuracy) ---
-    MethodSpec(
-        "Occlusion",
-        lambda m: xa.Occlusion(m, window=(1, 10, 10), strides=(1, 9, 9)),
-    ),
-    MethodSpec(
-        "FeatureAblation",
-        lambda m: xa.FeatureAblation(m, mask=xa.masks.grid((28, 28), 10)),
-    ),
-    MethodSpec(
-        "ShapleyValues",
-        lambda m: xa.ShapleyValues(m, mask=xa.masks.grid((28, 28), 14), chunk_size=8),
-    ),
-    MethodSpec(
-        "ShapleyValueSampling",
-        lambda m: xa.ShapleyValueSampling(m, xa.masks.grid((28, 28), 14), 2),
-        random=True,
-    ),
-    MethodSpec(
-        "KernelShap",
-        lambda m: xa.KernelShap(m, mask=xa.masks.grid((28, 28), 14), n_samples=8),
-        random=True,
-    ),
-    MethodSpec(
-        "Lime",
-        lambda m: xa.Lime(m, mask=xa.masks.grid((28, 28), 14), n_samples=8, alpha=0.0),
-        random=True,
-    ),
-    MethodSpec(
-        "RISE",
-        lambda m: xa.RISE(m, n_masks=8, cell_size=7),
-        output="map",
-        random=True,
+    *_sized_specs(
+        (
+            "Occlusion",
+            False,
+            "input",
+            lambda m, s: xa.Occlusion(
+                m,
+                window=(1, s[-2] // 2, s[-1] // 2),
+                strides=(1, s[-2] // 3, s[-1] // 3),
+            ),
+        ),
+        (
+            "FeatureAblation",
+            False,
+            "input",
+            lambda m, s: xa.FeatureAblation(m, mask=_grid(s, 3)),
+        ),
+        (
+            "ShapleyValues",
+            False,
+            "input",
+            lambda m, s: xa.ShapleyValues(m, mask=_grid(s, 2), chunk_size=8),
+        ),
+        (
+            "ShapleyValueSampling",
+            True,
+            "input",
+            lambda m, s: xa.ShapleyValueSampling(m, _grid(s, 2), 2),
+        ),
+        (
+            "KernelShap",
+            True,
+            "input",
+            lambda m, s: xa.KernelShap(m, mask=_grid(s, 2), n_samples=8),
+        ),
+        (
+            "Lime",
+            True,
+            "input",
+            lambda m, s: xa.Lime(m, mask=_grid(s, 2), n_samples=8, alpha=0.0),
+        ),
+        (
+            "RISE",
+            True,
+            "map",
+            lambda m, s: xa.RISE(m, n_masks=8, cell_size=max(1, s[-1] // 4)),
+        ),
     ),
     MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4)),
     MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),

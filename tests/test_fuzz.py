@@ -43,7 +43,7 @@ def _model() -> eqx.Module:
 
 @functools.cache
 def _method(spec: MethodSpec):
-    return spec.build(_model())
+    return spec.make(_model(), SHAPE)
 
 
 def _call(method, x, target, key):
@@ -167,12 +167,15 @@ def test_fuzz_call_is_valid_or_names_the_argument(spec: MethodSpec, data):
         argument = "x"
     elif case == "target":
         target = data.draw(st.sampled_from(_BAD_TARGETS), label="bad target")
-        argument = None if spec.class_agnostic else "target"
+        # A class-agnostic method ignores a target, or rejects a malformed one.
+        argument = "target?" if spec.class_agnostic else "target"
     elif case == "key":
         key, argument = None, "key"
     else:
         x, exact = data.draw(_good_x(), label="good x")
         argument = None if exact else "x?"
+        if spec.sized is not None and np.shape(x) != SHAPE:
+            argument = "x?"  # its mask or window was made for SHAPE
         target = data.draw(
             st.one_of(
                 st.integers(0, N_CLASSES - 1),
@@ -190,7 +193,7 @@ def test_fuzz_call_is_valid_or_names_the_argument(spec: MethodSpec, data):
             argument == "key" and "PRNG key" in str(e)
         ), f"the error does not name `{argument}`: {e}"
         return
-    assert argument in (None, "x?"), f"invalid `{argument}` was accepted"
+    assert argument in (None, "x?", "target?"), f"invalid `{argument}` was accepted"
     assert isinstance(out, jax.ShapeDtypeStruct)
     assert out.shape == _expected_shape(spec, np.shape(x))
     assert jnp.issubdtype(out.dtype, jnp.floating)

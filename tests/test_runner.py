@@ -374,7 +374,7 @@ def test_cli_run(tmp_path, capsys):
     bad = [
         (dict(weights=str(tmp_path / "missing.safetensors")), "weights file not found"),
         (dict(batch_size="0"), "--batch-size must be >= 1"),
-        (dict(method="nope"), "Unknown method"),
+        (dict(method="nope"), "nknown method"),
         (dict(data=str(tmp_path / "none.npy")), "no such file"),
         (dict(coordinator="127.0.0.1:1"), "go together"),
         (dict(method="gradients"), "StoreMismatchError"),

@@ -75,6 +75,11 @@ def demo_columns(model: Any, data: Any) -> tuple[list[DemoColumn], list[str]]:
             skipped.append(f"{entry.name} (needs {', '.join(sorted(missing))})")
         elif "baseline" in entry.needs:
             for label, value in _baselines(data).items():
+                many = getattr(value, "n_draws", 1) > 1
+                if (entry.baselines == "one" and many) or (
+                    entry.baselines == "many" and not many
+                ):
+                    continue
                 context = dataclasses.replace(base, baseline=value)
                 columns.append(DemoColumn(f"{entry.name} ({label})", entry, context))
         else:

@@ -75,7 +75,7 @@ def broadcast_mask(mask: Array, x: Array) -> Array:
         return jnp.broadcast_to(mask, x.shape)
     except ValueError:
         raise ValueError(
-            f"`mask` of shape {mask.shape} does not broadcast to the input's shape "
+            f"`mask` of shape {mask.shape} does not broadcast to `x` of shape "
             f"{x.shape}; give one id per element, or per pixel as (1, H, W) or "
             "(H, W) for all channels."
         ) from None
@@ -101,7 +101,7 @@ def broadcast_baseline(baseline: Array, x: Array) -> Array:
         return jnp.broadcast_to(baseline, x.shape).astype(x.dtype)
     except ValueError:
         raise ValueError(
-            f"`baseline` of shape {baseline.shape} does not broadcast to the input's "
+            f"`baseline` of shape {baseline.shape} does not broadcast to `x` of "
             f"shape {x.shape}; pass a number or an array shaped like `x`."
         ) from None
 

@@ -58,7 +58,7 @@ def window_indicators(
     for d, w, s in zip(shape, window, strides, strict=True):
         if w > d:
             raise ValueError(
-                f"`window` {window} is larger than the input {shape} along an axis; "
+                f"`window` {window} is larger than `x` of shape {shape} along an axis; "
                 "each window size must be <= the input's size."
             )
         if w < d and s > w:

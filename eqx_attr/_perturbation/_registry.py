@@ -50,7 +50,6 @@ def entries(xa: Any, entry: type) -> tuple[Any, ...]:
             "perturbation",
             "Occlusion: score drop under a sliding baseline window",
             occlusion,
-            needs=frozenset({"baseline"}),
         ),
         entry(
             "feature_ablation",
@@ -65,10 +64,11 @@ def entries(xa: Any, entry: type) -> tuple[Any, ...]:
             "shapley_values",
             xa.ShapleyValues,
             "perturbation",
-            "exact Shapley values over all coalitions (<= 14 features)",
+            "exact Shapley values over all coalitions (the given mask when it has "
+            "<= 14 features, else a 2 x 2 grid)",
             lambda c: xa.ShapleyValues(
                 c.model,
-                c.mask if c.mask is not None else _coarse_mask(c),
+                _exact_mask(c),
                 base(c),
                 chunk(c),
             ),
@@ -151,6 +151,13 @@ def entries(xa: Any, entry: type) -> tuple[Any, ...]:
     )
 
 
+def _exact_mask(c: Any) -> Any:
+    """The context's mask if exact Shapley values can afford it, else a 2 x 2 grid."""
+    if c.mask is not None and np.unique(np.asarray(c.mask)).size <= 14:
+        return c.mask
+    return _coarse_mask(c)
+
+
 def _coarse_mask(c: Any) -> Any:
     """A 2 x 2 grid (4 features: 16 coalitions) for exact Shapley values."""
     from ..masks import grid
@@ -159,38 +166,3 @@ def _coarse_mask(c: Any) -> Any:
         raise ValueError("ShapleyValues needs a `mask` or the `input_shape`.")
     h, w = c.input_shape[-2:]
     return grid((h, w), (-(-h // 2), -(-w // 2)))
-
-
-def demo_entries() -> list[tuple[str, str, Any]]:
-    """`(label, class name, build(model, data))` for the demo grid (28 x 28 digits).
-
-    The demo's `planned_methods()` appends `DemoMethod(*e) for e in demo_entries()`.
-    """
-    import eqx_attr as xa
-
-    from ..masks import grid
-
-    cells = grid((28, 28), 4)  # 49 features of 4 x 4 pixels
-    return [
-        (
-            "Occlusion",
-            "Occlusion",
-            lambda m, d: xa.Occlusion(m, (1, 4, 4), (1, 2, 2), chunk_size=64),
-        ),
-        ("Ablation", "FeatureAblation", lambda m, d: xa.FeatureAblation(m, cells)),
-        (
-            "Shapley (sampled)",
-            "ShapleyValueSampling",
-            lambda m, d: xa.ShapleyValueSampling(m, cells, 8, chunk_size=64),
-        ),
-        (
-            "Shapley (exact, 2x2)",
-            "ShapleyValues",
-            lambda m, d: xa.ShapleyValues(m, grid((28, 28), 14)),
-        ),
-        ("KernelSHAP", "KernelShap", lambda m, d: xa.KernelShap(m, cells, 256)),
-        ("LIME", "Lime", lambda m, d: xa.Lime(m, cells, 256)),
-        ("RISE", "RISE", lambda m, d: xa.RISE(m, 1000, 4, chunk_size=100)),
-        ("Blur IG", "BlurIG", lambda m, d: xa.BlurIG(m, max_sigma=10.0, steps=32)),
-        ("Guided IG", "GuidedIG", lambda m, d: xa.GuidedIG(m, steps=32)),
-    ]

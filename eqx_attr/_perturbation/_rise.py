@@ -140,7 +140,7 @@ class RISE(AbstractPerturbation):
         hw = x.shape[-2:]
         if self.cell_size > max(hw):
             raise ValueError(
-                f"`cell_size={self.cell_size}` is larger than the input {hw}; use a "
+                f"`cell_size={self.cell_size}` is larger than `x` ({hw} pixels); use a "
                 "cell of a few pixels (the mask grid has ceil(H / cell) rows)."
             )
         keys = jax.random.split(key, self.n_masks)
