@@ -242,3 +242,23 @@ def test_jit_once_vmap_and_dtypes():
     )
     assert low.dtype == jnp.float32 and np.isfinite(low)
     assert M.Sparseness()(attrs[0].astype(jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_leaderboard(tmp_path):
+    model = xa.models.MLP((1, 4, 4), n_classes=3, width=4, key=jax.random.key(0))
+    xs = jax.random.uniform(jax.random.key(1), (2, 1, 4, 4))
+    ts = jnp.array([1, 2])
+    methods = {"ignores model": Squares(model), "gradients": xa.Gradients(model)}
+    board = M.leaderboard(
+        model, methods, xs, ts, key=jax.random.key(0), n_steps=4,
+        road_percentages=(50,),
+    )  # fmt: skip
+    assert set(board.scores) == set(methods)
+    np.testing.assert_allclose(board.scores["ignores model"]["mprt"], 1.0, 1e-6)
+    d = jax.vmap(M.Deletion(model, n_steps=4))(xs, ts, xs * xs)
+    np.testing.assert_allclose(
+        board.scores["ignores model"]["deletion"], d.mean(), 1e-5
+    )
+    assert board.table().count("\n") == 3 and board.seconds > 0
+    board.plot(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
