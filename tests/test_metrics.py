@@ -262,3 +262,17 @@ def test_leaderboard(tmp_path):
     assert board.table().count("\n") == 3 and board.seconds > 0
     board.plot(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_local_lipschitz_hand_value():
+    model = xa.models.MLP((4,), n_classes=2, width=3, depth=1, key=jax.random.key(0))
+    x = jnp.array([0.3, -0.2, 0.5, 0.1])
+    ll = M.LocalLipschitzEstimate(xa.Gradients(model), n_samples=3, stdev=0.5)
+    key = jax.random.key(1)
+    noise = ll.perturbations(x, key)
+    g = eqx.filter_jit(xa.Gradients(model))
+    want = max(
+        float(jnp.linalg.norm(g(x + d, 1) - g(x, 1)) / jnp.linalg.norm(d))
+        for d in noise
+    )
+    np.testing.assert_allclose(ll(x, 1, key=key), want, rtol=1e-5)
