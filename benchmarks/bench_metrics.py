@@ -54,9 +54,11 @@ def cases(model, twin):
              xs, ys, a, key=k),
          quantus.FaithfulnessCorrelation(normalise=False, return_aggregate=False, **q),
          {}),
+        # One key for the whole batch: one randomised model, as Quantus.
         ("MPRT (cascading, Spearman, Gradients)",
-         lambda xs, ys, a, k: jax.vmap(M.MPRT(xa.Gradients(model)).curve)(
-             xs, ys, key=k),
+         lambda xs, ys, a, k: jax.vmap(
+             lambda x, y: M.MPRT(xa.Gradients(model)).curve(x, y, key=k[0]))(
+             xs, ys),
          quantus.MPRT(normalise=False, **q), explain),
     ]  # fmt: skip
 

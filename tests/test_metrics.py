@@ -192,16 +192,13 @@ def test_bad_input():
 
 
 def test_zero_attribution_is_finite():
+    # Curve metrics order an all-zero attribution row-major (checked by hand in
+    # test_deletion_insertion_hand_values); these are the ones that divide.
     z = jnp.zeros_like(X)
-    key = jax.random.key(0)
     values = [
-        M.Deletion(linear)(X, 1, z),
-        M.Insertion(linear)(X, 1, z),
-        M.PixelFlipping(linear)(X, 1, z),
-        M.RegionPerturbation(linear, patch_size=1)(X, 1, z),
-        M.ROAD(linear, percentages=(25,))(X, 1, z, key=key),
-        M.FaithfulnessCorrelation(linear, n_runs=3, subset_size=2)(X, 1, z, key=key),
-        M.Infidelity(linear, n_samples=2)(X, 1, z, key=key),
+        M.FaithfulnessCorrelation(linear, n_runs=3, subset_size=2)(
+            X, 1, z, key=jax.random.key(0)
+        ),
         M.Sparseness()(z),
         M.Complexity()(z),
         M.spearman(z, z),
