@@ -10,6 +10,11 @@ from ._correlation import (
 from ._deletion import Deletion as Deletion, Insertion as Insertion
 from ._flipping import Monotonicity as Monotonicity, PixelFlipping as PixelFlipping
 from ._infidelity import Infidelity as Infidelity
+from ._leaderboard import (
+    Leaderboard as Leaderboard,
+    demo_leaderboard as demo_leaderboard,
+    leaderboard as leaderboard,
+)
 from ._localisation import (
     AttributionLocalisation as AttributionLocalisation,
     PointingGame as PointingGame,

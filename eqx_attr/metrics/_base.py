@@ -88,7 +88,8 @@ def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> Non
     """Trace-time check of a float option such as `stdev` or `radius`."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok:
-        ok = value >= 0 if allow_zero else value > 0
+        v = float(value)
+        ok = v >= 0 if allow_zero else v > 0
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be a number {bound}, got {value!r}.")

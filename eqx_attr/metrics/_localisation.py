@@ -8,7 +8,7 @@ An empty mask gives NaN, as in Quantus (there is nothing to localise).
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float, Shaped
 
 from .._attribution import check_positive_int
 from ._base import (
@@ -52,7 +52,7 @@ class PointingGame(AbstractMetric):
     weighted: bool = False
 
     def __call__(
-        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+        self, a: Float[Array, "*dims"], mask: Shaped[Array, "..."]
     ) -> Float[Array, ""]:
         s, mask = _prepare(a, mask)
         hit = jnp.any(mask & (s == jnp.max(s))).astype(jnp.float32)
@@ -76,7 +76,7 @@ class RelevanceMassAccuracy(AbstractMetric):
     """
 
     def __call__(
-        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+        self, a: Float[Array, "*dims"], mask: Shaped[Array, "..."]
     ) -> Float[Array, ""]:
         s, mask = _prepare(a, mask)
         inside = jnp.sum(jnp.where(mask, s, 0.0))
@@ -104,7 +104,7 @@ class RelevanceRankAccuracy(AbstractMetric):
     """
 
     def __call__(
-        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+        self, a: Float[Array, "*dims"], mask: Shaped[Array, "..."]
     ) -> Float[Array, ""]:
         s, mask = _prepare(a, mask)
         k = jnp.sum(mask)
@@ -138,7 +138,7 @@ class AttributionLocalisation(AbstractMetric):
     weighted: bool = False
 
     def __call__(
-        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+        self, a: Float[Array, "*dims"], mask: Shaped[Array, "..."]
     ) -> Float[Array, ""]:
         s, mask = _prepare(a, mask, self.abs)
         if self.positive_attributions:
@@ -177,7 +177,7 @@ class TopKIntersection(AbstractMetric):
         check_positive_int(self.k, "k")
 
     def __call__(
-        self, a: Float[Array, "*dims"], mask: Bool[Array, "h w"]
+        self, a: Float[Array, "*dims"], mask: Shaped[Array, "..."]
     ) -> Float[Array, ""]:
         s, mask = _prepare(a, mask)
         if self.k > s.size:

@@ -81,7 +81,9 @@ class MPRT(AbstractMetric):
     - `abs`: compare |a| (default `True`, as Quantus).
 
     **Call:** `metric(x, target, *, key)`; `key` draws the new weights (and keys a
-    random method).
+    random method). For a batch, share one key (`jax.vmap(metric, in_axes=(0, 0,
+    None))`) so every example sees the same randomised model, as in Quantus;
+    per-example keys redraw the weights per example (batched weights, slower).
 
     **Returns:** the similarity at full randomisation (the last cascading step, or
     the mean over layers for `"independent"`); a method that ignores the model

@@ -106,7 +106,8 @@ class RegionPerturbation(AbstractMetric):
         x = check_input(x)
         a = check_attribution(a, x)
         s = spatial_map(a)
-        ids, n_patches = patch_ids(*s.shape, self.patch_size)
+        h, w = s.shape
+        ids, n_patches = patch_ids(h, w, self.patch_size)
         sums = jax.ops.segment_sum(s.ravel(), ids.ravel(), n_patches)
         patch_rank = descending_ranks(sums if self.order == "morf" else -sums)
         ranks = patch_rank[jnp.asarray(ids)]

@@ -1,0 +1,80 @@
+# ruff: noqa: E501  (markdown lines)
+"""Cells of the "Evaluating explanations" notebook (hooked into `_generate.py`).
+
+`evaluating_cells(SETUP, MODEL, DIGITS)` returns the cells in `_generate.py`'s
+format (strings; a `md:` prefix marks markdown), reusing its set-up cells.
+"""
+
+
+def evaluating_cells(setup: str, model: str, digits: str) -> list[str]:
+    """The notebook: sanity checks (MPRT), faithfulness curves and leaderboard,
+    and the effect of the baseline on deletion and insertion."""
+    return [
+        "md:# Evaluating explanations\n\nA saliency map is a claim about the model. "
+        "`xa.metrics` tests that claim: is the map tied to the model's weights "
+        "(randomisation), does removing what it highlights change the prediction "
+        "(faithfulness), and how does the answer depend on the baseline? Every "
+        "metric is a jitted, vmapped Equinox module.",
+        setup,
+        model,
+        digits,
+        """\
+methods = {
+    "Gradients": xa.Gradients(model),
+    "Gradients x Input": xa.GradientsXInput(model),
+    "Integrated Gradients": xa.IntegratedGradients(model, n_steps=8 if FAST else 32),
+    "Guided Backprop": xa.GuidedBackprop(model),
+    "Grad-CAM": xa.GradCAM(model, lambda m: m.conv2),
+}
+attrs = {name: explain(m) for name, m in methods.items()}""",
+        "md:## Sanity check: model parameter randomisation (MPRT)\n\n"
+        "Adebayo et al. (2018) re-initialise the layers from the top down. An "
+        "explanation that still looks the same ignores the model: Guided Backprop "
+        "is the known failure (its maps stay close to an edge detector of the input).",
+        """\
+def mprt_curve(method):
+    # One key for all digits: they share one randomised model.
+    mprt = xa.metrics.MPRT(method)
+    run = eqx.filter_jit(lambda x, t: jax.vmap(
+        lambda a, b: mprt.curve(a, b, key=jax.random.key(1)))(x, t))
+    return np.asarray(run(xs, targets)).mean(axis=0)
+
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name, method in methods.items():
+    ax.plot(mprt_curve(method), marker="o", label=name)
+ax.set_xlabel("layers randomised (top first)")
+ax.set_ylabel("Spearman similarity to original")
+ax.legend(fontsize=8)
+plt.show()""",
+        "md:## Faithfulness: deletion curves and the leaderboard",
+        """\
+n_eval = 16 if FAST else 128
+x_eval = jnp.asarray(data.x_test[:n_eval])
+t_eval = jnp.asarray(xa.training.predict(model, x_eval), jnp.int32)
+board = xa.metrics.leaderboard(model, methods, x_eval, t_eval, key=jax.random.key(0))
+print(board.table())
+print(f"evaluation took {board.seconds:.1f} s")
+board.plot("deletion_curves.png")
+from IPython.display import Image
+display(Image("deletion_curves.png"))""",
+        "md:## The baseline matters\n\nDeletion replaces pixels by the baseline, "
+        "insertion starts from it. With a black baseline on MNIST, deleting "
+        "background pixels changes nothing; a blurred baseline removes information "
+        "everywhere. The ranking of methods can change with it.",
+        """\
+baselines = {"black (0.0)": 0.0, "blur (sigma 4)": xa.baselines.Blur(4.0),
+             "mean digit": xa.baselines.DatasetMean.from_data(data.x_train[:512])}
+rows = []
+for bname, b in baselines.items():
+    deletion = eqx.filter_jit(eqx.filter_vmap(xa.metrics.Deletion(model, baseline=b)))
+    insertion = eqx.filter_jit(eqx.filter_vmap(xa.metrics.Insertion(model, baseline=b)))
+    for name in methods:
+        a = jnp.asarray(attrs[name])
+        rows.append((bname, name, float(deletion(xs, targets, a).mean()),
+                     float(insertion(xs, targets, a).mean())))
+print(f"{'baseline':<16} {'method':<22} deletion  insertion")
+for r in rows:
+    print(f"{r[0]:<16} {r[1]:<22} {r[2]:8.3f}  {r[3]:9.3f}")""",
+    ]
