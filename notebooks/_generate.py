@@ -9,6 +9,7 @@ with `EQX_ATTR_FAST=1` (fewer digits, steps and epochs).
 import pathlib
 
 import nbformat
+from _metrics_notebook import evaluating_cells
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = pathlib.Path(__file__).parent
@@ -75,6 +76,8 @@ def nb(cells):
         new_markdown_cell(c[3:]) if c.startswith("md:") else new_code_cell(c)
         for c in cells
     ]
+    for i, cell in enumerate(book.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes nothing
     return book
 
 
@@ -466,6 +469,7 @@ def main():
         ("02_integrated_gradients_baselines", BASELINES),
         ("03_cnn_vs_vit", CNN_VIT),
         ("04_axioms", AXIOMS),
+        ("05_evaluating_explanations", evaluating_cells(SETUP, MODEL, DIGITS)),
     ]:
         path = HERE / f"{name}.ipynb"
         nbformat.write(nb(cells), path)

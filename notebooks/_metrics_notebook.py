@@ -50,15 +50,18 @@ ax.legend(fontsize=8)
 plt.show()""",
         "md:## Faithfulness: deletion curves and the leaderboard",
         """\
-n_eval = 16 if FAST else 128
+n_eval = 8 if FAST else 128
 x_eval = jnp.asarray(data.x_test[:n_eval])
 t_eval = jnp.asarray(xa.training.predict(model, x_eval), jnp.int32)
 board = xa.metrics.leaderboard(model, methods, x_eval, t_eval, key=jax.random.key(0))
 print(board.table())
 print(f"evaluation took {board.seconds:.1f} s")
-board.plot("deletion_curves.png")
+import tempfile
 from IPython.display import Image
-display(Image("deletion_curves.png"))""",
+
+curves_png = os.path.join(tempfile.mkdtemp(), "deletion_curves.png")
+board.plot(curves_png)
+display(Image(curves_png))""",
         "md:## The baseline matters\n\nDeletion replaces pixels by the baseline, "
         "insertion starts from it. With a black baseline on MNIST, deleting "
         "background pixels changes nothing; a blurred baseline removes information "

@@ -177,7 +177,16 @@ def test_demo_runs_every_method_and_reports(capsys, tmp_path):
             s.startswith(entry.name + " (needs") for s in skipped
         ), entry.name
     lines = []
-    result = _demo.run_demo(tmp_path, n_digits=2, model=model, print_fn=lines.append)
+    vit = xa.models.ViT(
+        image_size=28, patch_size=7, in_channels=1, n_classes=10, dim=16, depth=2,
+        heads=2, mlp_ratio=2.0, key=jax.random.key(1),
+    )  # fmt: skip
+    ranked = ["gradients", "guided_backprop", "integrated_gradients (black)"]
+    assert all(name in {c.name for c in columns} for name in ranked)
+    result = _demo.run_demo(
+        tmp_path, n_digits=2, model=model, print_fn=lines.append,
+        leaderboard=ranked, vit=vit,
+    )  # fmt: skip
     assert lines[0] == f"test accuracy: {result['accuracy']:.3f}"
     assert (tmp_path / "attributions.png").read_bytes()[:8] == PNG_MAGIC
     for c in columns:
@@ -191,6 +200,18 @@ def test_demo_runs_every_method_and_reports(capsys, tmp_path):
     assert sorted(result["completeness"]) == sorted(complete)
     assert all(np.isfinite(v) and v >= 0 for v in result["completeness"].values())
     assert sum(line.startswith("completeness, ") for line in lines) == len(complete)
+    # The leaderboard ranks the chosen columns on every metric and plots curves.
+    board = result["leaderboard"]
+    assert list(board.scores) == ranked
+    assert all(np.isfinite(v) for r in board.scores.values() for v in r.values())
+    table = "\n".join(lines)
+    assert all(name in table for name in ranked) and "evaluation took" in table
+    assert (tmp_path / "deletion_curves.png").read_bytes()[:8] == PNG_MAGIC
+    # The ViT panel: every transformer method timed, one picture.
+    assert (tmp_path / "vit_attributions.png").read_bytes()[:8] == PNG_MAGIC
+    for name in ("Attention rollout", "Chefer relevance", "CP-LRP"):
+        assert f"{name} s" in result["vit"]
+        assert any(line.startswith(f"ViT {name}:") for line in lines), name
 
 
 def test_choose_digits_one_per_class():

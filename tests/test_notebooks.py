@@ -14,13 +14,14 @@ NOTEBOOKS = sorted(
 KERNEL = "eqx-attr-test"
 
 
-def test_all_four_notebooks_exist():
+def test_all_five_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     assert names == [
         "01_mnist_tour",
         "02_integrated_gradients_baselines",
         "03_cnn_vs_vit",
         "04_axioms",
+        "05_evaluating_explanations",
     ]
 
 

@@ -5,7 +5,9 @@ explains 8 held-out digits with every method of the registry that runs on a CNN
 (methods that baseline get one column per demo baseline), writes the grid
 `demo_out/attributions.png` plus one PNG per column, and reports each column's
 compile and steady-state time and the completeness error of the methods that
-satisfy completeness.
+satisfy completeness, then ranks the methods on faithfulness and sanity metrics
+(the leaderboard, `demo_out/deletion_curves.png`) and explains the same digits
+with the MNIST ViT's methods (`demo_out/vit_attributions.png`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -145,6 +147,32 @@ def _write_pngs(out_dir, xs, maps, labels, preds) -> str:
     return grid_path
 
 
+def leaderboard_methods(
+    columns: list[DemoColumn], names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """One built method per registry entry for the leaderboard.
+
+    With `names=None`, each entry's first demo column (a baselined method with
+    its first demo baseline); otherwise exactly the columns named.
+    """
+    if names is not None:
+        known = {c.name: c for c in columns}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"leaderboard: no demo column named {unknown}; "
+                f"choose from {sorted(known)}."
+            )
+        return {n: known[n].build() for n in names}
+    chosen: dict[str, Any] = {}
+    seen: set[str] = set()
+    for c in columns:
+        if c.entry.name not in seen:
+            seen.add(c.entry.name)
+            chosen[c.name] = c.build()
+    return chosen
+
+
 def run_demo(
     out_dir: str | os.PathLike = "demo_out",
     *,
@@ -152,6 +180,8 @@ def run_demo(
     progress: bool = True,
     model: Any = None,
     print_fn: Callable[[str], None] = print,
+    leaderboard: bool | Sequence[str] = True,
+    vit: Any = True,
 ) -> dict[str, Any]:
     """Run the demo; returns the numbers it reports (for tests and notebooks).
 
@@ -162,9 +192,14 @@ def run_demo(
     - `progress`: show the training progress bar (only when training).
     - `model`: use this trained model instead of the cached demo CNN.
     - `print_fn`: where the report lines go.
+    - `leaderboard`: `True` ranks one column per method on the metrics of
+      [`eqx_attr.metrics.leaderboard`][] and plots the deletion curves; a list of
+      column names ranks those; `False` skips it.
+    - `vit`: `True` explains the digits with the cached MNIST ViT too (training
+      it once); an `eqx_attr.models.ViT` uses that model; `False` skips it.
 
     **Returns:** `{"accuracy", "maps", "timings", "completeness", "skipped",
-    "grid_path"}`.
+    "grid_path", "leaderboard", "vit"}` (the last two `None` when skipped).
     """
     from .. import datasets, training
 
@@ -206,6 +241,26 @@ def run_demo(
                 f"completeness, {column.name}: max |delta| / |f(x) - f(b)| = {err:.2e}"
             )
     print_fn(f"wrote {grid_path} and {len(maps)} per-method PNGs in {out_dir}/")
+
+    board = None
+    if leaderboard is not False:
+        from ..metrics import demo_leaderboard
+
+        names = None if leaderboard is True else list(leaderboard)
+        ranked = leaderboard_methods(columns, names)
+        board = demo_leaderboard(model, ranked, xs, ts, out_dir, print_fn=print_fn)
+    vit_report = None
+    if vit is not False:
+        from .._transformer._demo import run_vit_demo
+
+        vit_report = run_vit_demo(
+            str(out_dir), n_digits, vit=None if vit is True else vit, progress=progress
+        )
+        print_fn(f"ViT held-out accuracy: {vit_report['accuracy']:.3f}")
+        for key, seconds in vit_report.items():
+            if key.endswith(" s"):
+                print_fn(f"ViT {key[:-2]}: {1e3 * seconds:.1f} ms / {n_digits} digits")
+        print_fn(f"wrote {os.path.join(str(out_dir), 'vit_attributions.png')}")
     return {
         "accuracy": acc,
         "maps": maps,
@@ -213,4 +268,6 @@ def run_demo(
         "completeness": deltas,
         "skipped": skipped,
         "grid_path": grid_path,
+        "leaderboard": board,
+        "vit": vit_report,
     }

@@ -57,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _show_library_messages()
             if args.digits < 1:
                 raise CLIError("--digits must be >= 1")
-            run_demo(args.out, n_digits=args.digits, progress=not args.no_progress)
+            run_demo(
+                args.out,
+                n_digits=args.digits,
+                progress=not args.no_progress,
+                leaderboard=not args.no_leaderboard,
+                vit=not args.no_vit,
+            )
             return 0
         if args.command == "methods":
             return cmd_methods()

@@ -78,7 +78,10 @@ def _add_demo(sub: Any) -> None:
             "Train (first run, well under a minute on CPU) or load from the cache "
             "the demo CNN, print its held-out accuracy, explain 8 held-out digits "
             "with every method, write the grid OUT/attributions.png and one PNG per "
-            "method, and print each method's time and IG's completeness error. "
+            "method, and print each method's time and IG's completeness error; "
+            "then rank the methods on faithfulness and sanity metrics (a table and "
+            "OUT/deletion_curves.png) and explain the same digits with the MNIST "
+            "ViT's methods (OUT/vit_attributions.png; the ViT trains once). "
             "Weights are cached in $EQX_ATTR_CACHE, else $XDG_CACHE_HOME/eqx_attr, "
             "else ~/.cache/eqx_attr."
         ),
@@ -93,6 +96,10 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument(
         "--no-progress", action="store_true", help="hide the training progress bar"
     )
+    demo.add_argument(
+        "--no-leaderboard", action="store_true", help="skip the metrics leaderboard"
+    )
+    demo.add_argument("--no-vit", action="store_true", help="skip the ViT panel")
 
 
 def _add_explain(sub: Any) -> None:

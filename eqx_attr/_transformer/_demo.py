@@ -39,7 +39,7 @@ def run_vit_demo(
     """
     import eqx_attr as xa
 
-    from .._demo import choose_digits
+    from .._cli._demo import choose_digits
     from ._compare import explain_all, vit_methods
 
     data = xa.datasets.mnist()
