@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
 
 from .._attribution import (
     Image,
@@ -17,9 +17,10 @@ from .._attribution import (
     check_choice,
     check_input,
     check_positive_int,
+    resolve_target,
 )
 from .._gradient._integrated import QUADRATURES, IntegratedGradients
-from .._perturbation._common import AbstractPerturbation
+from .._perturbation._common import AbstractPerturbation, _attribute_jit
 from ..baselines import AbstractBaseline, as_baseline
 from . import _xrai_regions as regions
 
@@ -217,6 +218,17 @@ class XRAI(AbstractPerturbation):
             chunk_size=self.chunk_size,
         )
 
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Any:
+        # As the family's `__call__`, which promises one array: this one may
+        # return `(heat, ranks)`.
+        x = check_input(x)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            resolve_target(self.model, x, target)
+            target = jnp.asarray(target, jnp.int32)
+        return _attribute_jit(self, x, target, key)
+
     def attribute(self, x: Array, target: Target, key: PRNGKeyArray | None) -> Any:
         _check_image(x, "x")
         attr = self.integrated_gradients()(x, target, key=key)
@@ -296,7 +308,7 @@ class XRAI(AbstractPerturbation):
         return masks.to_dense(x.shape[-2:])
 
     @staticmethod
-    def region_masks(ranks: Int[Any, "h w"]) -> Bool[np.ndarray, "n h w"]:
+    def region_masks(ranks: Any) -> Bool[np.ndarray, "n h w"]:
         """The chosen regions as `(N, H, W)` boolean masks, most important first.
 
         **Arguments:**

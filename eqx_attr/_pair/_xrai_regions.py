@@ -112,7 +112,7 @@ class SparseMasks:
         counts = np.bincount(self.pix, minlength=n_pixels)
         self.pixel_ptr = np.concatenate([[0], np.cumsum(counts)])
 
-    def pixels(self, k: int) -> np.ndarray:
+    def pixels(self, k: int | np.integer) -> np.ndarray:
         return self.pix[self.ptr[k] : self.ptr[k + 1]]
 
     def nbytes(self) -> int:
