@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +70,7 @@ def test_regions_from_attribution_equal_pair(algorithm, area):
     m, x = _model(), _photo()
     ours = xa.XRAI(m, algorithm=algorithm, area_threshold=area, return_ranks=True)
     # PAIR's `base_attribution`: our IG (and, below, random values) fed to both.
-    ig = np.asarray(xa.IntegratedGradients(m, n_steps=8)(jnp.asarray(x), 3))
+    ig = np.asarray(eqx.filter_jit(xa.IntegratedGradients(m, n_steps=8))(x, 3))
     noise = np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
     params = sc.XRAIParameters(
         algorithm=algorithm, area_threshold=area, return_xrai_segments=True
