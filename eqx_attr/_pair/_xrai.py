@@ -141,9 +141,7 @@ class XRAI(AbstractPerturbation):
 
     model: Callable[..., Any]
     n_steps: int = eqx.field(static=True, default=100)
-    baseline: AbstractBaseline = eqx.field(
-        default=None, converter=_as_xrai_baseline
-    )
+    baseline: AbstractBaseline = eqx.field(default=None, converter=_as_xrai_baseline)
     ig_method: str = eqx.field(static=True, default="riemann_linspace")
     algorithm: str = eqx.field(static=True, default="full")
     area_threshold: float = eqx.field(static=True, default=1.0, converter=float)
@@ -287,9 +285,16 @@ class XRAI(AbstractPerturbation):
         return (heat, ranks) if self.return_ranks else heat
 
     def segment_masks(self, x: Image) -> Bool[np.ndarray, "k h w"]:
-        """The candidate regions for `x`: PAIR's segment list, as `(K, H, W)` masks.
+        """The candidate regions for `x`: PAIR's segment list, as masks.
 
-        Host-side NumPy (not traceable). With `segments` given, those.
+        Host-side NumPy (not traceable; cached like the call's segmentation).
+
+        **Arguments:**
+
+        - `x`: one `(C, H, W)` image.
+
+        **Returns:** a `(K, H, W)` boolean array, scale by scale and label by
+        label (dilated); the `segments` option instead when it was given.
         """
         if self.segments is not None:
             return np.asarray(self.segments)

@@ -71,7 +71,12 @@ def label_images(
     im = unit * (VALUE_RANGE[1] - VALUE_RANGE[0]) + VALUE_RANGE[0]
     if resize is not None:
         im = transform.resize(
-            im, resize, order=3, mode="constant", preserve_range=True, anti_aliasing=True
+            im,
+            resize,
+            order=3,
+            mode="constant",
+            preserve_range=True,
+            anti_aliasing=True,
         )
     labels = []
     for scale in scales:
