@@ -42,6 +42,7 @@ from ._layers import (
 )
 from ._pair._blur_ig import BlurIG as BlurIG
 from ._pair._guided_ig import GuidedIG as GuidedIG
+from ._pair._xrai import XRAI as XRAI
 from ._perturbation._ablation import FeatureAblation as FeatureAblation
 from ._perturbation._kernel_shap import KernelShap as KernelShap
 from ._perturbation._lime import Lime as Lime

@@ -29,6 +29,7 @@ QUADRATURES = (
     "riemann_right",
     "riemann_middle",
     "riemann_trapezoid",
+    "riemann_linspace",
 )
 
 
@@ -53,6 +54,10 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         weights = np.full(n, 1.0 / (n - 1))
         weights[[0, -1]] /= 2
         return alphas, weights
+    if method == "riemann_linspace":
+        # PAIR's `saliency` IG: n equally spaced nodes from 0 to 1, both ends
+        # included, each weighted 1/n (a slightly biased rule; kept for equality).
+        return np.linspace(0.0, 1.0, n), np.full(n, 1.0 / n)
     offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[method]
     return (np.arange(n) + offset) / n, np.full(n, 1.0 / n)
 
@@ -70,7 +75,8 @@ class IntegratedGradients(AbstractAttribution):
     - `model`: maps one example to a 1-D vector of scores.
     - `n_steps`: number of quadrature nodes (static). Default 50.
     - `method`: `"gausslegendre"` (default), `"riemann_left"`, `"riemann_right"`,
-        `"riemann_middle"` or `"riemann_trapezoid"`.
+        `"riemann_middle"`, `"riemann_trapezoid"` or `"riemann_linspace"` (PAIR
+        `saliency`'s rule: `linspace(0, 1, n_steps)`, equal weights `1 / n_steps`).
     - `baseline`: `None` (zeros), a number, an array broadcastable to `x`, or a
         module from `eqx_attr.baselines` (multi-draw baselines are averaged in the
         same vectorised pass).

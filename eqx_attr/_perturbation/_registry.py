@@ -148,6 +148,21 @@ def entries(xa: Any, entry: type) -> tuple[Any, ...]:
             "Guided IG: adaptive-path integrated gradients (PAIR)",
             lambda c: xa.GuidedIG(c.model, steps=c.option("n_steps", 32)),
         ),
+        entry(
+            "xrai",
+            xa.XRAI,
+            "gradient",
+            "XRAI: IG ranked over multi-scale Felzenszwalb regions (PAIR; "
+            "n_steps, algorithm)",
+            lambda c: xa.XRAI(
+                c.model,
+                n_steps=c.option("n_steps", 32),
+                baseline=c.baseline,
+                algorithm=c.option("algorithm", "full"),
+                chunk_size=chunk(c),
+            ),
+            output="map",
+        ),
     )
 
 
