@@ -154,6 +154,41 @@ for name, a in lrp_maps.items():
     ratio = a.reshape(len(xs), -1).sum(1) / scores
     print(f"{name:<20} relevance / score: {np.round(ratio, 2)}")
 display(xa.viz.grid(xs, lrp_maps, row_labels=labels))""",
+    """md:## Perturbation methods and PAIR's path methods
+
+These need no gradient: they only evaluate the model on perturbed copies of the
+digit, every copy of one example in one vectorised batch. The feature-based ones
+work on a mask of 16 cells of 7x7 pixels (`xa.masks.grid`); RISE and XRAI return
+an `(H, W)` map. Blur IG and Guided IG are PAIR's path methods, XRAI ranks
+Felzenszwalb regions by IG attribution.""",
+    """\
+mask = xa.masks.grid((28, 28), 7)  # 16 features
+few = 2 if FAST else 8
+perturbation = {
+    "Occlusion 7x7 / 3": xa.Occlusion(model, (1, 7, 7), (1, 3, 3)),
+    "FeatureAblation": xa.FeatureAblation(model, mask=mask),
+    "ShapleyValueSampling": xa.ShapleyValueSampling(model, mask=mask,
+                                                    n_permutations=few),
+    "KernelShap": xa.KernelShap(model, mask=mask, n_samples=16 * few),
+    "Lime": xa.Lime(model, mask=mask, n_samples=16 * few),
+    "RISE": xa.RISE(model, n_masks=64 * few, cell_size=7),
+    "XRAI": xa.XRAI(model, n_steps=4 * few),
+    "Blur IG": xa.BlurIG(model, steps=4 * few),
+    "Guided IG": xa.GuidedIG(model, steps=4 * few),
+}
+perturbation_maps = {}
+for name, method in perturbation.items():
+    t = time.perf_counter()
+    perturbation_maps[name] = explain(method)
+    print(f"{name:<22} {perturbation_maps[name].shape}  "
+          f"{time.perf_counter() - t:5.2f} s (compile + run)")
+# Shapley values are efficient: per example the 16 features sum to f(x) - f(0)
+# (every pixel of a cell carries its feature's value: read one pixel per cell).
+f_x = jax.vmap(model)(xs)[jnp.arange(len(xs)), targets]
+f_0 = jax.vmap(model)(jnp.zeros_like(xs))[jnp.arange(len(xs)), targets]
+svs = perturbation_maps["ShapleyValueSampling"][:, 0, ::7, ::7].reshape(len(xs), -1).sum(1)
+np.testing.assert_allclose(svs, np.asarray(f_x - f_0), rtol=1e-4, atol=1e-4)
+display(xa.viz.grid(xs, perturbation_maps, row_labels=labels))""",
     """md:## Pros and cons
 
 | method | pros | cons |
