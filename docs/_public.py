@@ -60,7 +60,10 @@ def _module_file(module: str) -> pathlib.Path:
 def _lazy_names() -> list[str]:
     tree = ast.parse(_module_file("eqx_attr").read_text())
     for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "_LAZY":
+        if (
+            isinstance(node, ast.AnnAssign)
+            and getattr(node.target, "id", "") == "_LAZY"
+        ):
             return [ast.literal_eval(k) for k in node.value.keys]  # type: ignore[union-attr]
     raise AssertionError("eqx_attr/__init__.py has no `_LAZY` table")
 
@@ -96,9 +99,14 @@ def docstring_problems() -> list[str]:
     """
     import griffe
 
-    extensions = griffe.load_extensions(f"{ROOT / 'docs' / '_griffe_runtime.py'}:RuntimeDocs")
+    extensions = griffe.load_extensions(
+        f"{ROOT / 'docs' / '_griffe_runtime.py'}:RuntimeDocs"
+    )
     package = griffe.load(
-        "eqx_attr", search_paths=[str(ROOT)], extensions=extensions, resolve_aliases=False
+        "eqx_attr",
+        search_paths=[str(ROOT)],
+        extensions=extensions,
+        resolve_aliases=False,
     )
     problems = []
     for path in public_paths():

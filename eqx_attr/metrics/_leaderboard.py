@@ -37,6 +37,11 @@ class Leaderboard:
     **Fields:** `scores` (method -> column -> mean), `deletion_curves` (method ->
     mean deletion curve, `n_steps + 1` points), `seconds` (wall time of the whole
     evaluation, attributions included), `n_examples`.
+
+    **Arguments:** the four fields above, as keywords or in that order.
+
+    **Returns:** a frozen record; `table()` renders it as Markdown and
+    `plot(path)` draws the mean deletion curves.
     """
 
     scores: dict[str, dict[str, float]]
@@ -188,7 +193,17 @@ def demo_leaderboard(
 ) -> Leaderboard:
     """The demo's leaderboard: evaluate, print the table and seconds, plot curves.
 
-    Writes `out_dir/deletion_curves.png`; returns the [`Leaderboard`][].
+    Writes `out_dir/deletion_curves.png`; returns the leaderboard.
+
+    **Arguments:**
+
+    - `model`: the classifier.
+    - `methods`: a mapping from a display name to an attribution method.
+    - `xs`, `targets`: the examples `(N, *dims)` and their classes `(N,)`.
+    - `out_dir`: the folder of the plot.
+    - `print_fn`: where the lines go (default `print`).
+
+    **Returns:** the [`eqx_attr.metrics.Leaderboard`][].
     """
     board = leaderboard(model, methods, xs, targets, key=jax.random.key(0))
     print_fn(f"leaderboard on {board.n_examples} held-out digits:")

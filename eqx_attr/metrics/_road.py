@@ -58,6 +58,14 @@ def linear_imputation(
     of Rong et al.'s noisy linear imputation. Restricted to the removed pixels it
     is symmetric positive definite when every removed region touches a kept pixel,
     so conjugate gradients solve it, with the stencil as a matrix-free operator.
+
+    **Arguments:**
+
+    - `x`: the image `(C, H, W)`.
+    - `removed`: a boolean `(H, W)` mask of the pixels to replace.
+    - `tol`: the conjugate-gradient tolerance.
+
+    **Returns:** the image with the removed pixels imputed, shaped like `x`.
     """
     x32 = x.astype(jnp.float32)
     r = jnp.broadcast_to(removed, x.shape).astype(jnp.float32)
