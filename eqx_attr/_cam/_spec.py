@@ -93,7 +93,8 @@ class LayerSpec(eqx.Module):
     ) -> tuple[Array, Array, Array, Array]:
         """`(scores, objective(scores), activation, d objective / d activation)`.
 
-        One forward and one backward pass; `info` comes from [`LayerSpec.inspect`][].
+        One forward and one backward pass; `info` comes from
+        [`eqx_attr.LayerSpec.inspect`][].
         """
         return read_layer(model, self.layer, x, objective, info)
 

@@ -252,12 +252,13 @@ def swap_relu(
     **Arguments:**
 
     - `model`: an Equinox module (or any PyTree callable).
-    - `rule`: `"guided"` ([`guided_relu`][]), `"deconvnet"` ([`deconvnet_relu`][]),
+    - `rule`: `"guided"` ([`eqx_attr.guided_relu`][]), `"deconvnet"`
+    ([`eqx_attr.deconvnet_relu`][]),
         or your own elementwise `x -> relu(x)` with a `jax.custom_vjp`.
     - `other_activations`: `"raise"` (default) or `"ignore"` (keep the plain
         gradient of the non-ReLU rectifiers).
 
-    **Returns:** a [`ReLUSwapped`][] module, called exactly like `model`.
+    **Returns:** a [`eqx_attr.ReLUSwapped`][] module, called exactly like `model`.
 
     ```python
     guided = xa.swap_relu(model, "guided")

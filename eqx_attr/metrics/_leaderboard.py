@@ -140,7 +140,8 @@ def leaderboard(
 
     Columns: [`eqx_attr.metrics.Deletion`][] and [`eqx_attr.metrics.Insertion`][]
     AUC (softmax probability, `n_steps`, `baseline`), [`eqx_attr.metrics.ROAD`][]
-    most-relevant-first accuracy at `road_percentages`, [`Sparseness`][], and the
+    most-relevant-first accuracy at `road_percentages`,
+    [`eqx_attr.metrics.Sparseness`][], and the
     Spearman similarity of |a| before and after randomising every layer (the last
     cascading step of [`eqx_attr.metrics.MPRT`][]; near 1 means the method
     ignores the model). Every metric runs jitted and vmapped over the examples.
@@ -149,7 +150,8 @@ def leaderboard(
     `xs`, `targets` (integer classes), `key`, `n_steps`, `baseline`,
     `road_percentages`, `chunk_size` (for the deletion/insertion steps).
 
-    **Returns:** a [`Leaderboard`][]; `.table()` is Markdown, `.plot(path)` writes
+    **Returns:** a [`eqx_attr.metrics.Leaderboard`][]; `.table()` is Markdown,
+    `.plot(path)` writes
     the deletion curves.
 
     ```python

@@ -33,7 +33,7 @@ class ModelSpec:
     - `factory`: `factory(*, key, **config) -> model`.
     - `cls`: the class of the models it builds.
     - `image_side`: the default side of a square input; `None` when the model
-        fixes it (read by [`ModelSpec.input_shape`][]).
+        fixes it (read by [`eqx_attr.models.ModelSpec.input_shape`][]).
     - `cam_layer`: the path of the usual CAM layer (`None`: no feature map).
     - `layer_options`: CAM layout options for that layer (`layout`,
         `n_prefix_tokens`).
