@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pathlib
+import sys
 from typing import Any
 
 import griffe
+
+# Import the package from the source tree being documented (the one griffe
+# reads), not from whatever copy is installed.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 _KINDS = {
     inspect.Parameter.POSITIONAL_ONLY: griffe.ParameterKind.positional_only,

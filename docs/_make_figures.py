@@ -71,10 +71,18 @@ def _family_figures(model: Any, vit: Any, data: Any, fast: bool) -> dict[str, di
         "rules": [
             ("DeepLift", xa.DeepLift(model), False),
             ("LRP ε+♭", xa.LRP(model), False),
-            ("LRP γ-box", xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(0.0, 1.0)), False),
+            (
+                "LRP γ-box",
+                xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(0.0, 1.0)),
+                False,
+            ),
             ("LRP αβ", xa.LRP(model, composite=xa.lrp.EpsilonAlpha2Beta1()), False),
             ("DeepLiftShap", xa.DeepLiftShap(model, baseline=refs), False),
-            ("GradientShap", xa.GradientShap(model, baseline=refs, n_samples=steps), True),
+            (
+                "GradientShap",
+                xa.GradientShap(model, baseline=refs, n_samples=steps),
+                True,
+            ),
         ],
         "cam": [
             ("Grad-CAM", xa.GradCAM(model, layer), False),
@@ -206,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    parser.add_argument("--fast", action="store_true", help="random weights, few methods")
+    parser.add_argument(
+        "--fast", action="store_true", help="random weights, few methods"
+    )
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -223,7 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data and models: {time.perf_counter() - start:.1f} s", flush=True)
     figures = _family_figures(model, vit, data, args.fast)
     xs, ts = figures.pop("_inputs").values()
-    labels = [f"label {int(y)}, pred {int(p)}" for y, p in zip(data.y_test, np.asarray(ts))]
+    labels = [
+        f"label {int(y)}, pred {int(p)}"
+        for y, p in zip(data.y_test[: len(ts)], np.asarray(ts), strict=True)
+    ]
     print(f"attributions: {time.perf_counter() - start:.1f} s", flush=True)
     for name, maps in figures.items():
         _grid(out / f"{name}.png", xs, maps, labels)
@@ -233,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         demo.update(figures[name])
     _grid(out / "demo_grid.png", xs, demo, labels)
     firsts: dict[str, Callable] = {
-        k: v for fam in ("gradient", "rules", "cam") for k, v in list(figures[fam].items())[:1]
+        k: v
+        for fam in ("gradient", "rules", "cam")
+        for k, v in list(figures[fam].items())[:1]
     }
     _metrics_figure(out / "metrics.png", model, xs, ts, firsts)
     _benchmark_figure(out / "benchmarks.png")
