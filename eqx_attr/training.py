@@ -550,8 +550,8 @@ def pretrained_mnist_vit(
     grid plus the class token), `dim=64`, `depth=4`, `heads=4`, MLP ratio 2,
     trained on the same 4,000 digits with `VIT_CONFIG` (AdamW, peak learning
     rate `2e-3`, 30 epochs) the first time, then loaded from the cache like
-    [`eqx_attr.training.pretrained_small_cnn`][]. Its held-out accuracy is in the
-    README.
+    [`eqx_attr.training.pretrained_small_cnn`][]. Its held-out accuracy is on the
+    docs' Transformers page (`docs/methods/transformers.md`).
 
     **Arguments:** the ViT's `patch_size`, `dim`, `depth`, `heads`; `config` of
     the training run (default `VIT_CONFIG`), `progress` bar, `verbose`.

@@ -19,15 +19,11 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS))
 import _public  # noqa: E402
 import _run_examples  # noqa: E402
-
-pytestmark = pytest.mark.xdist_group("docs")
 
 FAST_XLA = (
     "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0 "
