@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 FILTER := 2>&1 | grep -v "is ignored: it is neither" || true
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench docs venv clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,5 +37,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# The documentation site, into site/ (`$(BIN)/mkdocs serve` to read it while editing).
+docs: $(STAMP)
+	$(BIN)/python docs/_make_figures.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out site docs/figures

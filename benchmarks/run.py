@@ -55,7 +55,7 @@ class Sizes:
     large_ig_steps: tuple[int, ...] = (4,)
     # No chunking by default: on XLA:CPU a convolution inside a loop body (the
     # `lax.scan` that `chunk_size` uses) misses the fast convolution kernels and
-    # runs ~10x slower (see the README); the CNN rows of `ig-chunk` measure it.
+    # runs ~10x slower (see docs/benchmarks.md); the CNN rows of `ig-chunk` measure it.
     large_ig_chunk: int | None = None
     sg_samples: int = 25
     chunk_steps: tuple[int, ...] = (32, 128, 512)

@@ -18,6 +18,17 @@ class LayerOutputReplaced(eqx.Module):
     Built by [`eqx_attr.replace_layer_output`][]. Each call counts the layer's
     calls afresh (at trace time), so the check "called exactly once, or
     `call_index` in range" holds per forward pass.
+
+    **Arguments:**
+
+    - `model`: the original model.
+    - `value`: the array the layer returns instead of its output.
+    - `layer`: a `where` function naming the layer.
+    - `call_index`: which call of the layer to replace when it is called several
+        times (`None`: it must be called exactly once).
+
+    **Returns:** calling it on `x` gives the model's output with the layer's output
+    replaced by `value`.
     """
 
     model: Callable

@@ -83,6 +83,11 @@ def layer_activation(
     the layer only (that is how the activation is handed out without side
     effects). Arguments as for [`eqx_attr.layer_activation_and_gradient`][].
 
+    **Arguments:** `model`, `layer` (a `where` function), `x` (one example) and
+    `call_index`, as for [`eqx_attr.layer_activation_and_gradient`][].
+
+    **Returns:** the layer's output for `x`.
+
     ```python
     act = xa.layer_activation(model, lambda m: m.conv2, x)   # (64, 14, 14)
     ```
@@ -148,6 +153,11 @@ def layers_activation(
     Under `jit` only the forward pass runs (the backward pass that hands the
     activations out is dead code). Arguments as for
     [`eqx_attr.layers_activation_and_gradient`][].
+
+    **Arguments:** `model`, `layers` (a `where` returning a list of modules), `x`
+    and `call_index`, as for [`eqx_attr.layers_activation_and_gradient`][].
+
+    **Returns:** a list with each layer's output, in the order of `layers`.
 
     ```python
     maps = xa.layers_activation(vit, lambda m: [b.attn.attn_drop for b in m.blocks], x)

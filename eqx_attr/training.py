@@ -66,6 +66,8 @@ _TRAINING_VERSION = 1
 class TrainConfig:
     """Hyperparameters of [`eqx_attr.training.train`][].
 
+    **Fields:**
+
     - `epochs`: passes over the training set.
     - `batch_size`: examples per step (the last partial batch of an epoch is
         dropped; every epoch draws a fresh permutation).
@@ -76,6 +78,10 @@ class TrainConfig:
         pixels in each direction (zero padding); `0` disables augmentation.
     - `label_smoothing`: cross-entropy label smoothing.
     - `seed`: seeds the batch order and the augmentation.
+
+    **Arguments:** the fields above, all with defaults (the demo's settings).
+
+    **Returns:** a frozen configuration (hashed into the weights cache's key).
     """
 
     epochs: int = 18
@@ -105,9 +111,15 @@ class TrainConfig:
 class TrainResult(NamedTuple):
     """What [`eqx_attr.training.train`][] returns.
 
+    **Fields:**
+
     - `model`: the trained model.
     - `loss`: the training loss of every step, shape `(epochs * steps_per_epoch,)`.
     - `seconds`: wall-clock time of the whole run, compilation included.
+
+    **Arguments:** `model`, `loss`, `seconds`, as above.
+
+    **Returns:** a named tuple.
     """
 
     model: Any
@@ -305,7 +317,13 @@ def train(
 def predict(
     model: Callable, xs: Float[Array, "n ..."] | np.ndarray, batch_size: int = 500
 ) -> Int[np.ndarray, " n"]:
-    """The predicted class (argmax of the logits) of each example in `xs`."""
+    """The predicted class (argmax of the logits) of each example in `xs`.
+
+    **Arguments:** `model`, the examples `xs` `(N, *dims)`, and `batch_size` (how
+    many go through one jitted call).
+
+    **Returns:** an int NumPy array `(N,)`.
+    """
     xs = jnp.asarray(xs)
     fn = eqx.filter_jit(lambda m, b: jnp.argmax(jax.vmap(m)(b), axis=-1))
     preds = [
@@ -321,6 +339,10 @@ def accuracy(
     ys: Int[Array, " n"] | np.ndarray,
 ) -> float:
     """The fraction of examples whose argmax logit equals the label.
+
+    **Arguments:** `model`, the examples `xs` `(N, *dims)` and labels `ys` `(N,)`.
+
+    **Returns:** a float in `[0, 1]`.
 
     ```python
     xa.training.accuracy(model, data.x_test, data.y_test)
@@ -344,6 +366,10 @@ def cache_dir() -> pathlib.Path:
 
     `$EQX_ATTR_CACHE` if set, else `$XDG_CACHE_HOME/eqx_attr`, else
     `~/.cache/eqx_attr`.
+
+    **Arguments:** none.
+
+    **Returns:** the folder, a `pathlib.Path` (not created here).
     """
     if os.environ.get("EQX_ATTR_CACHE"):
         return pathlib.Path(os.environ["EQX_ATTR_CACHE"]).expanduser()
@@ -483,6 +509,8 @@ def pretrained_small_cnn(
     `progress` bar on or off, `verbose` (log where the weights were cached at
     INFO level rather than DEBUG).
 
+    **Returns:** the trained [`eqx_attr.models.SmallCNN`][].
+
     ```python
     model = xa.training.pretrained_small_cnn()
     ```
@@ -520,12 +548,15 @@ def pretrained_mnist_vit(
 
     The CNN's counterpart for the CNN-vs-ViT comparison: `7x7` patches (a `4x4`
     grid plus the class token), `dim=64`, `depth=4`, `heads=4`, MLP ratio 2,
-    trained on the same 4,000 digits with [`VIT_CONFIG`][] (AdamW, peak learning
+    trained on the same 4,000 digits with `VIT_CONFIG` (AdamW, peak learning
     rate `2e-3`, 30 epochs) the first time, then loaded from the cache like
-    [`pretrained_small_cnn`][]. Its held-out accuracy is in the README.
+    [`eqx_attr.training.pretrained_small_cnn`][]. Its held-out accuracy is on the
+    docs' Transformers page (`docs/methods/transformers.md`).
 
     **Arguments:** the ViT's `patch_size`, `dim`, `depth`, `heads`; `config` of
     the training run (default `VIT_CONFIG`), `progress` bar, `verbose`.
+
+    **Returns:** the trained [`eqx_attr.models.ViT`][].
 
     ```python
     vit = xa.training.pretrained_mnist_vit()

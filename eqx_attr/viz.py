@@ -133,6 +133,11 @@ def image_for_display(image: Any) -> np.ndarray:
     `(H, W)` and `(1, H, W)` become a grey `(H, W)` image; `(3, H, W)` (channels
     first) or `(H, W, 3)` become `(H, W, 3)`. Values are min-max scaled to `[0, 1]`
     (so normalised ImageNet inputs display as images); a constant image becomes 0.
+
+    **Arguments:** `image`, a model input (NumPy or JAX array) in one of the
+    layouts above.
+
+    **Returns:** a float NumPy array `(H, W)` or `(H, W, 3)` in `[0, 1]`.
     """
     x = _np(image, "image")
     # Channels first is the library's convention, so (3, H, W) wins over (H, W, 3)

@@ -388,7 +388,7 @@ else:
 the CNN's 7x7 Grad-CAM is finer. Rollout is class-agnostic and close to uniform
 on a shallow ViT; Chefer relevance weights the attention by its gradient and is
 class-specific. The table answers the seeds' question with numbers: see the
-README for the full-size run.""",
+docs' Transformers page (docs/methods/transformers.md) for the full-size run.""",
 ]
 
 # ---------------------------------------------------------------------------------

@@ -79,6 +79,20 @@ class AbstractCAM(AbstractAttribution):
     To add a CAM, subclass [`eqx_attr.AbstractGradientCAM`][] (a map from the
     activation and its gradient) or [`eqx_attr.AbstractChannelScoreCAM`][] (one
     score per channel), or this class for anything else.
+
+    **Arguments:** (of every concrete CAM)
+
+    - `model`: maps one example to a 1-D vector of scores.
+    - `layer`: a `where` function naming the layer, or an [`eqx_attr.LayerSpec`][]
+        (then `layout`, `n_prefix_tokens`, `grid` and `call_index` are its fields).
+    - `relu`: clip the map at zero (default `True`).
+    - `resize`: `"bilinear"` (default) or `"nearest"` to resize the map to the
+        input's last two axes; `None` keeps the layer's resolution.
+    - `**layer_options`: `layout`, `n_prefix_tokens`, `grid`, `call_index`, as for
+        [`eqx_attr.LayerSpec`][].
+
+    **Returns:** calling the method, `method(x, target, *, key=None)`, gives an
+    `(H, W)` map (the layer's `(h, w)` with `resize=None`), in `x`'s dtype.
     """
 
     model: eqx.AbstractVar[Callable[..., Any]]
@@ -133,6 +147,11 @@ class AbstractGradientCAM(AbstractCAM):
 
     `_map` reads `A` and `G = d target / d A` as `(C, h, w)` maps (one forward and
     one backward pass) and combines them with the abstract `_combine`.
+
+    **Arguments:** as for [`eqx_attr.AbstractCAM`][].
+
+    **Returns:** `method(x, target)` gives the `(H, W)` map; a subclass's
+    `_combine(a, g)` returns the `(h, w)` map before the ReLU and the resize.
     """
 
     @abc.abstractmethod
@@ -153,6 +172,12 @@ class AbstractChannelScoreCAM(AbstractCAM):
     `_channel_score` for every channel `k` (at most `chunk_size` at a time), turns
     those scores into channel weights with `_weights` and returns
     `sum_k w_k A_k`. No gradient is used.
+
+    **Arguments:** as for [`eqx_attr.AbstractCAM`][], plus `chunk_size`: score at
+    most this many channels at a time (`None`: all at once).
+
+    **Returns:** `method(x, target)` gives the `(H, W)` map
+    `sum_k w_k A_k` (clipped and resized as the options say).
     """
 
     chunk_size: eqx.AbstractVar[int | None]

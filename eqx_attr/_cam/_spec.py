@@ -44,6 +44,9 @@ class LayerSpec(eqx.Module):
     - `call_index`: which call of `layer` to read when it is called several times
         per forward pass; `None` (default) requires exactly one call.
 
+    **Returns:** a static description of the layer, accepted wherever a CAM-family
+    method or [`eqx_attr.layer_activation_and_gradient`][] takes `layer`.
+
     ```python
     spec = LayerSpec(lambda m: m.blocks[-1].norm1, layout="tokens", n_prefix_tokens=1)
     h = xa.GradCAM(vit, spec)(x, target=3)
@@ -90,7 +93,8 @@ class LayerSpec(eqx.Module):
     ) -> tuple[Array, Array, Array, Array]:
         """`(scores, objective(scores), activation, d objective / d activation)`.
 
-        One forward and one backward pass; `info` comes from [`LayerSpec.inspect`][].
+        One forward and one backward pass; `info` comes from
+        [`eqx_attr.LayerSpec.inspect`][].
         """
         return read_layer(model, self.layer, x, objective, info)
 

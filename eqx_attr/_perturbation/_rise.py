@@ -80,7 +80,8 @@ def rise_mask(
 class RISE(AbstractPerturbation):
     """RISE (Petsiuk, Das & Saenko, 2018): the score-weighted mean of random masks.
 
-    The input is multiplied by `n_masks` smooth random masks ([`rise_mask`][]);
+    The input is multiplied by `n_masks` smooth random masks (`RISE.mask`, a static
+    method);
     the map is `sum_i f(x * M_i) M_i / (n_masks * p)`, the expected mask given the
     score. All masked inputs run as one vectorised batch (`chunk_size` at a time),
     shared across targets.

@@ -85,7 +85,22 @@ def _deeplift(
 
 
 class AbstractDeepLift(AbstractAttribution):
-    """Base of the DeepLIFT methods: the model, baseline, stabiliser and options."""
+    """Base of the DeepLIFT methods: the model, baseline, stabiliser and options.
+
+    Concrete subclasses ([`eqx_attr.DeepLift`][], [`eqx_attr.DeepLiftShap`][])
+    declare these fields.
+
+    **Arguments:**
+
+    - `model`: maps one example to a 1-D vector of scores.
+    - `baseline`: the reference input(s), a module of `eqx_attr.baselines`.
+    - `return_delta`: if `True`, calls return `(attribution, delta)`.
+    - `eps`: below this `|x - x0|` the Rescale rule uses the plain derivative.
+    - `plain`: names of primitives that may pass their plain gradient.
+
+    **Returns:** `method(x, target)` gives an attribution shaped like `x` (or
+    `(attribution, delta)` with `return_delta=True`).
+    """
 
     model: eqx.AbstractVar[Callable[..., Any]]
     baseline: eqx.AbstractVar[AbstractBaseline]

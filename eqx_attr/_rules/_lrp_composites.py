@@ -32,6 +32,12 @@ class AbstractComposite(eqx.Module):
 
     Concrete composites are final; build your own by subclassing this with
     `layer_rule`, `first_rule` and `norm_rule`.
+
+    **Arguments:** none here; a subclass holds its rules' hyperparameters as
+    fields.
+
+    **Returns:** a subclass's `layer_rule`, `first_rule` and `norm_rule` return
+    the [`eqx_attr.lrp.AbstractRule`][] for each kind of operation.
     """
 
     @abc.abstractmethod
@@ -57,6 +63,8 @@ class SingleRule(AbstractComposite):
     What `xa.LRP(model, rule=...)` builds.
 
     **Arguments:** `rule`, an [`eqx_attr.lrp.AbstractRule`][].
+
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
     """
 
     rule: AbstractRule
@@ -73,6 +81,8 @@ class EpsilonPlus(AbstractComposite):
 
     **Arguments:** `epsilon` (of `Epsilon`, default `1e-6`), `stabilizer` (of the
     other rules, default `1e-6`).
+
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
 
     ```python
     a = xa.LRP(model, composite=xa.lrp.EpsilonPlus())(x, 3)
@@ -97,6 +107,8 @@ class EpsilonPlusFlat(AbstractComposite):
     Zennit's `EpsilonPlusFlat`, the recommended default for image classifiers.
 
     **Arguments:** `epsilon` (default `1e-6`), `stabilizer` (default `1e-6`).
+
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
 
     ```python
     a = xa.LRP(model, composite=xa.lrp.EpsilonPlusFlat())(x, 3)
@@ -125,6 +137,8 @@ class EpsilonAlpha2Beta1(AbstractComposite):
 
     **Arguments:** `epsilon` (default `1e-6`), `stabilizer` (default `1e-6`).
 
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
+
     ```python
     a = xa.LRP(model, composite=xa.lrp.EpsilonAlpha2Beta1())(x, 3)
     ```
@@ -151,6 +165,8 @@ class EpsilonGammaBox(AbstractComposite):
     **Arguments:** `low`, `high` (floats or arrays broadcastable to the input),
     `epsilon` (default `1e-6`), `gamma` (default `0.25`), `stabilizer` (default
     `1e-6`).
+
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
 
     ```python
     a = xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(low=-1.0, high=1.0))(x, 3)
@@ -183,6 +199,8 @@ COMPOSITE_NAMES = (
     "epsilon_alpha2_beta1",
     "epsilon_gamma_box",
 )
+"""The Zennit names of the composites, as [`eqx_attr.lrp.composite_by_name`][] and the
+CLI accept them."""
 
 
 def composite_by_name(
@@ -192,6 +210,16 @@ def composite_by_name(
 
     `low`/`high` bound the input for `"epsilon_gamma_box"`. A composite passes
     through unchanged.
+
+    **Arguments:**
+
+    - `name`: one of [`eqx_attr.lrp.COMPOSITE_NAMES`][] (case and `-`/`_`
+        insensitive), or a composite.
+    - `low`, `high`: the input's bounds, used by `"epsilon_gamma_box"` only.
+
+    **Returns:** an [`eqx_attr.lrp.AbstractComposite`][].
+
+    **Raises:** `ValueError` listing the known names.
     """
     if isinstance(name, AbstractComposite):
         return name

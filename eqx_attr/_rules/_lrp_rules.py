@@ -87,6 +87,11 @@ class AbstractRule(eqx.Module):
     Concrete rules are final Equinox modules with their hyperparameters as fields;
     they are used by [`eqx_attr.LRP`][] (through a composite, `rule=`, or
     `overrides=`), never called on arrays directly.
+
+    **Arguments:** none here; subclasses hold their hyperparameters as fields.
+
+    **Returns:** a subclass's `relevance(fn, x, w, b, r)` returns the input
+    relevance of the operation `fn(x, w, b)` given its output relevance `r`.
     """
 
     @abc.abstractmethod
@@ -100,6 +105,9 @@ class Epsilon(AbstractRule):
     Bach et al. 2015. `epsilon=0` is LRP-0. Zennit's `Epsilon`.
 
     **Arguments:** `epsilon` (default `1e-6`).
+
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
 
     ```python
     xa.LRP(model, rule=xa.lrp.Epsilon(0.25))(x, 3)
@@ -122,6 +130,9 @@ class Norm(AbstractRule):
 
     **Arguments:** `stabilizer` (default `1e-6`).
 
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
+
     ```python
     xa.LRP(model, overrides=((lambda m: m.avgpool, xa.lrp.Norm()),))
     ```
@@ -141,6 +152,9 @@ class ZPlus(AbstractRule):
     Zennit's `ZPlus`.
 
     **Arguments:** `stabilizer` (default `1e-6`).
+
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
 
     ```python
     xa.LRP(model, rule=xa.lrp.ZPlus())(x, 3)
@@ -165,6 +179,9 @@ class AlphaBeta(AbstractRule):
 
     **Arguments:** `alpha` (default 2), `beta` (default 1), with `alpha - beta = 1`,
     both non-negative; `stabilizer` (default `1e-6`).
+
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
 
     ```python
     xa.LRP(model, rule=xa.lrp.AlphaBeta(alpha=1.0, beta=0.0))(x, 3)
@@ -210,6 +227,9 @@ class Gamma(AbstractRule):
 
     **Arguments:** `gamma` (default `0.25`), `stabilizer` (default `1e-6`).
 
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
+
     ```python
     xa.LRP(model, rule=xa.lrp.Gamma(gamma=0.5))(x, 3)
     ```
@@ -244,6 +264,9 @@ class ZBox(AbstractRule):
     **Arguments:** `low`, `high` (floats or arrays broadcastable to the layer's
     input), `stabilizer` (default `1e-6`).
 
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
+
     ```python
     xa.LRP(model, composite=xa.lrp.EpsilonGammaBox(low=0.0, high=1.0))(x, 3)
     ```
@@ -272,6 +295,9 @@ class Flat(AbstractRule):
 
     **Arguments:** `stabilizer` (default `1e-6`).
 
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
+
     ```python
     xa.LRP(model, composite=xa.lrp.EpsilonPlusFlat())(x, 3)
     ```
@@ -292,6 +318,9 @@ class WSquare(AbstractRule):
 
     **Arguments:** `stabilizer` (default `1e-6`).
 
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] as `rule=`, in `overrides=`,
+    or inside a composite.
+
     ```python
     xa.LRP(model, rule=xa.lrp.WSquare())(x, 3)
     ```
@@ -309,6 +338,10 @@ class Pass(AbstractRule):
     """Pass the relevance through unchanged (activations, shape-preserving ops).
 
     Zennit's `Pass`. Only valid where the input and output have the same shape.
+
+    **Arguments:** none.
+
+    **Returns:** a rule, to pass to [`eqx_attr.LRP`][] in `overrides=`.
 
     ```python
     xa.LRP(model, overrides=((lambda m: m.norm, xa.lrp.Pass()),))

@@ -176,11 +176,23 @@ def rewrite_call(
 
 
 class ReLUSwapped(eqx.Module):
-    """A model whose ReLUs all use a modified backward pass; see [`swap_relu`][].
+    """A model whose ReLUs all use a modified backward pass; see
+    [`eqx_attr.swap_relu`][].
 
     `model` is a copy of the original with its PyTree ReLUs replaced (via
     `eqx.tree_at`); calling this module also rewrites the ReLUs that `model.__call__`
     calls inline. The forward pass is unchanged.
+
+    **Arguments:**
+
+    - `model`: the model with its PyTree ReLUs already swapped.
+    - `rule`: the elementwise `jax.custom_vjp` ReLU to substitute.
+    - `other_activations`: `"raise"` (default) or `"ignore"` for rectifiers that
+        have no variant of the rule.
+    - `original`: the name used for the model in error messages.
+
+    **Returns:** calling it gives the original model's output (same forward pass);
+    its gradient uses `rule` at every ReLU.
     """
 
     model: Any
@@ -240,12 +252,13 @@ def swap_relu(
     **Arguments:**
 
     - `model`: an Equinox module (or any PyTree callable).
-    - `rule`: `"guided"` ([`guided_relu`][]), `"deconvnet"` ([`deconvnet_relu`][]),
+    - `rule`: `"guided"` ([`eqx_attr.guided_relu`][]), `"deconvnet"`
+    ([`eqx_attr.deconvnet_relu`][]),
         or your own elementwise `x -> relu(x)` with a `jax.custom_vjp`.
     - `other_activations`: `"raise"` (default) or `"ignore"` (keep the plain
         gradient of the non-ReLU rectifiers).
 
-    **Returns:** a [`ReLUSwapped`][] module, called exactly like `model`.
+    **Returns:** a [`eqx_attr.ReLUSwapped`][] module, called exactly like `model`.
 
     ```python
     guided = xa.swap_relu(model, "guided")

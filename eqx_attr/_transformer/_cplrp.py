@@ -142,6 +142,17 @@ def conservative_model(
     `activations`) pass relevance through. `norms`/`activations` of `None` name
     the zoo ViT's modules. Gradient times input of the result is CP-LRP.
 
+    **Arguments:**
+
+    - `model`: the transformer.
+    - `attention`: a `where` returning the modules whose outputs are the attention
+        probabilities, one per block.
+    - `norms`: a `where` returning the layer norms (`None`: the zoo ViT's).
+    - `activations`: a `where` returning the activation modules (`None`: the zoo
+        ViT's).
+
+    **Returns:** a model with the same forward pass and CP-LRP's backward pass.
+
     ```python
     cp = xa.conservative_model(vit, lambda m: [b.attn.attn_drop for b in m.blocks])
     r = x * jax.grad(lambda x: cp(x)[3])(x)

@@ -31,6 +31,10 @@ class AbstractMetric(eqx.Module):
     needs one). `__call__` takes ONE example and returns a 0-d float32 array;
     batches are `eqx.filter_vmap(metric)(...)`. Metrics that expand an example into
     many model calls take `chunk_size`; random ones take `key`.
+
+    **Arguments:** none here; each metric lists its own options.
+
+    **Returns:** calling a metric on one example gives a 0-d float32 array.
     """
 
     @abc.abstractmethod

@@ -80,7 +80,8 @@ class FaithfulnessCorrelation(AbstractMetric):
     Bhatt, Weller & Moura, *Evaluating and Aggregating Feature-based Model
     Explanations*, IJCAI 2020; as Quantus's `FaithfulnessCorrelation`: `n_runs`
     random subsets of `subset_size` features (elements of `x`, see
-    [`FaithfulnessCorrelation.subsets`][]) are replaced by the baseline; the result
+    [`eqx_attr.metrics.FaithfulnessCorrelation.subsets`][]) are replaced by the
+    baseline; the result
     is the Pearson correlation of `Σ a[S]` with `f(x) - f(x_S)`.
 
     **Arguments:** `model`, `n_runs`, `subset_size`, `baseline` (Quantus's

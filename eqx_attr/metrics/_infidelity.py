@@ -31,7 +31,8 @@ class Infidelity(AbstractMetric):
 
     Yeh et al., *On the (In)fidelity and Sensitivity of Explanations*, NeurIPS
     2019, with Captum's definition: `n_samples` perturbations `I ~ N(0, stdev²)`
-    per element (see [`Infidelity.perturbations`][]), the raw target score, and
+    per element (see [`eqx_attr.metrics.Infidelity.perturbations`][]), the raw target
+    score, and
     the mean over samples of `(Σ a ⊙ I - (f_t(x) - f_t(x - I)))²`. With
     `normalize=True` the attribution is first rescaled by the least-squares
     factor β (Captum's `normalize=True`).

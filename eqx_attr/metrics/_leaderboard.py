@@ -37,6 +37,11 @@ class Leaderboard:
     **Fields:** `scores` (method -> column -> mean), `deletion_curves` (method ->
     mean deletion curve, `n_steps + 1` points), `seconds` (wall time of the whole
     evaluation, attributions included), `n_examples`.
+
+    **Arguments:** the four fields above, as keywords or in that order.
+
+    **Returns:** a frozen record; `table()` renders it as Markdown and
+    `plot(path)` draws the mean deletion curves.
     """
 
     scores: dict[str, dict[str, float]]
@@ -135,7 +140,8 @@ def leaderboard(
 
     Columns: [`eqx_attr.metrics.Deletion`][] and [`eqx_attr.metrics.Insertion`][]
     AUC (softmax probability, `n_steps`, `baseline`), [`eqx_attr.metrics.ROAD`][]
-    most-relevant-first accuracy at `road_percentages`, [`Sparseness`][], and the
+    most-relevant-first accuracy at `road_percentages`,
+    [`eqx_attr.metrics.Sparseness`][], and the
     Spearman similarity of |a| before and after randomising every layer (the last
     cascading step of [`eqx_attr.metrics.MPRT`][]; near 1 means the method
     ignores the model). Every metric runs jitted and vmapped over the examples.
@@ -144,7 +150,8 @@ def leaderboard(
     `xs`, `targets` (integer classes), `key`, `n_steps`, `baseline`,
     `road_percentages`, `chunk_size` (for the deletion/insertion steps).
 
-    **Returns:** a [`Leaderboard`][]; `.table()` is Markdown, `.plot(path)` writes
+    **Returns:** a [`eqx_attr.metrics.Leaderboard`][]; `.table()` is Markdown,
+    `.plot(path)` writes
     the deletion curves.
 
     ```python
@@ -188,7 +195,17 @@ def demo_leaderboard(
 ) -> Leaderboard:
     """The demo's leaderboard: evaluate, print the table and seconds, plot curves.
 
-    Writes `out_dir/deletion_curves.png`; returns the [`Leaderboard`][].
+    Writes `out_dir/deletion_curves.png`; returns the leaderboard.
+
+    **Arguments:**
+
+    - `model`: the classifier.
+    - `methods`: a mapping from a display name to an attribution method.
+    - `xs`, `targets`: the examples `(N, *dims)` and their classes `(N,)`.
+    - `out_dir`: the folder of the plot.
+    - `print_fn`: where the lines go (default `print`).
+
+    **Returns:** the [`eqx_attr.metrics.Leaderboard`][].
     """
     board = leaderboard(model, methods, xs, targets, key=jax.random.key(0))
     print_fn(f"leaderboard on {board.n_examples} held-out digits:")

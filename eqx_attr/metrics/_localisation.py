@@ -70,6 +70,9 @@ class RelevanceMassAccuracy(AbstractMetric):
     **Returns:** a 0-d float32 array; 0 for an attribution summing to 0 (e.g. all
     zero).
 
+    **Arguments:** none at construction; the call takes `a` (shaped like `x` or
+    `(H, W)`) and a boolean `(H, W)` `mask`.
+
     ```python
     mass = xa.metrics.RelevanceMassAccuracy()(a, mask)
     ```
@@ -97,6 +100,9 @@ class RelevanceRankAccuracy(AbstractMetric):
     **Returns:** a 0-d float32 array in [0, 1]. Ties are broken in row-major order
     (stable sort), so an all-zero attribution scores the share of the first K
     pixels in row-major order that lie in the mask.
+
+    **Arguments:** none at construction; the call takes `a` (shaped like `x` or
+    `(H, W)`) and a boolean `(H, W)` `mask`.
 
     ```python
     rank = xa.metrics.RelevanceRankAccuracy()(a, mask)

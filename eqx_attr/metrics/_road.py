@@ -58,6 +58,14 @@ def linear_imputation(
     of Rong et al.'s noisy linear imputation. Restricted to the removed pixels it
     is symmetric positive definite when every removed region touches a kept pixel,
     so conjugate gradients solve it, with the stencil as a matrix-free operator.
+
+    **Arguments:**
+
+    - `x`: the image `(C, H, W)`.
+    - `removed`: a boolean `(H, W)` mask of the pixels to replace.
+    - `tol`: the conjugate-gradient tolerance.
+
+    **Returns:** the image with the removed pixels imputed, shaped like `x`.
     """
     x32 = x.astype(jnp.float32)
     r = jnp.broadcast_to(removed, x.shape).astype(jnp.float32)
@@ -82,7 +90,8 @@ class ROAD(AbstractMetric):
     Methods*, ICML 2022; as Quantus's `ROAD`: for each percentage p the first
     `int(P p / 100)` of the P pixels (attribution summed over channels; most
     relevant first with `order="morf"`, least relevant first with `"lerf"`) are
-    replaced by noisy linear imputation (see [`linear_imputation`][], plus
+    replaced by noisy linear imputation (see [`eqx_attr.metrics.linear_imputation`][],
+    plus
     Gaussian noise of std `noise`). `curve[i]` is the score at `percentages[i]`:
     with `score="accuracy"` 1.0 when the prediction is still `target` (Quantus's
     per-sample output), else the softmax probability or the raw score.

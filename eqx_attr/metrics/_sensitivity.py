@@ -29,7 +29,8 @@ class SensitivityMax(AbstractMetric):
 
     Yeh et al., *On the (In)fidelity and Sensitivity of Explanations*, NeurIPS
     2019, as Captum's `sensitivity_max`: `n_samples` perturbations `δ` uniform in
-    `[-radius, radius]` per element (see [`SensitivityMax.perturbations`][]), and
+    `[-radius, radius]` per element (see
+    [`eqx_attr.metrics.SensitivityMax.perturbations`][]), and
     `max_δ ‖e(x + δ) - e(x)‖_F / ‖e(x)‖_F`.
 
     **Arguments:**

@@ -21,6 +21,10 @@ def spearman(a: Float[Array, "..."], b: Float[Array, "..."]) -> Float[Array, ""]
     """Spearman rank correlation of two arrays (flattened); 0 if either is constant.
 
     Equals `scipy.stats.spearmanr(a.ravel(), b.ravel())` (average ranks for ties).
+
+    **Arguments:** `a`, `b`: two arrays of the same size.
+
+    **Returns:** a 0-d float32 array in `[-1, 1]`.
     """
     ra = average_ranks(a.astype(jnp.float32).ravel())
     rb = average_ranks(b.astype(jnp.float32).ravel())
@@ -42,6 +46,11 @@ def ssim(
     uniform window, K1 = 0.01, K2 = 0.03, sample covariance, the mean over the
     windows that fit in the image) and Quantus's `data_range`, the range of both
     maps together. Two constant, equal maps have SSIM 1.
+
+    **Arguments:** `a`, `b`: two maps `(H, W)` or `(C, H, W)` of the same shape;
+    `win_size`: the side of the window (odd).
+
+    **Returns:** a 0-d float32 array, 1 for identical maps.
     """
     a = spatial_map(a.astype(jnp.float32))
     b = spatial_map(b.astype(jnp.float32))

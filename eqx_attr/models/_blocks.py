@@ -31,6 +31,8 @@ class FrozenBatchNorm2d(eqx.Module):
 
     **Example:**
 
+    **Returns:** calling it on a `(C, H, W)` map gives the normalised `(C, H, W)` map.
+
     ```python
     bn = FrozenBatchNorm2d(64)
     y = bn(jnp.ones((64, 8, 8)))
@@ -70,6 +72,8 @@ class LayerNorm(eqx.Module):
 
     - `dim`: the size `D` of the last axis.
     - `eps`: added to the variance (default `1e-6`, as in timm's ViT).
+
+    **Returns:** calling it on `(N, D)` tokens gives the normalised `(N, D)` tokens.
     """
 
     weight: Float[Array, " d"]
@@ -114,6 +118,8 @@ class AdaptiveAvgPool2d(eqx.Module):
     **Arguments:**
 
     - `output_size`: `(h, w)` or one int for both.
+
+    **Returns:** calling it on a `(C, H, W)` map gives the pooled `(C, h, w)` map.
     """
 
     output_size: tuple[int, int] = eqx.field(static=True)

@@ -17,6 +17,7 @@ from ._zoo import MODEL_SPECS, model_spec
 ARCHITECTURES: dict[str, Callable[..., eqx.Module]] = {
     name: spec.factory for name, spec in MODEL_SPECS.items()
 }
+"""The zoo's factories by name (`"resnet50"`, `"vgg16_bn"`, `"vit_small"`, ...)."""
 
 
 def create_model(arch: str, *, key: PRNGKeyArray, **kwargs: Any) -> eqx.Module:
@@ -30,6 +31,8 @@ def create_model(arch: str, *, key: PRNGKeyArray, **kwargs: Any) -> eqx.Module:
     - `**kwargs`: passed to the factory (`n_classes`, `width`, `image_size`...).
 
     **Example:**
+
+    **Returns:** the model (an Equinox module).
 
     ```python
     m = create_model("resnet18", n_classes=10, key=jax.random.key(0))

@@ -31,6 +31,12 @@ class BasicBlock(eqx.Module):
     `relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))`. Each ReLU is a
     separate `eqx.nn.Lambda` applied once, so each is a valid `where` target and
     reachable by surgery.
+
+    **Arguments:** input channels `c_in`, output channels `planes`, the `stride`
+    of the first convolution, and the PRNG `key`.
+
+    **Returns:** calling it on a `(c_in, H, W)` map gives `(planes, H / stride,
+    W / stride)`.
     """
 
     conv1: eqx.nn.Conv2d
@@ -67,6 +73,12 @@ class Bottleneck(eqx.Module):
     """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual (ResNet-50+).
 
     The stride sits on the 3x3 convolution, as in torchvision ("ResNet v1.5").
+
+    **Arguments:** input channels `c_in`, the bottleneck width `planes` (the
+    output has `4 * planes` channels), the `stride`, and the PRNG `key`.
+
+    **Returns:** calling it on a `(c_in, H, W)` map gives `(4 * planes,
+    H / stride, W / stride)`.
     """
 
     conv1: eqx.nn.Conv2d
@@ -140,6 +152,9 @@ class ResNet(eqx.Module):
     - `key`: PRNG key for the random initialisation.
 
     **Example:**
+
+    **Returns:** calling it on one `(C, H, W)` image gives the logits
+    `(n_classes,)`.
 
     ```python
     m = ResNet(depth=18, n_classes=10, width=8, key=jax.random.key(0))
@@ -227,7 +242,9 @@ def _factory(depth: int):
     make.__doc__ = (
         f"ResNet-{depth}: `ResNet(depth={depth}, ...)`. Arguments as for "
         f"[`eqx_attr.models.ResNet`][]; torchvision's `resnet{depth}` when left at "
-        "defaults."
+        "defaults.\n\n**Arguments:** `n_classes`, `in_channels`, `width` and the "
+        "PRNG `key`, as for [`eqx_attr.models.ResNet`][]."
+        "\n\n**Returns:** a randomly initialised [`eqx_attr.models.ResNet`][]."
     )
     return make
 

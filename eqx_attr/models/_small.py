@@ -12,6 +12,15 @@ class MLP(eqx.Module):
     """Flatten, then a ReLU multilayer perceptron: `(*in_shape) -> (n_classes,)`.
 
     The ReLU lives in `self.mlp.activation` (an `eqx.nn.MLP` field).
+
+    **Arguments:**
+
+    - `in_shape`: the shape of one input, e.g. `(1, 28, 28)`.
+    - `n_classes`: the number of outputs.
+    - `width`, `depth`: the hidden layers' width and count.
+    - `key`: the PRNG key of the initialisation.
+
+    **Returns:** calling it on one input gives the logits `(n_classes,)`.
     """
 
     mlp: eqx.nn.MLP
@@ -61,6 +70,9 @@ class SmallCNN(eqx.Module):
 
     **Arguments:** `in_channels`, `n_classes`, `width` (channels of the first
     convolution), `key`.
+
+    **Returns:** calling it on one `(in_channels, H, W)` image gives the logits
+    `(n_classes,)`.
 
     ```python
     model = SmallCNN(key=jax.random.key(0))            # (1, 28, 28) -> (10,)

@@ -49,6 +49,9 @@ class VGG(eqx.Module):
 
     **Example:**
 
+    **Returns:** calling it on one `(C, H, W)` image gives the logits
+    `(n_classes,)`.
+
     ```python
     m = VGG(depth=11, n_classes=10, width=8, hidden=32, key=jax.random.key(0))
     logits = m(jnp.zeros((3, 32, 32)))                  # (10,)
@@ -158,6 +161,9 @@ def _factory(depth: int, batch_norm: bool):
         f"VGG-{depth}{' with batch norm' if batch_norm else ''}: "
         f"`VGG(depth={depth}, batch_norm={batch_norm}, ...)`. Arguments as for "
         "[`eqx_attr.models.VGG`][]; torchvision's `{name}` when left at defaults."
+        "\n\n**Arguments:** `n_classes`, `in_channels`, `width`, `hidden`, "
+        "`pool_size` and the PRNG `key`, as for [`eqx_attr.models.VGG`][]."
+        "\n\n**Returns:** a randomly initialised [`eqx_attr.models.VGG`][]."
     ).replace("{name}", name)
     return make
 

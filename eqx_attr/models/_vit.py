@@ -23,6 +23,11 @@ class PatchEmbed(eqx.Module):
 
     `proj` is a convolution with kernel = stride = `patch_size`, as in timm; tokens
     are in row-major order of the patch grid.
+
+    **Arguments:** `in_channels`, the embedding `dim`, `patch_size`, and the PRNG
+    `key`.
+
+    **Returns:** calling it on a `(C, H, W)` image gives the `(N, D)` patch tokens.
     """
 
     proj: eqx.nn.Conv2d
@@ -43,6 +48,10 @@ class Attention(eqx.Module):
     `attn_drop` is an identity applied to the attention probabilities
     `(heads, N, N)` (a dropout in training code): a `where` path to it, e.g.
     `lambda m: m.blocks[-1].attn.attn_drop`, reads the attention maps.
+
+    **Arguments:** the token `dim`, the number of `heads`, and the PRNG `key`.
+
+    **Returns:** calling it on `(N, D)` tokens gives `(N, D)` tokens.
     """
 
     qkv: eqx.nn.Linear
@@ -70,7 +79,12 @@ class Attention(eqx.Module):
 
 
 class Mlp(eqx.Module):
-    """The transformer's feed-forward block: `fc1`, GELU (`act`), `fc2`."""
+    """The transformer's feed-forward block: `fc1`, GELU (`act`), `fc2`.
+
+    **Arguments:** the token `dim`, the `hidden` width, and the PRNG `key`.
+
+    **Returns:** calling it on `(N, D)` tokens gives `(N, D)` tokens.
+    """
 
     fc1: eqx.nn.Linear
     act: eqx.nn.Lambda
@@ -92,6 +106,11 @@ class Block(eqx.Module):
 
     Maps the token sequence `(N, D)` to `(N, D)`; `m.blocks[-1]` and
     `m.blocks[-1].norm1` are the usual ViT Grad-CAM layers.
+
+    **Arguments:** the token `dim`, the number of `heads`, the MLP's `hidden`
+    width, and the PRNG `key`.
+
+    **Returns:** calling it on `(N, D)` tokens gives `(N, D)` tokens.
     """
 
     norm1: LayerNorm
@@ -141,6 +160,9 @@ class ViT(eqx.Module):
     - `key`: PRNG key for the random initialisation.
 
     **Example:**
+
+    **Returns:** calling it on one `(C, H, W)` image gives the logits
+    `(n_classes,)`.
 
     ```python
     # A very small ViT for MNIST: 16 patches of 7x7.
@@ -231,7 +253,13 @@ def vit_tiny(
     *,
     key: PRNGKeyArray,
 ) -> ViT:
-    """ViT-Tiny (`dim=192, depth=12, heads=3`), timm's `vit_tiny_patch16_224`."""
+    """ViT-Tiny (`dim=192, depth=12, heads=3`), timm's `vit_tiny_patch16_224`.
+
+    **Arguments:** `image_size`, `patch_size`, `in_channels`, `n_classes` and the
+    PRNG `key`, as for [`eqx_attr.models.ViT`][].
+
+    **Returns:** a randomly initialised [`eqx_attr.models.ViT`][].
+    """
     return ViT(image_size, patch_size, in_channels, n_classes, 192, 12, 3, key=key)
 
 
@@ -243,7 +271,13 @@ def vit_small(
     *,
     key: PRNGKeyArray,
 ) -> ViT:
-    """ViT-Small (`dim=384, depth=12, heads=6`), timm's `vit_small_patch16_224`."""
+    """ViT-Small (`dim=384, depth=12, heads=6`), timm's `vit_small_patch16_224`.
+
+    **Arguments:** `image_size`, `patch_size`, `in_channels`, `n_classes` and the
+    PRNG `key`, as for [`eqx_attr.models.ViT`][].
+
+    **Returns:** a randomly initialised [`eqx_attr.models.ViT`][].
+    """
     return ViT(image_size, patch_size, in_channels, n_classes, 384, 12, 6, key=key)
 
 
@@ -255,5 +289,11 @@ def vit_base(
     *,
     key: PRNGKeyArray,
 ) -> ViT:
-    """ViT-Base (`dim=768, depth=12, heads=12`), timm's `vit_base_patch16_224`."""
+    """ViT-Base (`dim=768, depth=12, heads=12`), timm's `vit_base_patch16_224`.
+
+    **Arguments:** `image_size`, `patch_size`, `in_channels`, `n_classes` and the
+    PRNG `key`, as for [`eqx_attr.models.ViT`][].
+
+    **Returns:** a randomly initialised [`eqx_attr.models.ViT`][].
+    """
     return ViT(image_size, patch_size, in_channels, n_classes, 768, 12, 12, key=key)

@@ -43,6 +43,13 @@ class WeightsError(ValueError):
 
     The message lists every offending key; the same lists are available as the
     attributes `missing`, `unexpected` and `misshaped` (each a list of strings).
+
+    **Arguments:** `message`, and the lists `missing`, `unexpected` and
+    `misshaped` of offending keys.
+
+    **Returns:** the exception, raised by [`eqx_attr.models.load`][],
+    [`eqx_attr.models.load_pretrained`][] and
+    [`eqx_attr.models.from_torch_state_dict`][].
     """
 
     def __init__(
@@ -287,6 +294,8 @@ def save(path: str | os.PathLike, model: PyTree) -> None:
     - `model`: any PyTree of arrays, e.g. a zoo model.
 
     **Example:**
+
+    **Returns:** `None`; the file is written.
 
     ```python
     save("cnn.safetensors", model)

@@ -33,7 +33,7 @@ class ModelSpec:
     - `factory`: `factory(*, key, **config) -> model`.
     - `cls`: the class of the models it builds.
     - `image_side`: the default side of a square input; `None` when the model
-        fixes it (read by [`ModelSpec.input_shape`][]).
+        fixes it (read by [`eqx_attr.models.ModelSpec.input_shape`][]).
     - `cam_layer`: the path of the usual CAM layer (`None`: no feature map).
     - `layer_options`: CAM layout options for that layer (`layout`,
         `n_prefix_tokens`).
@@ -49,6 +49,9 @@ class ModelSpec:
     - `read_config`: state-dict shapes (keys without Sequential's `layers`) ->
         the factory keywords they fix.
     - `config`: model -> the factory keywords that rebuild it (sizes only).
+
+    **Returns:** a frozen description; read it with [`eqx_attr.models.model_spec`][] or
+    [`eqx_attr.models.spec_of`][].
     """
 
     name: str
@@ -305,12 +308,18 @@ def _specs() -> tuple[ModelSpec, ...]:
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {s.name: s for s in _specs()}
+"""Every zoo architecture's [`eqx_attr.models.ModelSpec`][], by name."""
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The [`ModelSpec`][] of the architecture called `name`.
+    """The [`eqx_attr.models.ModelSpec`][] of the architecture called `name`.
 
     **Raises:** `ValueError` listing the known names.
+
+    **Arguments:** `name`, an architecture's name (a key of
+    [`eqx_attr.models.MODEL_SPECS`][]).
+
+    **Returns:** its [`eqx_attr.models.ModelSpec`][].
     """
     if name not in MODEL_SPECS:
         raise ValueError(
@@ -320,11 +329,16 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def spec_of(model: Any) -> ModelSpec:
-    """The [`ModelSpec`][] of a zoo model (the first architecture of its class).
+    """The [`eqx_attr.models.ModelSpec`][] of a zoo model (the first architecture of its
+    class).
 
     For VGG and ResNet the depth (and batch norm) pick the exact entry.
 
     **Raises:** `TypeError` for a model that is not from the zoo.
+
+    **Arguments:** `model`, a model built by the zoo.
+
+    **Returns:** its [`eqx_attr.models.ModelSpec`][].
     """
     for spec in MODEL_SPECS.values():
         if type(model) is not spec.cls:

@@ -38,7 +38,13 @@ class _MLPBody(nn.Module):
 
 
 class MLP(nn.Module):
-    """Twin of [`eqx_attr.models.MLP`][]: keys `mlp.layers.{i}.weight/bias`."""
+    """Twin of [`eqx_attr.models.MLP`][]: keys `mlp.layers.{i}.weight/bias`.
+
+    **Arguments:** `in_shape`, `n_classes`, `width`, `depth`, as for the Equinox model.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to logits `(B,
+    n_classes)`.
+    """
 
     def __init__(
         self,
@@ -56,7 +62,13 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Twin of [`eqx_attr.models.SmallCNN`][]: `conv1.{0,3}`, `conv2.{0,2}`, `fc`."""
+    """Twin of [`eqx_attr.models.SmallCNN`][]: `conv1.{0,3}`, `conv2.{0,2}`, `fc`.
+
+    **Arguments:** `in_channels`, `n_classes`, `width`, as for the Equinox model.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to logits `(B,
+    n_classes)`.
+    """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 16):
         super().__init__()
@@ -81,7 +93,14 @@ class SmallCNN(nn.Module):
 
 
 class VGG(nn.Module):
-    """Twin of [`eqx_attr.models.VGG`][]; torchvision's `vgg*` keys and layout."""
+    """Twin of [`eqx_attr.models.VGG`][]; torchvision's `vgg*` keys and layout.
+
+    **Arguments:** `depth`, `batch_norm`, `n_classes`, `in_channels`, `width`, `hidden`,
+    `pool_size`, as for the Equinox model.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to logits `(B,
+    n_classes)`.
+    """
 
     def __init__(
         self,
@@ -130,7 +149,13 @@ def _downsample(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class BasicBlock(nn.Module):
-    """Twin of [`eqx_attr.models.BasicBlock`][] (torchvision's keys)."""
+    """Twin of [`eqx_attr.models.BasicBlock`][] (torchvision's keys).
+
+    **Arguments:** `c_in`, `planes`, `stride`, as for the Equinox block.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to `(B, C', H',
+    W')`.
+    """
 
     def __init__(self, c_in: int, planes: int, stride: int):
         super().__init__()
@@ -150,7 +175,13 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Twin of [`eqx_attr.models.Bottleneck`][] (torchvision's keys, v1.5)."""
+    """Twin of [`eqx_attr.models.Bottleneck`][] (torchvision's keys, v1.5).
+
+    **Arguments:** `c_in`, `planes`, `stride`, as for the Equinox block.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to `(B, C', H',
+    W')`.
+    """
 
     def __init__(self, c_in: int, planes: int, stride: int):
         super().__init__()
@@ -176,7 +207,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Twin of [`eqx_attr.models.ResNet`][]; torchvision's `resnet*` keys."""
+    """Twin of [`eqx_attr.models.ResNet`][]; torchvision's `resnet*` keys.
+
+    **Arguments:** `depth`, `n_classes`, `in_channels`, `width`, as for the Equinox
+    model.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to logits `(B,
+    n_classes)`.
+    """
 
     def __init__(
         self,
@@ -266,7 +304,14 @@ class _Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """Twin of [`eqx_attr.models.ViT`][]; timm's `VisionTransformer` keys."""
+    """Twin of [`eqx_attr.models.ViT`][]; timm's `VisionTransformer` keys.
+
+    **Arguments:** `image_size`, `patch_size`, `in_channels`, `n_classes`, `dim`,
+    `depth`, `heads`, `mlp_ratio`, as for the Equinox model.
+
+    **Returns:** a `torch.nn.Module` mapping a batch `(B, C, H, W)` to logits `(B,
+    n_classes)`.
+    """
 
     def __init__(
         self,
