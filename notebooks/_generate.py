@@ -163,14 +163,14 @@ an `(H, W)` map. Blur IG and Guided IG are PAIR's path methods, XRAI ranks
 Felzenszwalb regions by IG attribution.""",
     """\
 mask = xa.masks.grid((28, 28), 7)  # 16 features
-few = 2 if FAST else 8
+few = 1 if FAST else 8
 perturbation = {
     "Occlusion 7x7 / 3": xa.Occlusion(model, (1, 7, 7), (1, 3, 3)),
     "FeatureAblation": xa.FeatureAblation(model, mask=mask),
     "ShapleyValueSampling": xa.ShapleyValueSampling(model, mask=mask,
                                                     n_permutations=few),
-    "KernelShap": xa.KernelShap(model, mask=mask, n_samples=16 * few),
-    "Lime": xa.Lime(model, mask=mask, n_samples=16 * few),
+    "KernelShap": xa.KernelShap(model, mask=mask, n_samples=32 * few),
+    "Lime": xa.Lime(model, mask=mask, n_samples=32 * few),
     "RISE": xa.RISE(model, n_masks=64 * few, cell_size=7),
     "XRAI": xa.XRAI(model, n_steps=4 * few),
     "Blur IG": xa.BlurIG(model, steps=4 * few),
