@@ -232,7 +232,7 @@ def zennit_relevance(twin, composite, x, target):
     return grad[0].detach().numpy(), out[0].detach().numpy()
 
 
-def test_batch_norm_merged_equals_zennit(net):
+def test_batch_norm_merged_equals_zennit():
     model, state, twin = twins(jax.random.key(5))
     x = jax.random.uniform(jax.random.key(6), (1, 12, 12), minval=-1.0, maxval=1.0)
     f = lambda z: model(z, state)[0]
