@@ -209,7 +209,10 @@ def self_check() -> None:
     out = bind(closed.jaxpr.eqns[0], [jnp.ones((3, 3)), jnp.ones(3)])
     if len(out) != 1 or out[0].shape != (3,):
         raise problem("re-binding an equation with its params failed")
-    with jax.named_scope("eqx.nn.BatchNorm"):
-        scoped = jax.make_jaxpr(lambda z: z - 1.0)(jnp.ones(3)).jaxpr.eqns
+    def scoped_fn(z):
+        with jax.named_scope("eqx.nn.BatchNorm"):
+            return z - 1.0
+
+    scoped = jax.make_jaxpr(scoped_fn)(jnp.ones(3)).jaxpr.eqns
     if "eqx.nn.BatchNorm" not in scope(scoped[0]):
         raise problem("equations no longer record their jax.named_scope")
