@@ -209,6 +209,7 @@ def self_check() -> None:
     out = bind(closed.jaxpr.eqns[0], [jnp.ones((3, 3)), jnp.ones(3)])
     if len(out) != 1 or out[0].shape != (3,):
         raise problem("re-binding an equation with its params failed")
+
     def scoped_fn(z):
         with jax.named_scope("eqx.nn.BatchNorm"):
             return z - 1.0
