@@ -7,9 +7,17 @@ EpsilonPlusFlat is compared exactly (max |difference| reported); Captum's LRP
 has no Flat rule, so it is timed with its default rules (Epsilon on every
 layer) against our `rule=Epsilon(1e-9)` (Captum's epsilon), also compared.
 
-    python benchmarks/bench_lrp.py [--quick] [--threads 2] [--repeats 10]
+ResNet-18 (`--models resnet18`: 3x224x224, batch 8, random batch-norm
+statistics): Zennit runs with its `ResNetCanonizer` (batch norms merged, skip
+sums split by `Norm`). Captum's LRP only splits a skip sum written as its
+`Addition_Module`, so its twin's blocks add `out + shortcut` through one; its
+batch norms get the Epsilon rule unmerged, which with bias-free convolutions
+gives the merged Epsilon relevances (up to the stabiliser).
 
-Writes `benchmarks/results/lrp-cpu.md`.
+    python benchmarks/bench_lrp.py [--quick] [--threads 2] [--repeats 10]
+    python benchmarks/bench_lrp.py --models resnet18 --batch 8 --repeats 2
+
+Writes `benchmarks/results/lrp-cpu.md` (`lrp-cpu-resnet18.md` for ResNet-18).
 """
 
 from __future__ import annotations
@@ -31,9 +39,79 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lrp-cpu.md"))
-    return p.parse_args()
+    p.add_argument("--batch", type=int, default=None, help="64 (MLP/CNN), 8 (ResNet)")
+    p.add_argument(
+        "--models",
+        default="mlp,smallcnn",
+        help="comma-separated: mlp, smallcnn, resnet18",
+    )
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    unknown = set(args.models) - {"mlp", "smallcnn", "resnet18"}
+    if unknown:
+        p.error(f"--models: unknown {sorted(unknown)}; use mlp, smallcnn, resnet18")
+    resnet = args.models == ["resnet18"]
+    if args.batch is None:
+        args.batch = 8 if resnet else 64
+    if args.out is None:
+        name = "lrp-cpu-resnet18.md" if resnet else "lrp-cpu.md"
+        args.out = str(ROOT / "benchmarks" / "results" / name)
+    return args
+
+
+def random_batch_norms(model, key):
+    """Random statistics for every frozen batch norm (fresh ones are identities)."""
+    import equinox as eqx
+    import jax
+
+    from eqx_attr.models import FrozenBatchNorm2d
+
+    is_bn = lambda n: isinstance(n, FrozenBatchNorm2d)
+    find = lambda m: [
+        n for n in jax.tree_util.tree_leaves(m, is_leaf=is_bn) if is_bn(n)
+    ]
+    new = []
+    for bn, k in zip(find(model), jax.random.split(key, len(find(model))), strict=True):
+        k1, k2, k3, k4 = jax.random.split(k, 4)
+        c = bn.weight.shape
+        new.append(
+            eqx.tree_at(
+                lambda b: (b.weight, b.bias, b.running_mean, b.running_var),
+                bn,
+                (
+                    jax.random.uniform(k1, c, minval=0.5, maxval=1.5),
+                    0.1 * jax.random.normal(k2, c),
+                    0.1 * jax.random.normal(k3, c),
+                    jax.random.uniform(k4, c, minval=0.5, maxval=1.5),
+                ),
+            )
+        )
+    return eqx.tree_at(find, model, new)
+
+
+def resnet_twins(model):
+    """Zennit's twin (`block.relu` aliased, as its canonizer expects) and Captum's
+    (each block's skip sum through Captum's `Addition_Module`)."""
+    from captum.attr._utils.custom_modules import Addition_Module
+
+    from eqx_attr.torch_twins import BasicBlock, to_torch
+
+    class CaptumBlock(BasicBlock):
+        def forward(self, x):
+            out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.relu2(self.add(out, shortcut))
+
+    zennit_twin, captum_twin = to_torch(model).eval(), to_torch(model).eval()
+    for module in zennit_twin.modules():
+        if isinstance(module, BasicBlock):
+            module.relu = module.relu1
+    for module in captum_twin.modules():
+        if isinstance(module, BasicBlock):
+            module.__class__ = CaptumBlock
+            module.add = Addition_Module()
+    return zennit_twin, captum_twin
 
 
 def main() -> None:
@@ -55,8 +133,10 @@ def main() -> None:
     install()
     import captum.attr
     import zennit.composites as zcomp
+    from zennit.torchvision import ResNetCanonizer
 
     torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
     batch = 4 if args.quick else args.batch
     repeats = 2 if args.quick else args.repeats
     width_mlp, width_cnn = (16, 4) if args.quick else (256, 16)
@@ -72,24 +152,37 @@ def main() -> None:
             return self.fc(self.pool(self.conv2(self.conv1(x))).flatten(1))
 
     key = jax.random.key(0)
-    models = {
-        "MLP": (lambda m: to_torch(m), xa.models.MLP(width=width_mlp, key=key)),
-        "SmallCNN": (
-            lambda m: PooledCNN(to_torch(m)),
-            xa.models.SmallCNN(width=width_cnn, key=key),
-        ),
-    }
-    xs = jax.random.uniform(jax.random.key(1), (batch, 1, 28, 28))
-    ts = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-    xt = torch.tensor(np.asarray(xs))
-    tt = torch.tensor(np.asarray(ts), dtype=torch.long)
+    models = {}
+    if "mlp" in args.models:
+        mlp = xa.models.MLP(width=width_mlp, key=key)
+        models["MLP"] = (lambda m: (to_torch(m),) * 2, mlp, (1, 28, 28), 10)
+    if "smallcnn" in args.models:
+        cnn = xa.models.SmallCNN(width=width_cnn, key=key)
+        models["SmallCNN"] = (
+            lambda m: (PooledCNN(to_torch(m)),) * 2,
+            cnn,
+            (1, 28, 28),
+            10,
+        )
+    if "resnet18" in args.models:
+        side = 64 if args.quick else 224
+        r18 = xa.models.resnet18(width=8 if args.quick else 64, key=key)
+        r18 = random_batch_norms(r18, jax.random.key(4))
+        models["ResNet-18"] = (resnet_twins, r18, (3, side, side), 1000)
+
+    def inputs(shape, n_classes):
+        xs = jax.random.uniform(jax.random.key(1), (batch, *shape))
+        ts = jax.random.randint(jax.random.key(2), (batch,), 0, n_classes)
+        xt = torch.tensor(np.asarray(xs))
+        tt = torch.tensor(np.asarray(ts), dtype=torch.long)
+        return xs, ts, xt, tt
 
     def ours(method):
         f = eqx.filter_jit(eqx.filter_vmap(method))
         return lambda: jax.block_until_ready(f(xs, ts))
 
-    def zennit(twin):
-        comp = zcomp.EpsilonPlusFlat()
+    def zennit(twin, canonizers):
+        comp = zcomp.EpsilonPlusFlat(canonizers=canonizers)
 
         def run():
             x = xt.clone().requires_grad_(True)
@@ -111,15 +204,22 @@ def main() -> None:
         return time.perf_counter() - t, out
 
     rows = []
-    for name, (make_twin, model) in models.items():
-        twin = make_twin(model).eval()
+    for name, (make_twins, model, shape, n_classes) in models.items():
+        xs, ts, xt, tt = inputs(shape, n_classes)
+        zennit_twin, captum_twin = (t.eval() for t in make_twins(model))
+        canonizers = [ResNetCanonizer()] if name == "ResNet-18" else None
         pairs = [
-            ("EpsilonPlusFlat", "Zennit", ours(xa.LRP(model)), zennit(twin)),
+            (
+                "EpsilonPlusFlat",
+                "Zennit",
+                ours(xa.LRP(model)),
+                zennit(zennit_twin, canonizers),
+            ),
             (
                 "Epsilon (Captum's rules)",
                 "Captum LRP",
                 ours(xa.LRP(model, rule=xa.lrp.Epsilon(1e-9))),
-                captum_lrp(twin),
+                captum_lrp(captum_twin),
             ),
         ]
         for method, peer, f_ours, f_peer in pairs:
@@ -135,23 +235,38 @@ def main() -> None:
             rows.append((name, method, peer, mo, mp, mo / mp, first, diff, ref))
             print(f"{name:9s} {method:26s} vs {peer:10s} ours {mo * 1e3:8.1f} ms "
                   f"peer {mp * 1e3:8.1f} ms ratio {mo / mp:5.2f} "
-                  f"max|diff| {diff:.1e} (max|ref| {ref:.1e})")  # fmt: skip
+                  f"max|diff| {diff:.1e} (max|ref| {ref:.1e}) "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
     lines = [
         "# LRP vs Zennit and Captum (CPU)",
         "",
-        f"Batch {batch}, 1x28x28 inputs, {args.threads} threads (XLA and torch), "
+        f"Batch {batch}, "
+        + ", ".join(f"{n} {'x'.join(map(str, m[2]))}" for n, m in models.items())
+        + f" inputs, {args.threads} threads (XLA and torch), "
         f"median of {repeats} interleaved calls after a warm-up; `ratio` = ours / "
         "theirs. Run on a machine shared with other jobs (loaded): ratios are more "
-        "meaningful than absolute times.",
+        "meaningful than absolute times. Load average (1 min) at the start "
+        f"{load0:.1f}, at the end {os.getloadavg()[0]:.1f}.",
         "",
         f"Command: `python benchmarks/bench_lrp.py --threads {args.threads} "
-        f"--repeats {repeats}{' --quick' if args.quick else ''}`",
+        f"--repeats {repeats} --batch {batch} --models {','.join(args.models)}"
+        f"{' --quick' if args.quick else ''}`",
         "",
         "| model | method | peer | ours (ms) | peer (ms) | ratio | first call "
         "(s, compile) | max abs diff | max abs ref |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if "ResNet-18" in models:
+        header = len(lines) - 2
+        lines[header:header] = [
+            "ResNet-18: random batch-norm statistics; Zennit with its "
+            "`ResNetCanonizer` (batch norms merged, skip sums by `Norm`); Captum's "
+            "LRP supports the skip sums only through its `Addition_Module`, so its "
+            "twin's blocks add through one (Epsilon rule there; its batch norms get "
+            "Epsilon unmerged).",
+            "",
+        ]
     for name, method, peer, mo, mp, ratio, first, diff, ref in rows:
         lines.append(
             f"| {name} | {method} | {peer} | {mo * 1e3:.1f} | {mp * 1e3:.1f} | "

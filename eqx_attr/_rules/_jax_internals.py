@@ -103,6 +103,13 @@ def where(eqn: Any) -> str:
     return "an unknown location"
 
 
+def scope(eqn: Any) -> str:
+    """The `jax.named_scope`s `eqn` was traced in, e.g. `"eqx.nn.BatchNorm/vmap()"`
+    (Equinox names the calls of its layers this way); empty when not recorded."""
+    stack = getattr(getattr(eqn, "source_info", None), "name_stack", None)
+    return "" if stack is None else str(stack)
+
+
 def nn_function(eqn: Any, names: Sequence[str]) -> str | None:
     """The `jax.nn` function in `names` that `eqn` was traced inside, if any.
 
@@ -202,3 +209,11 @@ def self_check() -> None:
     out = bind(closed.jaxpr.eqns[0], [jnp.ones((3, 3)), jnp.ones(3)])
     if len(out) != 1 or out[0].shape != (3,):
         raise problem("re-binding an equation with its params failed")
+
+    def scoped_fn(z):
+        with jax.named_scope("eqx.nn.BatchNorm"):
+            return z - 1.0
+
+    scoped = jax.make_jaxpr(scoped_fn)(jnp.ones(3)).jaxpr.eqns
+    if "eqx.nn.BatchNorm" not in scope(scoped[0]):
+        raise problem("equations no longer record their jax.named_scope")

@@ -19,6 +19,7 @@ from .._attribution import (
     check_input,
     resolve_target,
 )
+from ._lrp_bn import training_batch_norms, training_error
 from ._lrp_canon import prepare
 from ._lrp_composites import AbstractComposite, EpsilonPlusFlat, SingleRule
 from ._lrp_rules import AbstractRule
@@ -40,7 +41,10 @@ class LRP(AbstractAttribution):
     convolutions (a special one for the first layer), a proportional split
     (`Norm`) for average pools, means and the sums of skip connections, and the
     relevance passes through activations and max pools (to the winner). Batch
-    norm is merged into the convolution before it first. Linear operations are
+    norm is merged into the layer before it first (the zoo's `FrozenBatchNorm2d`
+    into its convolution; `eqx.nn.BatchNorm` in inference mode, with its running
+    statistics read from the `eqx.nn.State` the model closes over, into the
+    convolution or `eqx.nn.Linear` before it). Linear operations are
     reached both as Equinox modules and inline (`x @ w`, `jnp.einsum`,
     `lax.conv_general_dilated`, `jnp.mean`); an operation with no rule raises,
     naming the operation and where it is called.
@@ -125,7 +129,15 @@ class LRP(AbstractAttribution):
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Attribution:
         x = check_input(x)
-        resolve_target(self.model, x, target)  # trace-time checks, with clear errors
+        if training_batch_norms(self.model):
+            raise training_error(self.model, _model_name(self.model))
+        try:  # trace-time checks, with clear errors
+            resolve_target(self.model, x, target)
+        except NameError as e:
+            # A collective on an unbound axis: an eqx.nn.BatchNorm in training mode.
+            if "axis name" not in str(e):
+                raise
+            raise training_error(self.model, _model_name(self.model)) from e
         if _is_index(target):
             # An int becomes a 0-d array (already range-checked above), so that
             # every class shares one compiled program.

@@ -1,5 +1,8 @@
 """The PyTree side of LRP: batch-norm merging, rule overrides and pooling modules.
 
+(`eqx.nn.BatchNorm`, whose statistics live in an `eqx.nn.State`, is merged in the
+traced program instead: see `_lrp_bn`.)
+
 - `merge_batch_norms`: every [`eqx_attr.models.FrozenBatchNorm2d`][] that directly
   follows a convolution is folded into it (Zennit's `SequentialMergeBatchNorm`):
   "directly follows" means the next element of a list/tuple (`eqx.nn.Sequential`)
@@ -97,14 +100,16 @@ def merge_batch_norms(node: Any) -> Any:
 
 def check_no_batch_norm(model: Any) -> None:
     """Raise if a batch norm is left that no canonizer could merge."""
-    is_bn = lambda n: isinstance(n, (FrozenBatchNorm2d, eqx.nn.BatchNorm))
+    # `eqx.nn.BatchNorm` keeps its statistics in an `eqx.nn.State`: it is merged in
+    # the traced program instead (`_lrp_bn`).
+    is_bn = lambda n: isinstance(n, FrozenBatchNorm2d)
     stop = lambda n: is_bn(n) or isinstance(n, RuleOp)
     for path, leaf in jax.tree_util.tree_flatten_with_path(model, is_leaf=stop)[0]:
         if is_bn(leaf):
             where = "model" + jax.tree_util.keystr(path)
             raise ValueError(
                 f"LRP cannot merge the batch norm at `{where}`: it does not directly "
-                "follow a convolution (eqx.nn.BatchNorm is not merged at all). LRP "
+                "follow a convolution. LRP "
                 "rules assume batch norm folded into the preceding layer; put the "
                 "batch norm right after its convolution, or give it a rule with "
                 f"`overrides=((lambda m: m{jax.tree_util.keystr(path)}, "

@@ -9,7 +9,8 @@ according to a table:
   `x @ w`, `einsum`; `conv_general_dilated`: convolutions) get the composite's rule
   for their kind, with a following `add` of a constant fused in as their bias
   (looking through `squeeze`/`reshape`-like steps in between, as `eqx.nn.Conv`
-  does);
+  does), and an `eqx.nn.BatchNorm` in inference mode right after them folded in
+  (`_lrp_bn`);
 - sums of two activations, `reduce_sum` (`jnp.mean`, `jnp.sum`) and
   `reduce_window_sum` (average pools) get the composite's `norm_rule`;
 - activations (`jax.nn.relu`, `relu6`, `softplus`, `silu`, `sigmoid`,
@@ -36,6 +37,13 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 
 from ._jax_internals import JIT as _JIT, bind as _bind, fn_name, where as _summary
+from ._lrp_bn import (
+    fold as _bn_fold,
+    in_batch_norm,
+    match as _bn_match,
+    training_error,
+    unmerged_error,
+)
 from ._lrp_composites import AbstractComposite
 from ._lrp_rules import LAYER_TAG, RULE_TAG, Pass, apply_rule
 
@@ -73,6 +81,7 @@ class _State:
     composite: AbstractComposite
     allow: frozenset
     name: str
+    model: Any = None  # to name the batch norms of an error
     first_done: bool = False
 
 
@@ -174,18 +183,22 @@ def _fused(jaxpr, i, x_flags, invals, uses, act, read, terminals):
     return fn, invals[xpos], tuple(others), const, out, fused
 
 
-def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
-    """Evaluate linear equation `i` (and its fused bias) with its rule."""
-    eqn = jaxpr.eqns[i]
-    if all(flags):
-        raise _no_rule(state, eqn, "a product of two activations")
+def _layer_rule(state: _State, eqn):
+    """The composite's rule for linear equation `eqn` (the first layer's, once)."""
     kind = _LINEAR[eqn.primitive.name]
     rule = None
     if not state.first_done:
         rule = state.composite.first_rule(kind)
         state.first_done = rule is not None
-    if rule is None:
-        rule = state.composite.layer_rule(kind)
+    return state.composite.layer_rule(kind) if rule is None else rule
+
+
+def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
+    """Evaluate linear equation `i` (and its fused bias) with its rule."""
+    eqn = jaxpr.eqns[i]
+    if all(flags):
+        raise _no_rule(state, eqn, "a product of two activations")
+    rule = _layer_rule(state, eqn)
     fn, x, (w,), b, out, fused = _fused(
         jaxpr, i, flags, invals, uses, act, read, ("add",)
     )
@@ -218,6 +231,11 @@ def _one(state: _State, eqn, invals: list, flags: list) -> list:
         return _bind(eqn, invals)
     if not any(_is_float(v.aval) for v in outs):
         return _bind(eqn, invals)  # comparisons, argmax: no gradient flows
+    if in_batch_norm(eqn):
+        if prim.startswith(("reduce", "psum", "pmean", "pmax")):
+            at = f" (its batch statistics are taken at {_summary(eqn)})"
+            raise training_error(state.model, state.name, at)
+        raise unmerged_error(eqn, state.name)
     if prim == "custom_vjp_call" and _tag(eqn) is not None:
         if _tag(eqn) == LAYER_TAG:
             state.first_done = True
@@ -275,8 +293,17 @@ def evaluate(jaxpr, consts: Sequence, args: Sequence, flags: Sequence[bool], sta
     env.update(zip(jaxpr.invars, args, strict=True))
     act.update(v for v, f in zip(jaxpr.invars, flags, strict=True) if f)
     uses = _uses(jaxpr)
+    producers = {v: e for e in jaxpr.eqns for v in e.outvars}
     done: set = set()
+    # A linear equation with a batch norm to fold is evaluated at the batch norm's
+    # last equation, when every constant of the batch norm has been computed.
+    pending: dict = {}
     for i, eqn in enumerate(jaxpr.eqns):
+        if id(eqn) in pending:
+            m, rule, x, w = pending.pop(id(eqn))
+            fn, weight, bias = _bn_fold(m, w, read)
+            env[m.out] = apply_rule(rule, fn, x, weight, bias)
+            continue
         if id(eqn) in done:
             continue
         invals = [read(v) for v in eqn.invars]
@@ -292,6 +319,14 @@ def evaluate(jaxpr, consts: Sequence, args: Sequence, flags: Sequence[bool], sta
             act.update(v for v, f in zip(eqn.outvars, out_flags, strict=True) if f)
             continue
         elif eqn.primitive.name in _LINEAR and eqn.primitive.name not in state.allow:
+            m = _bn_match(jaxpr, i, in_flags, uses, act, producers)
+            if m is not None:
+                rule = _layer_rule(state, eqn)
+                x, w = invals[m.xpos], invals[1 - m.xpos]
+                pending[id(m.last)] = (m, rule, x, w)
+                done |= m.fused()
+                act.add(m.out)
+                continue
             done |= _linear(jaxpr, i, invals, in_flags, uses, act, state, env, read)
             continue
         elif eqn.primitive.name in _NORM and eqn.primitive.name not in state.allow:
@@ -317,7 +352,7 @@ def run(
         return m(x_)
 
     closed, out_shape = jax.make_jaxpr(flat_call, return_shape=True)(x, *leaves)
-    state = _State(composite, frozenset(allow), name)
+    state = _State(composite, frozenset(allow), name, model)
     flags = [True] + [False] * len(leaves)
     outs, _ = evaluate(closed.jaxpr, closed.consts, [x, *leaves], flags, state)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
