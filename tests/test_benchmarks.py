@@ -94,3 +94,24 @@ def test_disagreement_is_flagged():
     assert r.agree is False
     md = H.markdown([r], H.machine_info("cpu"), [])
     assert "DISAGREE" in md
+
+
+def test_every_registered_method_is_accounted_for():
+    # The benchmarks read the method registry: each registered method names the
+    # script that times it against a peer, or says why it is not timed.
+    spec = importlib.util.spec_from_file_location(
+        "bench_coverage", ROOT / "benchmarks" / "coverage.py"
+    )
+    assert spec is not None and spec.loader is not None
+    coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coverage)
+    from eqx_attr._registry import methods
+
+    names = [entry.name for entry in methods()]
+    assert sorted(coverage.COVERAGE) == sorted(names)
+    for name, (script, peer) in coverage.COVERAGE.items():
+        assert peer, name
+        if script is not None:
+            source = (ROOT / "benchmarks" / script).read_text()
+            entry = next(e for e in methods() if e.name == name)
+            assert entry.cls.__name__ in source or name in source, (name, script)
