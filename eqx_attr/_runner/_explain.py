@@ -53,6 +53,7 @@ def explain_dataset(
     progress: bool = True,
     overwrite: bool = False,
     scores: bool = True,
+    chunk_rows: int | None = None,
 ) -> Any:
     """Explain every example of a data set; stream the results to a Zarr store.
 
@@ -82,6 +83,11 @@ def explain_dataset(
         (otherwise it is refused with an error and left intact).
     - `scores`: also store the target's score (one more forward pass per
         example; `False` for cheap methods such as Grad-CAM when speed matters).
+    - `chunk_rows`: rows per chunk of the store along N, a multiple of
+        `batch_size`. A chunk is one file, written at once after its batches are
+        computed, and the unit shared among processes; a killed run recomputes
+        the chunks it had not finished. `None` (default): chunks of ~1 MiB, at
+        most ~1024 rows. It is part of the store's identity.
 
     **Returns:**
 
@@ -120,6 +126,12 @@ def explain_dataset(
 
     x0 = jnp.asarray(np.asarray(xs[0])) if n else None
     n_classes, a_shape, a_dtype = _shapes(method, x0, key)
+    outputs = {
+        "attributions": (a_shape, a_dtype),
+        "targets": ((), np.int32),
+        **({"scores": ((), np.float32)} if scores else {}),
+    }
+    chunk_rows = _store.resolve_chunk_rows(chunk_rows, n, int(batch_size), outputs)
     identity = {
         "kind": "explain",
         "method": None,
@@ -127,6 +139,7 @@ def explain_dataset(
         "data": _fingerprint.data_fingerprint(xs),
         "targets": _fingerprint.targets_fingerprint(targets),
         "batch_size": int(batch_size),
+        "chunk_rows": chunk_rows,
         "key": None if key is None else _fingerprint.describe(key),
         "scores": bool(scores),
     }
@@ -143,13 +156,10 @@ def explain_dataset(
         out=path,
         n=n,
         batch_size=int(batch_size),
+        chunk_rows=chunk_rows,
         sources=sources,
         nan_checked=("xs",),
-        outputs={
-            "attributions": (a_shape, a_dtype),
-            "targets": ((), np.int32),
-            **({"scores": ((), np.float32)} if scores else {}),
-        },
+        outputs=outputs,
         compute=compute,
         identity=identity,
         record=record,
