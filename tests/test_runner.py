@@ -88,7 +88,7 @@ def test_explain_equals_per_example_loop(tmp_path):
     scores = np.asarray(_logits(model, xs))[np.arange(N), ts]
     np.testing.assert_allclose(g["scores"][:], scores, rtol=1e-5, atol=1e-6)
     assert g["done"][:].all()
-    # Default chunks of ~1 MiB: here the whole (tiny) data set in one chunk.
+    # Default chunks of ~2 MiB: here the whole (tiny) data set in one chunk.
     assert g["attributions"].chunks == (7, 1, 8, 8) and g["done"].chunks == (7,)
     meta = _meta(g)
     assert meta["complete"] and meta["version"] == xa.__version__
@@ -231,14 +231,14 @@ def test_chunks_of_several_batches_written_and_resumed_by_batch(tmp_path):
 
 def test_chunk_rows_default_and_errors():
     image = {"attributions": ((28, 28), np.float32), "targets": ((), np.int32)}
-    # ~1 MiB: 3,137 bytes a row (with `done`) -> 335 rows, in whole batches.
-    assert resolve_chunk_rows(None, 100_000, 16, image) == 336
-    assert resolve_chunk_rows(None, 100_000, 64, image) == 384
+    # ~2 MiB: 3,137 bytes a row (with `done`) -> 669 rows, in whole batches.
+    assert resolve_chunk_rows(None, 100_000, 16, image) == 672
+    assert resolve_chunk_rows(None, 100_000, 64, image) == 704
     big = {"attributions": ((3, 224, 224), np.float32)}
     assert resolve_chunk_rows(None, 100_000, 64, big) == 64  # one batch
     assert resolve_chunk_rows(None, 100_000, 5, big) == 5
     tiny = {"values": ((), np.float32)}
-    assert resolve_chunk_rows(None, 100_000, 64, tiny) == 1024  # the row cap
+    assert resolve_chunk_rows(None, 100_000, 64, tiny) == 2048  # the row cap
     assert resolve_chunk_rows(None, 7, 3, image) == 9  # no more than the data
     assert resolve_chunk_rows(None, 0, 3, image) == 3
     assert resolve_chunk_rows(12, 100, 3, image) == 12

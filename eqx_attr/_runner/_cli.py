@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="rows per chunk of the store, a multiple of --batch-size (the unit "
-        "of writes, of resuming and of sharing among hosts; default: ~1 MiB)",
+        "of writes, of resuming and of sharing among hosts; default: ~2 MiB)",
     )
     p.add_argument(
         "--targets",

@@ -40,7 +40,8 @@ class Job:
     - `nan_checked`: the sources whose rows must not contain NaN.
     - `check_rows`: optional `(name, rows, start) -> None` raising on bad rows.
     - `outputs`: name -> (shape of one row, dtype) of the stored arrays.
-    - `compute`: `(batch: dict of sharded arrays, rows) -> dict of outputs`.
+    - `compute`: `(batch: dict of sharded arrays, rows) -> dict of outputs`
+        (device or NumPy arrays, padded rows included: trimmed when written).
     - `identity`: compared with an existing store; `record`: stored as is.
     """
 
@@ -135,7 +136,7 @@ def _write(arrays: dict[str, Any], done: Any, pieces: list[Piece]) -> int:
     for run in _runs(pieces):
         start, stop = run[0][0], run[-1][1]
         for name, array in arrays.items():
-            parts = [np.asarray(outs[name])[: b - a] for a, b, outs in run]
+            parts = [np.asarray(out[name], array.dtype)[: b - a] for a, b, out in run]
             array[start:stop] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         # Only after the outputs: a row marked done always has its data.
         done[start:stop] = True
@@ -147,17 +148,15 @@ class _Writer:
     """Writes finished chunks on one background thread, in order, while the
     devices compute the next ones; at most `depth` chunks wait to be written."""
 
-    def __init__(self, arrays: dict[str, Any], done: Any, bar: Any, depth: int = 2):
-        self.arrays, self.done, self.bar, self.depth = arrays, done, bar, depth
+    def __init__(self, arrays: dict[str, Any], done: Any, depth: int = 2):
+        self.arrays, self.done, self.depth = arrays, done, depth
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "eqx_attr_writer")
         self.queue: collections.deque = collections.deque()
         self.written = 0
 
     def _collect(self, keep: int) -> None:
         while len(self.queue) > keep:
-            n = self.queue.popleft().result()  # re-raises a failed write
-            self.bar.update(n)
-            self.written += n
+            self.written += self.queue.popleft().result()  # re-raises a failed write
 
     def submit(self, pieces: list[Piece]) -> None:
         self._collect(self.depth - 1)
@@ -183,7 +182,7 @@ def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool)
         else job.desc,
         progress,
     )
-    writer = _Writer({k: group[k] for k in job.outputs}, group[_store.DONE], bar)
+    writer = _Writer({k: group[k] for k in job.outputs}, group[_store.DONE])
     try:
         for batches in mine:
             pieces: list[Piece] = []
@@ -196,6 +195,9 @@ def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool)
                         (batch, _devices.pad_rows(rows, size)), mesh
                     )
                     pieces.append((start, stop, job.compute(batch, rows)))  # async
+                    # Rows computed (dispatched, on an accelerator): a chunk can
+                    # hold minutes of a slow method, too long between updates.
+                    bar.update(stop - start)
             finally:
                 # A whole chunk in one write; after an error, the batches before it.
                 if pieces:

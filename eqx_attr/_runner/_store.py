@@ -29,11 +29,12 @@ ATTR = "eqx_attr"
 # Probe files of other processes may appear while a folder is inspected.
 _PROBE = ".eqx_attr_probe_"
 DONE = "done"
-# Every chunk is a file, and on a local disk each costs ~0.5-1 ms to write
-# whatever its size: chunks of a few hundred KiB keep that below a cheap method's
-# computation. A row cap bounds what a killed run loses for tiny rows (metrics).
-_CHUNK_BYTES = 1 << 20
-_CHUNK_MAX_ROWS = 1024
+# Every chunk is a file per array, and each costs ~1-5 ms to write on a local
+# disk whatever its size (benchmarks/bench_runner.py): chunks of ~2 MiB keep that
+# a few percent of Grad-CAM's time. The row cap bounds what a killed run loses
+# when rows are tiny (metric values).
+_CHUNK_BYTES = 2 << 20
+_CHUNK_MAX_ROWS = 2048
 
 
 def zarr_module() -> Any:
@@ -169,7 +170,7 @@ def resolve_chunk_rows(
     """Rows per chunk along N: `chunk_rows` checked, or chosen from the row size.
 
     The default is the smallest multiple of `batch_size` that makes a chunk of
-    all outputs reach ~1 MiB, at most ~1024 rows (or one batch, if larger) and no
+    all outputs reach ~2 MiB, at most ~2048 rows (or one batch, if larger) and no
     more than the batches of the data set hold.
     """
     whole = -(-max(n, 1) // batch_size) * batch_size
