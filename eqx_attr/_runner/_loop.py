@@ -170,11 +170,14 @@ class _Writer:
         return self.written
 
 
-def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool):
+def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool) -> int:
     """Compute and write this process's chunks (each a list of pending batches)."""
     mesh = _devices.local_mesh()
     size = _devices.padded_size(job.batch_size, mesh.size)
-    bounds = lambda b: (b * job.batch_size, min(job.n, (b + 1) * job.batch_size))  # noqa: E731
+
+    def bounds(b: int) -> tuple[int, int]:
+        return b * job.batch_size, min(job.n, (b + 1) * job.batch_size)
+
     bar = progress_bar(
         sum(stop - start for c in mine for start, stop in map(bounds, c)),
         f"{job.desc} [{_devices.process_index()}]"
@@ -182,7 +185,10 @@ def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool)
         else job.desc,
         progress,
     )
-    writer = _Writer({k: group[k] for k in job.outputs}, group[_store.DONE])
+    writer = _Writer(
+        {k: _store.for_writing(group[k]) for k in job.outputs},
+        _store.for_writing(group[_store.DONE]),
+    )
     try:
         for batches in mine:
             pieces: list[Piece] = []
@@ -219,6 +225,8 @@ def run_job(job: Job, *, overwrite: bool, resume: bool, progress: bool) -> Any:
         done = np.asarray(group[_store.DONE][:])
     pending = _pending_chunks(done, job.n, job.batch_size, job.chunk_rows)
     n_pending = int(job.n - done.sum())
+    # Every process plans from the same `done`: none writes before all have read.
+    _devices.barrier("eqx_attr_planned")
     start = time.perf_counter()
     _compute_chunks(job, group, _devices.my_share(pending), progress)
     _devices.barrier("eqx_attr_computed")

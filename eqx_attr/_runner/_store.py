@@ -200,6 +200,16 @@ def open_store(path: str, mode: str = "r+") -> Any:
     return zarr_module().open_group(path, mode=mode)  # pyright: ignore[reportArgumentType]
 
 
+def for_writing(array: Any) -> Any:
+    """`array`, set to write every chunk as given.
+
+    By default Zarr first compares each chunk with the fill value, to skip
+    writing it: a pass over the data that costs more than the write itself.
+    """
+    with_config = getattr(array, "with_config", None)  # zarr >= 3.1
+    return array if with_config is None else with_config({"write_empty_chunks": True})
+
+
 def is_complete(group: Any) -> bool:
     """Whether every row of the store is done."""
     return bool(group.attrs.get(ATTR, {}).get("complete", False))
