@@ -185,7 +185,9 @@ def evaluate_dataset(
         sources=sources,
         nan_checked=tuple(k for k in ("xs", "attributions") if k in sources),
         outputs={"values": values},
-        compute=lambda batch, rows: _evaluate_batch(metric, batch, rows, key, order),
+        compute=lambda batch, rows: _evaluate_batch(
+            metric, batch, None if key is None else rows, key, order
+        ),
         identity=identity,
         record=record,
         check_rows=check_rows_like(n_classes),
