@@ -65,12 +65,14 @@ def _prepare(job: Job, *, overwrite: bool, resume: bool) -> tuple[Any, str]:
     status = _store.inspect_store(job.out, job.identity, overwrite=overwrite)
     _devices.barrier("eqx_attr_inspected")
     fresh = status != "match" or not resume
+    group = None
     if fresh and _devices.process_index() == 0:
-        _store.create_store(
+        group = _store.create_store(
             job.out, job.n, job.chunk_rows, job.outputs, job.identity, job.record
         )
     _devices.barrier("eqx_attr_created")
-    group = _store.open_store(job.out)
+    if group is None:
+        group = _store.open_store(job.out)
     if fresh:
         return group, "fresh"
     return group, "finished" if _store.is_complete(group) else "partial"
@@ -248,4 +250,5 @@ def run_job(job: Job, *, overwrite: bool, resume: bool, progress: bool) -> Any:
             platform=jax.default_backend(),
         )
     _devices.barrier("eqx_attr_recorded")
-    return _store.open_store(job.out)
+    # With several processes, the others re-read what process 0 recorded.
+    return group if _devices.process_count() == 1 else _store.open_store(job.out)
