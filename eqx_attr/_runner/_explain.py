@@ -64,11 +64,12 @@ def explain_dataset(
 
     Batches are read lazily, sharded over every local device (a 1-D
     `jax.sharding.Mesh`), computed by the vmapped method compiled once (the last
-    partial batch is padded, then trimmed) and written to `out`. After
-    `jax.distributed.initialize(...)`, each process computes and writes its own
-    batches of the same store. A batch's rows are marked done only after its data
-    is written, so a run killed at any moment and started again computes only the
-    rows not yet done. Rows not yet written read as 0.
+    partial batch is padded, then trimmed) and written to `out`, a chunk of
+    several batches at a time. After `jax.distributed.initialize(...)`, each
+    process computes and writes its own chunks of the same store. Rows are
+    marked done only after their data is written, so a run killed at any moment
+    and started again computes only the rows not yet done. Rows not yet written
+    read as 0.
 
     **Arguments:**
 

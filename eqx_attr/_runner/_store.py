@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .._attribution import check_positive_int
+
 ATTR = "eqx_attr"
 # Probe files of other processes may appear while a folder is inspected.
 _PROBE = ".eqx_attr_probe_"
@@ -175,11 +177,9 @@ def resolve_chunk_rows(
     """
     whole = -(-max(n, 1) // batch_size) * batch_size
     if chunk_rows is not None:
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
-            raise TypeError(
-                f"`chunk_rows` must be an int or None, got {type(chunk_rows).__name__}."
-            )
-        if chunk_rows < 1 or chunk_rows % batch_size:
+        check_positive_int(chunk_rows, "chunk_rows")
+        chunk_rows = int(chunk_rows)
+        if chunk_rows % batch_size:
             lower = max(batch_size, chunk_rows // batch_size * batch_size)
             raise ValueError(
                 f"`chunk_rows={chunk_rows}` must be a positive multiple of "
