@@ -9,7 +9,11 @@ state: the program is compiled on a first, untimed run at the same batch size.
     computing, writing chunks, bookkeeping), progress bar off; with the target's
     score (one extra forward pass) and without it (`scores=False`).
 - *bare*: the same method as `eqx.filter_jit(eqx.filter_vmap(method))` on the
-    same NumPy batches, in the same process, waiting for each batch.
+    same NumPy batches, in the same process, every batch dispatched before one
+    wait at the end (no store, no host copies): the strongest plain loop.
+- *CPU time*: bare / runner seconds of CPU of this process (all threads), the
+    overhead in work, less sensitive to other jobs on a shared machine than
+    wall time.
 - *Captum*: the same weights in PyTorch (`eqx_attr.torch_twins`), over a torch
     `DataLoader` of the same batches.
 - *devices*: the runner in a subprocess with 1, 2, 4 forced CPU devices
@@ -29,7 +33,6 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,15 +68,19 @@ def _runner_rate(method, xs, ts, batch_size: int, folder: str, scores=True) -> f
 
 
 def _bare_rate(method, xs, ts, batch_size: int) -> float:
+    """The strongest plain loop: NumPy batches straight into the jitted, vmapped
+    method, every batch dispatched before waiting once at the end."""
     f = eqx.filter_jit(eqx.filter_vmap(method))
     pad = -len(xs) % batch_size
     start = time.perf_counter()
+    outs = []
     for i in range(0, len(xs), batch_size):
         xb, tb = xs[i : i + batch_size], ts[i : i + batch_size]
         if len(xb) < batch_size:  # the same padding the runner does
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
             tb = np.concatenate([tb, np.repeat(tb[-1:], pad, 0)])
-        jax.block_until_ready(f(jnp.asarray(xb), jnp.asarray(tb)))
+        outs.append(f(xb, tb))
+    jax.block_until_ready(outs)
     return len(xs) / (time.perf_counter() - start)
 
 
@@ -111,6 +118,22 @@ def _best(fn, repeats: int) -> float:
     return max(fn() for _ in range(repeats))
 
 
+def _interleaved(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """name -> (best rate, least CPU seconds of this process), over `repeats`
+    rounds that run every function in turn, so that a change of the machine's
+    load hits them alike."""
+    for fn in fns.values():
+        fn()  # compile / warm up
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    cpus: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            cpu = time.process_time()
+            rates[name].append(fn())
+            cpus[name].append(time.process_time() - cpu)
+    return {k: (max(rates[k]), min(cpus[k])) for k in fns}
+
+
 def _devices_child(args) -> None:
     model, xs, ts, methods = _setup(args.n, args.n_steps)
     method = methods[f"ig-gl-{args.n_steps}"]
@@ -140,7 +163,8 @@ def main() -> None:
     p.add_argument("--n-cam", type=int, default=4096, help="rows for Grad-CAM")
     p.add_argument("--n-steps", type=int, default=8)
     p.add_argument("--batch-sizes", default="16,64")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--captum-repeats", type=int, default=2)
     p.add_argument("--devices-child", action="store_true")
     p.add_argument("--child-batch", type=int, default=64)
     p.add_argument("--skip-devices", action="store_true")
@@ -158,14 +182,18 @@ def main() -> None:
         "process are the meaningful part). SmallCNN (width 16) on "
         f"MNIST digits 28x28 ({args.n} rows for IG, {args.n_cam} for Grad-CAM: "
         "Grad-CAM is so cheap that fewer rows would time only the fixed cost of "
-        f"setting up a store), predicted targets; best of {args.repeats} "
-        "after a warm-up. Command: `python benchmarks/bench_runner.py "
+        f"setting up a store), predicted targets; best of {args.repeats} rounds "
+        "after a warm-up, each round running bare, runner and runner with "
+        f"scores=False in turn (Captum: best of {args.captum_repeats}); CPU time: "
+        "the least user+system seconds of this process over the rounds, all "
+        "threads counted. Command: `python benchmarks/bench_runner.py "
         + " ".join(sys.argv[1:])
         + "`.",
         "",
         "| method | batch | runner ex/s | runner, scores=False | bare jit+vmap ex/s "
-        "| runner / bare (scores=False) | Captum (DataLoader) ex/s | runner / Captum |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| runner / bare (scores=False) | CPU time bare / runner (scores=False) "
+        "| Captum (DataLoader) ex/s | runner / Captum |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory() as folder:
         for name, method in methods.items():
@@ -174,22 +202,26 @@ def main() -> None:
             n = args.n if name.startswith("ig") else args.n_cam
             xs, ts = xs_all[:n], ts_all[:n]
             for bs in map(int, args.batch_sizes.split(",")):
-                bare = _best(lambda: _bare_rate(method, xs, ts, bs), args.repeats)
-                run = _best(
-                    lambda: _runner_rate(method, xs, ts, bs, folder), args.repeats
-                )
-                lean = _best(
-                    lambda: _runner_rate(method, xs, ts, bs, folder, False),
+                r = _interleaved(
+                    {
+                        "bare": lambda: _bare_rate(method, xs, ts, bs),
+                        "run": lambda: _runner_rate(method, xs, ts, bs, folder),
+                        "lean": lambda: _runner_rate(method, xs, ts, bs, folder, False),
+                    },
                     args.repeats,
                 )
+                (bare, bare_cpu), (run, run_cpu), (lean, lean_cpu) = (
+                    r["bare"], r["run"], r["lean"]
+                )  # fmt: skip
                 cap = _best(
                     lambda: _captum_rate(model, name, xs, ts, bs, args.n_steps),
-                    args.repeats,
+                    args.captum_repeats,
                 )
                 lines.append(
                     f"| {name} | {bs} | {run:.1f} | {lean:.1f} | {bare:.1f} | "
-                    f"{run / bare:.2f} ({lean / bare:.2f}) | {cap:.1f} | "
-                    f"{run / cap:.2f} |"
+                    f"{run / bare:.2f} ({lean / bare:.2f}) | "
+                    f"{bare_cpu / run_cpu:.2f} ({bare_cpu / lean_cpu:.2f}) | "
+                    f"{cap:.1f} | {run / cap:.2f} |"
                 )
                 print(lines[-1], flush=True)
         fixed = _best(lambda: _runner_rate(method, xs[:1], ts[:1], 1, folder), 3)

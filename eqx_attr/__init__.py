@@ -93,7 +93,9 @@ def __getattr__(name: str) -> _Any:
     if name == "__version__":
         from importlib.metadata import version
 
-        return version("eqx_attr")
+        # Reading the installed metadata costs ~5 ms; every data-set run asks.
+        globals()["__version__"] = value = version("eqx_attr")
+        return value
     if name in _LAZY:
         module_name, attribute = _LAZY[name]
         module = _importlib.import_module(module_name, __name__)

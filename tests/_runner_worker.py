@@ -3,7 +3,8 @@
 `python tests/_runner_worker.py MODE DIR`: reads `DIR/w.safetensors`,
 `DIR/xs.npy` and `DIR/ts.npy`, and writes a store under DIR.
 - `devices`: on 4 forced CPU devices (XLA_FLAGS set by the caller);
-- `slow`: reads one row per second (a slow disk), to be killed mid-run.
+- `slow`: reads one row per second (a slow disk), to be killed mid-run;
+    batches of 1 row, chunks of 2.
 """
 
 import json
@@ -48,6 +49,7 @@ elif mode == "slow":
         ts,
         out=f"{folder}/killed.zarr",
         batch_size=1,
+        chunk_rows=2,  # chunks of two batches: killed between or inside them
         progress=False,
     )
 else:

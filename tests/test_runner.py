@@ -13,7 +13,7 @@ import zarr
 
 import eqx_attr as xa
 from eqx_attr._runner import _cli as runner_cli
-from eqx_attr._runner._store import StoreMismatchError
+from eqx_attr._runner._store import StoreMismatchError, resolve_chunk_rows
 
 N = 7  # with batch_size=3: two full batches and a partial one
 
@@ -88,10 +88,12 @@ def test_explain_equals_per_example_loop(tmp_path):
     scores = np.asarray(_logits(model, xs))[np.arange(N), ts]
     np.testing.assert_allclose(g["scores"][:], scores, rtol=1e-5, atol=1e-6)
     assert g["done"][:].all()
-    assert g["attributions"].chunks == (3, 1, 8, 8)
+    # Default chunks of ~2 MiB: here the whole (tiny) data set in one chunk.
+    assert g["attributions"].chunks == (7, 1, 8, 8) and g["done"].chunks == (7,)
     meta = _meta(g)
     assert meta["complete"] and meta["version"] == xa.__version__
     assert meta["identity"]["batch_size"] == 3
+    assert meta["identity"]["chunk_rows"] == 9  # whole batches
     assert meta["identity"]["data"]["shape"] == [N, 1, 8, 8]
     assert meta["identity"]["method_class"] == "Gradients"
     assert meta["method_config"]["abs"] is False
@@ -186,6 +188,70 @@ def test_finished_store_is_returned_and_partial_store_resumed(tmp_path):
     assert _meta(g)["complete"] and _meta(g)["rows_computed"] == 3
 
 
+def test_chunks_of_several_batches_written_and_resumed_by_batch(tmp_path):
+    model, xs, ts = _model(), _xs(), _targets()
+    grads = xa.Gradients(model)
+    expected = per_example(grads, xs, ts)
+    out = tmp_path / "s.zarr"
+    # chunks [0, 6) (two batches) and [6, 7): NaN in row 4, the second batch.
+    nan = xs.copy()
+    nan[4, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="`xs` row 4 contains NaN"):
+        xa.explain_dataset(
+            grads, nan, ts, out=out, batch_size=3, chunk_rows=6, progress=False
+        )
+    g = zarr.open_group(out)
+    assert g["attributions"].chunks == (6, 1, 8, 8) and g["done"].chunks == (6,)
+    # The batch computed before the error is written (half a chunk), then marked.
+    np.testing.assert_array_equal(g["done"][:], [True] * 3 + [False] * 4)
+    np.testing.assert_allclose(
+        g["attributions"][:3], expected[:3], rtol=1e-5, atol=1e-6
+    )
+    assert not g["attributions"][3:].any()
+    # Resuming that store (same identity: rebuild it with clean data) computes
+    # only the batches not done, and keeps the rows already in the chunk.
+    full = xa.explain_dataset(
+        grads, xs, ts, out=tmp_path / "r.zarr", batch_size=3, chunk_rows=6,
+        progress=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(full["attributions"][:], expected, rtol=1e-5, atol=1e-6)
+    group = zarr.open_group(tmp_path / "r.zarr", mode="r+")
+    group["done"][3:7] = False
+    group["attributions"][3:7] = 0.0
+    group.attrs["eqx_attr"] = {**_meta(group), "complete": False}
+    counting = CountingRows(xs)
+    g = xa.explain_dataset(
+        grads, counting, ts, out=tmp_path / "r.zarr", batch_size=3, chunk_rows=6,
+        progress=False,
+    )  # fmt: skip
+    assert counting.reads == [(3, 6), (6, 7)]
+    np.testing.assert_allclose(g["attributions"][:], expected, rtol=1e-5, atol=1e-6)
+    assert g["done"][:].all() and _meta(g)["rows_computed"] == 4
+
+
+def test_chunk_rows_default_and_errors():
+    image = {"attributions": ((28, 28), np.float32), "targets": ((), np.int32)}
+    # ~2 MiB: 3,137 bytes a row (with `done`) -> 669 rows, in whole batches.
+    assert resolve_chunk_rows(None, 100_000, 16, image) == 672
+    assert resolve_chunk_rows(None, 100_000, 64, image) == 704
+    big = {"attributions": ((3, 224, 224), np.float32)}
+    assert resolve_chunk_rows(None, 100_000, 64, big) == 64  # one batch
+    assert resolve_chunk_rows(None, 100_000, 5, big) == 5
+    tiny = {"values": ((), np.float32)}
+    assert resolve_chunk_rows(None, 100_000, 64, tiny) == 2048  # the row cap
+    assert resolve_chunk_rows(None, 7, 3, image) == 9  # no more than the data
+    assert resolve_chunk_rows(None, 0, 3, image) == 3
+    assert resolve_chunk_rows(12, 100, 3, image) == 12
+    assert resolve_chunk_rows(300, 100, 3, image) == 102
+    with pytest.raises(ValueError, match=r"`chunk_rows=10` must be a positive "
+                       r"multiple of `batch_size=3` \(e.g. 9\)"):  # fmt: skip
+        resolve_chunk_rows(10, 100, 3, image)
+    with pytest.raises(ValueError, match="`chunk_rows` must be an integer >= 1"):
+        resolve_chunk_rows(0, 100, 3, image)
+    with pytest.raises((TypeError, ValueError), match="chunk_rows"):  # or beartype
+        resolve_chunk_rows(6.0, 100, 3, image)
+
+
 def test_foreign_store_refused_left_intact_and_overwritten(tmp_path):
     model, xs, ts = _model(), _xs(), _targets()
     out = tmp_path / "s.zarr"
@@ -199,6 +265,7 @@ def test_foreign_store_refused_left_intact_and_overwritten(tmp_path):
         dict(xs=_xs(seed=2)),  # other data
         dict(ts=_targets()[::-1].copy()),  # other targets
         dict(batch_size=4),  # another configuration
+        dict(chunk_rows=3),  # another layout
     ]
     for change in foreign:
         with pytest.raises(StoreMismatchError, match="overwrite=True"):
@@ -208,6 +275,7 @@ def test_foreign_store_refused_left_intact_and_overwritten(tmp_path):
                 change.get("ts", ts),
                 out=out,
                 batch_size=change.get("batch_size", 3),
+                chunk_rows=change.get("chunk_rows"),
                 progress=False,
             )
     np.testing.assert_array_equal(zarr.open_group(out)["attributions"][:], before)

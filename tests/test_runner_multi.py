@@ -65,6 +65,7 @@ def runs(tmp_path_factory):
         "--weights", str(folder / "w.safetensors"), "--data", str(folder / "xs.npy"),
         "--targets", str(folder / "ts.npy"), "--method", "gradients",
         "--out", str(folder / "hosts.zarr"), "--batch-size", "3", "--no-progress",
+        "--chunk-rows", "6",  # chunks [0, 6) (two batches) and [6, 7): one each
         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
     ]  # fmt: skip
     procs = {
@@ -135,7 +136,13 @@ def test_kill_and_resume(runs):
 
     counting = Counting()
     group = xa.explain_dataset(
-        xa.Gradients(model), counting, ts, out=store, batch_size=1, progress=False
+        xa.Gradients(model),
+        counting,
+        ts,
+        out=store,
+        batch_size=1,
+        chunk_rows=2,
+        progress=False,
     )
     assert sorted(counting.reads) == list(np.flatnonzero(~done))
     expected, scores = _reference(folder, model)
@@ -164,6 +171,7 @@ def test_two_processes_equal_one(runs):
     group = zarr.open_group(folder / "hosts.zarr", mode="r")
     meta = dict(group.attrs["eqx_attr"])
     assert meta["n_processes"] == 2 and meta["complete"]
+    assert group["attributions"].chunks[0] == 6
     expected, scores = _reference(folder, model)
     np.testing.assert_allclose(group["attributions"][:], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(group["scores"][:], scores, rtol=1e-5, atol=1e-6)

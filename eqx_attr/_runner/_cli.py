@@ -42,6 +42,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="STORE.zarr")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="rows per chunk of the store, a multiple of --batch-size (the unit "
+        "of writes, of resuming and of sharing among hosts; default: ~2 MiB)",
+    )
+    p.add_argument(
         "--targets",
         default="predicted",
         metavar="predicted|labels|FILE.npy",
@@ -172,6 +179,7 @@ def run(args: argparse.Namespace, out=print) -> int:
             targets,
             out=args.out,
             batch_size=args.batch_size,
+            chunk_rows=args.chunk_rows,
             key=key,
             resume=not args.no_resume,
             progress=not args.no_progress,

@@ -9,13 +9,14 @@ collectives except the barrier (on CPU: `jax_cpu_collectives_implementation` =
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
+_T = TypeVar("_T")
 
 
 def local_mesh() -> Mesh:
@@ -40,7 +41,13 @@ def pad_rows(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def shard(tree: Any, mesh: Mesh) -> Any:
-    """Put every array of `tree` on `mesh`, split along its first axis."""
+    """Put every array of `tree` on `mesh`, split along its first axis.
+
+    On one device, NumPy arrays are returned as they are: the jitted program
+    copies them in itself, cheaper than a separate `device_put` per batch.
+    """
+    if mesh.size == 1:
+        return tree
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     return jax.device_put(tree, sharding)
 
@@ -61,6 +68,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def my_share(batches: list[int]) -> list[int]:
-    """The batches this process computes: every `process_count()`-th pending one."""
-    return batches[process_index() :: process_count()]
+def my_share(units: list[_T]) -> list[_T]:
+    """The units (chunks) this process computes: every `process_count()`-th one."""
+    return units[process_index() :: process_count()]

@@ -108,6 +108,7 @@ def evaluate_dataset(
     resume: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    chunk_rows: int | None = None,
 ) -> Any:
     """Evaluate a metric on every example of a data set; stream it to a Zarr store.
 
@@ -124,8 +125,8 @@ def evaluate_dataset(
         store from `explain_dataset`, its `targets`).
     - `attributions`: `(N, ...)` attributions, or a store from `explain_dataset`.
     - `out`: the Zarr store's path. `masks`: `(N, H, W)` for localisation metrics.
-    - `batch_size`, `key`, `resume`, `progress`, `overwrite`: as for
-        `explain_dataset`.
+    - `batch_size`, `key`, `resume`, `progress`, `overwrite`, `chunk_rows`: as
+        for `explain_dataset`.
 
     **Returns:**
 
@@ -157,12 +158,16 @@ def evaluate_dataset(
         check_same_rows(n, sources["targets"], "targets")
     path = _store.check_out(out)
     values = _value_shape(metric, sources, order, key, n)
+    chunk_rows = _store.resolve_chunk_rows(
+        chunk_rows, n, int(batch_size), {"values": values}
+    )
     identity = {
         "kind": "evaluate",
         "metric": _fingerprint.config_hash(_fingerprint.describe(metric)),
         "metric_class": type(metric).__qualname__,
         "inputs": {k: _fingerprint.data_fingerprint(v) for k, v in sources.items()},
         "batch_size": int(batch_size),
+        "chunk_rows": chunk_rows,
         "key": None if key is None else _fingerprint.describe(key),
     }
     record = {"version": __version__, "metric_config": _fingerprint.describe(metric)}
@@ -176,10 +181,13 @@ def evaluate_dataset(
         out=path,
         n=n,
         batch_size=int(batch_size),
+        chunk_rows=chunk_rows,
         sources=sources,
         nan_checked=tuple(k for k in ("xs", "attributions") if k in sources),
         outputs={"values": values},
-        compute=lambda batch, rows: _evaluate_batch(metric, batch, rows, key, order),
+        compute=lambda batch, rows: _evaluate_batch(
+            metric, batch, None if key is None else rows, key, order
+        ),
         identity=identity,
         record=record,
         check_rows=check_rows_like(n_classes),

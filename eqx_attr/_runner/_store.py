@@ -3,9 +3,11 @@
 Layout of a store (a Zarr group):
 
 - one array per output (`attributions`, `targets`, `scores`; or `values` for a
-    metric), each `(N, *row shape)` and chunked by `batch_size` rows along N, so
-    that every batch owns whole chunks and processes never write the same chunk;
-- `done`: `(N,)` booleans, set for a batch only after its outputs are written;
+    metric), each `(N, *row shape)` and chunked along N by `chunk_rows` rows, a
+    multiple of `batch_size`: every batch lies in one chunk, and each chunk is
+    computed and written by one process, so processes never write the same file;
+- `done`: `(N,)` booleans, chunked alike, set for rows only after their outputs
+    are written;
 - the group attribute `eqx_attr`: what produced the store (the *identity*: kind,
     method configuration, data and target fingerprints, batch size, key), plus a
     record (library version, throughput, wall time, completeness).
@@ -23,10 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from .._attribution import check_positive_int
+
 ATTR = "eqx_attr"
 # Probe files of other processes may appear while a folder is inspected.
 _PROBE = ".eqx_attr_probe_"
 DONE = "done"
+# Every chunk is a file per array, and each costs ~1-5 ms to write on a local
+# disk whatever its size (benchmarks/bench_runner.py): chunks of ~2 MiB keep that
+# a few percent of Grad-CAM's time. The row cap bounds what a killed run loses
+# when rows are tiny (metric values).
+_CHUNK_BYTES = 2 << 20
+_CHUNK_MAX_ROWS = 2048
 
 
 def zarr_module() -> Any:
@@ -124,18 +134,20 @@ def inspect_store(path: str, identity: dict[str, Any], *, overwrite: bool) -> st
 def create_store(
     path: str,
     n: int,
-    batch_size: int,
+    chunk_rows: int,
     outputs: dict[str, tuple[tuple[int, ...], Any]],
     identity: dict[str, Any],
     record: dict[str, Any],
 ) -> Any:
-    """A fresh store (replacing an old one at `path`) with zero-filled outputs."""
+    """A fresh store (replacing an old one at `path`) with zero-filled outputs,
+    chunked by `chunk_rows` along N."""
     zarr = zarr_module()
 
     if _is_store(path):
         shutil.rmtree(path)
-    group = zarr.open_group(path, mode="w")
-    chunk = max(1, min(batch_size, n))
+    meta = {ATTR: {"identity": identity, **record, "complete": n == 0}}
+    group = zarr.open_group(path, mode="w", attributes=meta)
+    chunk = max(1, min(chunk_rows, n))
     for name, (shape, dtype) in outputs.items():
         group.create_array(
             name,
@@ -148,13 +160,54 @@ def create_store(
             compressors=None,
         )
     group.create_array(DONE, shape=(n,), chunks=(chunk,), dtype=bool, fill_value=False)
-    group.attrs[ATTR] = {"identity": identity, **record, "complete": n == 0}
     return group
+
+
+def resolve_chunk_rows(
+    chunk_rows: int | None,
+    n: int,
+    batch_size: int,
+    outputs: dict[str, tuple[tuple[int, ...], Any]],
+) -> int:
+    """Rows per chunk along N: `chunk_rows` checked, or chosen from the row size.
+
+    The default is the smallest multiple of `batch_size` that makes a chunk of
+    all outputs reach ~2 MiB, at most ~2048 rows (or one batch, if larger) and no
+    more than the batches of the data set hold.
+    """
+    whole = -(-max(n, 1) // batch_size) * batch_size
+    if chunk_rows is not None:
+        check_positive_int(chunk_rows, "chunk_rows")
+        chunk_rows = int(chunk_rows)
+        if chunk_rows % batch_size:
+            lower = max(batch_size, chunk_rows // batch_size * batch_size)
+            raise ValueError(
+                f"`chunk_rows={chunk_rows}` must be a positive multiple of "
+                f"`batch_size={batch_size}` (e.g. {lower}), so that every batch lies "
+                "in one chunk; or None to choose it from the row size."
+            )
+        return min(chunk_rows, whole)
+    row_bytes = 1 + sum(  # 1: the row's `done` flag
+        int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        for shape, dtype in outputs.values()
+    )
+    rows = min(-(-_CHUNK_BYTES // row_bytes), _CHUNK_MAX_ROWS)
+    return min(max(1, -(-rows // batch_size)) * batch_size, whole)
 
 
 def open_store(path: str, mode: str = "r+") -> Any:
     """The store at `path` (Zarr group)."""
     return zarr_module().open_group(path, mode=mode)  # pyright: ignore[reportArgumentType]
+
+
+def for_writing(array: Any) -> Any:
+    """`array`, set to write every chunk as given.
+
+    By default Zarr first compares each chunk with the fill value, to skip
+    writing it: a pass over the data that costs more than the write itself.
+    """
+    with_config = getattr(array, "with_config", None)  # zarr >= 3.1
+    return array if with_config is None else with_config({"write_empty_chunks": True})
 
 
 def is_complete(group: Any) -> bool:
