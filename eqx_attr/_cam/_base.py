@@ -192,10 +192,7 @@ class AbstractChannelScoreCAM(AbstractCAM):
         chunk_size: int | None = None,
         **layer_options: Any,
     ):
-        self.model = model
-        self.spec = as_layer_spec(layer, **layer_options)
-        self.relu = relu
-        self.resize = resize
+        AbstractCAM.__init__(self, model, layer, relu, resize, **layer_options)
         self.chunk_size = chunk_size
 
     def __check_init__(self):

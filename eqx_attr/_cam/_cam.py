@@ -137,11 +137,8 @@ class CAM(AbstractCAM):
         resize: str | None = "bilinear",
         **layer_options: Any,
     ):
-        self.model = model
-        self.spec = as_layer_spec(layer, **layer_options)
+        AbstractCAM.__init__(self, model, layer, relu, resize, **layer_options)
         self.classifier = classifier
-        self.relu = relu
-        self.resize = resize
 
     def __check_init__(self):
         check_where(self.classifier, "classifier", "lambda m: m.fc")

@@ -10,21 +10,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import Target
-from ._common import (
-    AbstractPerturbation,
-    Baseline,
-    FeatureMask,
-    as_baseline_array,
-    broadcast_baseline,
-    broadcast_mask,
-    check_chunk,
-    relabel_mask,
-    score,
-    scored,
-)
+from ._coalitions import AbstractMaskedPerturbation
+from ._common import Baseline, FeatureMask, score, scored
 
 
-class FeatureAblation(AbstractPerturbation):
+class FeatureAblation(AbstractMaskedPerturbation):
     """Feature ablation, with Captum's definition.
 
     Each feature (the elements sharing an id in `mask`) is replaced by the baseline
@@ -61,19 +51,12 @@ class FeatureAblation(AbstractPerturbation):
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
     ):
-        self.model = model
-        self.mask, self.n_features = relabel_mask(mask)
-        self.baseline = as_baseline_array(baseline)
-        self.chunk_size = chunk_size
-
-    def __check_init__(self):
-        check_chunk(self.chunk_size)
+        self._init_masked(model, mask, baseline, chunk_size)
 
     def attribute(
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "*dims"]:
-        mask = broadcast_mask(self.mask, x)
-        b = broadcast_baseline(self.baseline, x)
+        mask, b = self._broadcast(x)
         ids = jnp.arange(self.n_features, dtype=jnp.int32)
         values = scored(
             self.model,

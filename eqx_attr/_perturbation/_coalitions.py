@@ -1,14 +1,27 @@
-"""Evaluating the model on coalitions of features (binary keep-vectors)."""
+"""Methods that perturb the features of a mask, and the model on coalitions of
+features (binary keep-vectors)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._attribution import Target
-from ._common import scored
+from ._common import (
+    AbstractPerturbation,
+    Baseline,
+    FeatureMask,
+    as_baseline_array,
+    broadcast_baseline,
+    broadcast_mask,
+    check_chunk,
+    relabel_mask,
+    scored,
+)
 
 
 def coalition_scores(
@@ -30,3 +43,55 @@ def coalition_scores(
         return jnp.where(z[mask] > 0, x, baseline)
 
     return scored(model, x, target, perturbed, coalitions, chunk_size)
+
+
+class AbstractMaskedPerturbation(AbstractPerturbation):
+    """Base of the methods whose features are the ids of a mask.
+
+    Concrete methods hold `model`, `mask` (relabelled to `0..F-1`), `baseline`,
+    `n_features` (`F`) and `chunk_size`, and set the first four with
+    `_init_masked` in their `__init__`; `chunk_size` is checked here.
+
+    **Arguments:** (of every concrete method) `model`, `mask` (integer feature
+    ids broadcastable to `x`), `baseline` (a number or an array broadcastable to
+    `x`), `chunk_size` (evaluate at most this many perturbed inputs at once).
+
+    **Returns:** calling the method gives an array shaped like `x`.
+    """
+
+    model: eqx.AbstractVar[Callable[..., Any]]
+    mask: eqx.AbstractVar[Any]
+    baseline: eqx.AbstractVar[Any]
+    n_features: eqx.AbstractVar[int]
+    chunk_size: eqx.AbstractVar[int | None]
+
+    def _init_masked(
+        self,
+        model: Callable[..., Any],
+        mask: FeatureMask,
+        baseline: Baseline,
+        chunk_size: int | None,
+    ) -> None:
+        """Set the shared fields (call from `__init__` only)."""
+        self.model = model
+        self.mask, self.n_features = relabel_mask(mask)
+        self.baseline = as_baseline_array(baseline)
+        self.chunk_size = chunk_size
+
+    def __check_init__(self):
+        check_chunk(self.chunk_size)
+
+    def _broadcast(self, x: Array) -> tuple[Array, Array]:
+        """The mask and the baseline, broadcast to `x`."""
+        return broadcast_mask(self.mask, x), broadcast_baseline(self.baseline, x)
+
+    def _coalition_scores(
+        self, x: Array, target: Target, coalitions: Array
+    ) -> tuple[Array, Array, Array]:
+        """The broadcast mask and baseline, and the target's score on each of the
+        `(N, F)` `coalitions` (see `coalition_scores`)."""
+        mask, b = self._broadcast(x)
+        v = coalition_scores(
+            self.model, x, target, mask, b, coalitions, self.chunk_size
+        )
+        return mask, b, v

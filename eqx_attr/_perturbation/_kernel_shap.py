@@ -16,17 +16,8 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from ._coalitions import coalition_scores
-from ._common import (
-    AbstractPerturbation,
-    Baseline,
-    FeatureMask,
-    as_baseline_array,
-    broadcast_baseline,
-    broadcast_mask,
-    check_chunk,
-    relabel_mask,
-)
+from ._coalitions import AbstractMaskedPerturbation
+from ._common import Baseline, FeatureMask
 from ._linear import lstsq_sum_constrained
 
 
@@ -47,7 +38,7 @@ def kernel_shap_coalitions(key: PRNGKeyArray, n_features: int, n: int) -> Array:
     return (rank < sizes[:, None]).astype(jnp.int8)
 
 
-class KernelShap(AbstractPerturbation):
+class KernelShap(AbstractMaskedPerturbation):
     """KernelSHAP (Lundberg & Lee, 2017), with Captum's sampling.
 
     The target's score on coalitions of features (kept features from `x`, the
@@ -92,15 +83,11 @@ class KernelShap(AbstractPerturbation):
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
     ):
-        self.model = model
-        self.mask, self.n_features = relabel_mask(mask)
+        self._init_masked(model, mask, baseline, chunk_size)
         self.n_samples = n_samples
-        self.baseline = as_baseline_array(baseline)
-        self.chunk_size = chunk_size
 
     def __check_init__(self):
         check_positive_int(self.n_samples, "n_samples", minimum=3)
-        check_chunk(self.chunk_size)
 
     def coalitions(self, key: PRNGKeyArray) -> Array:
         """The `(n_samples, F)` coalitions `__call__` evaluates for this `key`."""
@@ -115,10 +102,8 @@ class KernelShap(AbstractPerturbation):
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "*dims"]:
         key = check_key(key, "KernelShap")
-        mask = broadcast_mask(self.mask, x)
-        b = broadcast_baseline(self.baseline, x)
         z = self.coalitions(key)
-        v = coalition_scores(self.model, x, target, mask, b, z, self.chunk_size)
+        mask, _, v = self._coalition_scores(x, target, z)
         total = v[0] - v[1]
         if self.n_features == 1:
             phi = total[None]

@@ -15,17 +15,8 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from ._coalitions import coalition_scores
-from ._common import (
-    AbstractPerturbation,
-    Baseline,
-    FeatureMask,
-    as_baseline_array,
-    broadcast_baseline,
-    broadcast_mask,
-    check_chunk,
-    relabel_mask,
-)
+from ._coalitions import AbstractMaskedPerturbation
+from ._common import Baseline, FeatureMask
 from ._linear import weighted_lasso, weighted_lstsq
 
 
@@ -54,7 +45,7 @@ def cosine_kernel(
     return jnp.exp(-(d**2) / (2.0 * width**2))
 
 
-class Lime(AbstractPerturbation):
+class Lime(AbstractMaskedPerturbation):
     """LIME (Ribeiro et al., 2016) with Captum's defaults.
 
     `n_samples` coalitions keep each feature with probability 1/2 (the others take
@@ -106,19 +97,15 @@ class Lime(AbstractPerturbation):
         n_sweeps: int = 500,
         chunk_size: int | None = None,
     ):
-        self.model = model
-        self.mask, self.n_features = relabel_mask(mask)
+        self._init_masked(model, mask, baseline, chunk_size)
         self.n_samples = n_samples
         self.kernel_width = float(kernel_width)
         self.alpha = float(alpha)
-        self.baseline = as_baseline_array(baseline)
         self.n_sweeps = n_sweeps
-        self.chunk_size = chunk_size
 
     def __check_init__(self):
         check_positive_int(self.n_samples, "n_samples")
         check_positive_int(self.n_sweeps, "n_sweeps")
-        check_chunk(self.chunk_size)
         if not self.kernel_width > 0:
             raise ValueError(f"`kernel_width` must be > 0, got {self.kernel_width}.")
         if not self.alpha >= 0:
@@ -133,10 +120,8 @@ class Lime(AbstractPerturbation):
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "*dims"]:
         key = check_key(key, "Lime")
-        mask = broadcast_mask(self.mask, x)
-        b = broadcast_baseline(self.baseline, x)
         z = self.coalitions(key)
-        v = coalition_scores(self.model, x, target, mask, b, z, self.chunk_size)
+        mask, b, v = self._coalition_scores(x, target, z)
         w = cosine_kernel(x, b, mask, z, self.n_features, self.kernel_width)
         zf = z.astype(jnp.float32)
         if self.alpha == 0.0:

@@ -17,17 +17,8 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from ._coalitions import coalition_scores
-from ._common import (
-    AbstractPerturbation,
-    Baseline,
-    FeatureMask,
-    as_baseline_array,
-    broadcast_baseline,
-    broadcast_mask,
-    check_chunk,
-    relabel_mask,
-)
+from ._coalitions import AbstractMaskedPerturbation
+from ._common import Baseline, FeatureMask
 
 MAX_EXACT_FEATURES = 14
 """`ShapleyValues` evaluates all 2**F coalitions; above this F it refuses."""
@@ -57,7 +48,7 @@ def all_coalitions(n: int) -> np.ndarray:
     return ((s[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int8)
 
 
-class ShapleyValues(AbstractPerturbation):
+class ShapleyValues(AbstractMaskedPerturbation):
     """Exact Shapley values of features, as Captum's `ShapleyValues`.
 
     The value of a coalition is the target's score with its features kept and the
@@ -94,13 +85,9 @@ class ShapleyValues(AbstractPerturbation):
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
     ):
-        self.model = model
-        self.mask, self.n_features = relabel_mask(mask)
-        self.baseline = as_baseline_array(baseline)
-        self.chunk_size = chunk_size
+        self._init_masked(model, mask, baseline, chunk_size)
 
     def __check_init__(self):
-        check_chunk(self.chunk_size)
         if self.n_features > MAX_EXACT_FEATURES:
             raise ValueError(
                 f"`mask` has {self.n_features} features; exact ShapleyValues needs "
@@ -112,23 +99,13 @@ class ShapleyValues(AbstractPerturbation):
     def attribute(
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "*dims"]:
-        mask = broadcast_mask(self.mask, x)
-        b = broadcast_baseline(self.baseline, x)
         n = self.n_features
-        v = coalition_scores(
-            self.model,
-            x,
-            target,
-            mask,
-            b,
-            jnp.asarray(all_coalitions(n)),
-            self.chunk_size,
-        )
+        mask, _, v = self._coalition_scores(x, target, jnp.asarray(all_coalitions(n)))
         phi = jnp.asarray(shapley_matrix(n), jnp.float32) @ v
         return phi[mask].astype(x.dtype)
 
 
-class ShapleyValueSampling(AbstractPerturbation):
+class ShapleyValueSampling(AbstractMaskedPerturbation):
     """Shapley values estimated from random permutations, as Captum's.
 
     For each of `n_permutations` random orders of the features, the features are
@@ -170,22 +147,16 @@ class ShapleyValueSampling(AbstractPerturbation):
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
     ):
-        self.model = model
-        self.mask, self.n_features = relabel_mask(mask)
+        self._init_masked(model, mask, baseline, chunk_size)
         self.n_permutations = n_permutations
-        self.baseline = as_baseline_array(baseline)
-        self.chunk_size = chunk_size
 
     def __check_init__(self):
         check_positive_int(self.n_permutations, "n_permutations")
-        check_chunk(self.chunk_size)
 
     def attribute(
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "*dims"]:
         key = check_key(key, "ShapleyValueSampling")
-        mask = broadcast_mask(self.mask, x)
-        b = broadcast_baseline(self.baseline, x)
         n, p = self.n_features, self.n_permutations
         keys = jax.random.split(key, p)
         perms = jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
@@ -200,9 +171,7 @@ class ShapleyValueSampling(AbstractPerturbation):
                 prefixes.reshape(p * (n - 1), n),
             ]
         )
-        v = coalition_scores(
-            self.model, x, target, mask, b, coalitions, self.chunk_size
-        )
+        mask, _, v = self._coalition_scores(x, target, coalitions)
         v_empty, v_full = v[0], v[1]
         path = jnp.concatenate(
             [

@@ -11,9 +11,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._attribution import (
+    Target,
     batched_map,
     check_choice,
     check_input,
@@ -40,6 +41,63 @@ class AbstractMetric(eqx.Module):
     @abc.abstractmethod
     def __call__(self, *args: Any, **kwargs: Any) -> Float[Array, ""]:
         """Evaluate one example; see each metric for its arguments."""
+
+
+class AbstractCurveMetric(AbstractMetric):
+    """Base of the metrics that summarise a curve of scores over one example.
+
+    Concrete metrics implement `curve(x, target, a, *, key=None)` and
+    `_summarise(curve)`; calling the metric gives `_summarise(curve(...))`.
+
+    **Arguments:** none here; each metric lists its own options.
+
+    **Returns:** `metric(x, target, a, *, key=None)` gives a 0-d float32 array.
+    """
+
+    @abc.abstractmethod
+    def curve(
+        self,
+        x: Float[Array, "*dims"],
+        target: Target,
+        a: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " steps"]:
+        """The curve this metric summarises."""
+
+    @abc.abstractmethod
+    def _summarise(self, curve: Array) -> Array:
+        """The metric's value from its curve."""
+
+    def __call__(
+        self,
+        x: Float[Array, "*dims"],
+        target: Target,
+        a: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, ""]:
+        return self._summarise(self.curve(x, target, a, key=key))
+
+
+def checked_pair(x: Any, a: Any) -> tuple[Array, Array]:
+    """`x` checked as an input and `a` as its attribution (see `check_attribution`)."""
+    x = check_input(x)
+    return x, check_attribution(a, x)
+
+
+def check_noise_options(
+    n_samples: Any, scale: Any, scale_name: str, chunk_size: Any
+) -> None:
+    """Trace-time checks shared by the metrics that draw `n_samples` noises."""
+    check_positive_int(n_samples, "n_samples")
+    check_positive_float(scale, scale_name)
+    check_chunk_size(chunk_size)
+
+
+def relevance_ranks(s: Array, order: str) -> Array:
+    """Ranks of `s`, most relevant first for `"morf"`, least relevant for `"lerf"`."""
+    return descending_ranks(s if order == "morf" else -s)
 
 
 def check_attribution(a: Any, x: Array | None = None, name: str = "a") -> Array:

@@ -21,6 +21,7 @@ from .._attribution import (
 from ..baselines import AbstractBaseline, as_baseline, draw_baselines
 from ._base import (
     SCORES,
+    AbstractCurveMetric,
     AbstractMetric,
     check_attribution,
     check_chunk_size,
@@ -148,7 +149,7 @@ class FaithfulnessCorrelation(AbstractMetric):
         )  # fmt: skip
 
 
-class SensitivityN(AbstractMetric):
+class SensitivityN(AbstractCurveMetric):
     """Sensitivity-n: the correlation of `Σ a[S]` with the score drop, for |S| = n.
 
     Ancona et al., *Towards Better Understanding of Gradient-based Attribution
@@ -232,12 +233,5 @@ class SensitivityN(AbstractMetric):
             )
         return jnp.stack(out)
 
-    def __call__(
-        self,
-        x: Float[Array, "*dims"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        return jnp.mean(self.curve(x, target, a, key=key))
+    def _summarise(self, curve: Array) -> Array:
+        return jnp.mean(curve)

@@ -10,17 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import (
-    Target,
-    check_choice,
-    check_input,
-    check_positive_int,
-)
+from .._attribution import Target, check_choice, check_positive_int
 from ..baselines import AbstractBaseline, as_baseline, draw_baselines
 from ._base import (
     SCORES,
-    AbstractMetric,
-    check_attribution,
+    AbstractCurveMetric,
+    check_chunk_size,
+    checked_pair,
     descending_ranks,
     masked_curve,
     scorer,
@@ -34,7 +30,7 @@ def step_counts(n_pixels: int, n_steps: int) -> np.ndarray:
     return np.round(np.arange(n_steps + 1) * n_pixels / n_steps).astype(np.int32)
 
 
-class _AbstractDeletionInsertion(AbstractMetric):
+class _AbstractDeletionInsertion(AbstractCurveMetric):
     """Shared curve of Deletion and Insertion; `_insert` tells them apart."""
 
     model: eqx.AbstractVar[Callable[..., Any]]
@@ -44,11 +40,24 @@ class _AbstractDeletionInsertion(AbstractMetric):
     chunk_size: eqx.AbstractVar[int | None]
     _insert: ClassVar[bool]
 
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        n_steps: int = 20,
+        baseline: Any = 0.0,
+        score: str = "probability",
+        chunk_size: int | None = None,
+    ):
+        self.model = model
+        self.baseline = as_baseline(baseline)
+        self.n_steps = n_steps
+        self.score = score
+        self.chunk_size = chunk_size
+
     def __check_init__(self):
         check_positive_int(self.n_steps, "n_steps")
         check_choice(self.score, "score", SCORES)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
 
     def curve(
         self,
@@ -59,23 +68,15 @@ class _AbstractDeletionInsertion(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " n_steps_plus_1"]:
         """The score at steps k = 0..n_steps, averaged over the baseline's draws."""
-        x = check_input(x)
-        a = check_attribution(a, x)
+        x, a = checked_pair(x, a)
         f = scorer(self.model, x, target, self.score)
         ranks = descending_ranks(spatial_map(a))
         counts = jnp.asarray(step_counts(ranks.size, self.n_steps))
         bs = draw_baselines(self.baseline, x, key)
         return masked_curve(f, x, bs, ranks, counts, self.chunk_size, self._insert)
 
-    def __call__(
-        self,
-        x: Float[Array, "c h w"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        return trapezoid(self.curve(x, target, a, key=key))
+    def _summarise(self, curve: Array) -> Array:
+        return trapezoid(curve)
 
 
 _DOC_ARGS = """
@@ -122,20 +123,6 @@ class Deletion(_AbstractDeletionInsertion):
     chunk_size: int | None = eqx.field(static=True)
     _insert: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        model: Callable[..., Any],
-        n_steps: int = 20,
-        baseline: Any = 0.0,
-        score: str = "probability",
-        chunk_size: int | None = None,
-    ):
-        self.model = model
-        self.baseline = as_baseline(baseline)
-        self.n_steps = n_steps
-        self.score = score
-        self.chunk_size = chunk_size
-
 
 class Insertion(_AbstractDeletionInsertion):
     __doc__ = (
@@ -158,17 +145,3 @@ class Insertion(_AbstractDeletionInsertion):
     score: str = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
     _insert: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        model: Callable[..., Any],
-        n_steps: int = 20,
-        baseline: Any = 0.0,
-        score: str = "probability",
-        chunk_size: int | None = None,
-    ):
-        self.model = model
-        self.baseline = as_baseline(baseline)
-        self.n_steps = n_steps
-        self.score = score
-        self.chunk_size = chunk_size

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Target, check_choice, check_input, check_positive_int
+from .._attribution import Target, check_choice, check_positive_int
 from ..baselines import AbstractBaseline, as_baseline, draw_baselines
 from ._base import (
     SCORES,
-    AbstractMetric,
-    check_attribution,
+    AbstractCurveMetric,
     check_chunk_size,
+    checked_pair,
     element_ranks,
     masked_curve,
     scorer,
@@ -36,13 +36,30 @@ def _counts(n_features: int, features_in_step: int) -> Array:
     return jnp.asarray(counts.astype(np.int32))
 
 
+def _flipping_curve(
+    metric: PixelFlipping | Monotonicity,
+    x: Array,
+    target: Target,
+    a: Array,
+    key: PRNGKeyArray | None,
+    restore: bool,
+) -> Array:
+    """The score after each step: the most relevant features replaced by the
+    baseline or, with `restore=True`, the least relevant restored from `x`."""
+    f = scorer(metric.model, x, target, metric.score)
+    counts = _counts(x.size, metric.features_in_step)
+    bs = draw_baselines(metric.baseline, x, key)
+    ranks = element_ranks(a, x, ascending=restore)
+    return masked_curve(f, x, bs, ranks, counts, metric.chunk_size, insert=restore)
+
+
 def _check(fis: Any, score: str, chunk_size: Any) -> None:
     check_positive_int(fis, "features_in_step")
     check_choice(score, "score", SCORES)
     check_chunk_size(chunk_size)
 
 
-class PixelFlipping(AbstractMetric):
+class PixelFlipping(AbstractCurveMetric):
     """Area under the pixel-flipping curve: the score as the most relevant
     features are replaced by the baseline, `features_in_step` at a time.
 
@@ -98,26 +115,14 @@ class PixelFlipping(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " steps"]:
         """The target's score after each step."""
-        x = check_input(x)
-        a = check_attribution(a, x)
-        f = scorer(self.model, x, target, self.score)
-        counts = _counts(x.size, self.features_in_step)
-        bs = draw_baselines(self.baseline, x, key)
-        return masked_curve(f, x, bs, element_ranks(a, x), counts, self.chunk_size)
+        x, a = checked_pair(x, a)
+        return _flipping_curve(self, x, target, a, key, restore=False)
 
-    def __call__(
-        self,
-        x: Float[Array, "*dims"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        curve = self.curve(x, target, a, key=key)
+    def _summarise(self, curve: Array) -> Array:
         return curve[0] if curve.shape[0] == 1 else trapezoid(curve)
 
 
-class Monotonicity(AbstractMetric):
+class Monotonicity(AbstractCurveMetric):
     """1.0 when adding features to the baseline, least relevant first, never lowers
     the target's score; else 0.0.
 
@@ -172,22 +177,9 @@ class Monotonicity(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " steps"]:
         """The target's score after each step of restoring features."""
-        x = check_input(x)
-        a = check_attribution(a, x)
+        x, a = checked_pair(x, a)
         a = jnp.abs(a) if self.abs else a
-        f = scorer(self.model, x, target, self.score)
-        counts = _counts(x.size, self.features_in_step)
-        bs = draw_baselines(self.baseline, x, key)
-        ranks = element_ranks(a, x, ascending=True)
-        return masked_curve(f, x, bs, ranks, counts, self.chunk_size, insert=True)
+        return _flipping_curve(self, x, target, a, key, restore=True)
 
-    def __call__(
-        self,
-        x: Float[Array, "*dims"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        curve = self.curve(x, target, a, key=key)
+    def _summarise(self, curve: Array) -> Array:
         return jnp.all(jnp.diff(curve) >= 0).astype(jnp.float32)

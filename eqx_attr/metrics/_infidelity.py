@@ -13,14 +13,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._attribution import (
     Target,
     batched_map,
-    check_input,
     check_key,
-    check_positive_int,
 )
 from ._base import (
     AbstractMetric,
-    check_attribution,
-    check_positive_float,
+    check_noise_options,
+    checked_pair,
     safe_divide,
     scorer,
 )
@@ -58,10 +56,7 @@ class Infidelity(AbstractMetric):
     chunk_size: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        check_positive_int(self.n_samples, "n_samples")
-        check_positive_float(self.stdev, "stdev")
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_noise_options(self.n_samples, self.stdev, "stdev", self.chunk_size)
 
     def perturbations(
         self, x: Float[Array, "*dims"], key: PRNGKeyArray
@@ -79,8 +74,8 @@ class Infidelity(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, ""]:
         key = check_key(key, "Infidelity")
-        x = check_input(x)
-        a = jnp.broadcast_to(check_attribution(a, x), x.shape)
+        x, a = checked_pair(x, a)
+        a = jnp.broadcast_to(a, x.shape)
         f = scorer(self.model, x, target, "logit")
         fx = f(x)
 

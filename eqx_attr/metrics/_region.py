@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Target, check_choice, check_input, check_positive_int
+from .._attribution import Target, check_choice, check_positive_int
 from ..baselines import AbstractBaseline, as_baseline, draw_baselines
 from ._base import (
     SCORES,
-    AbstractMetric,
-    check_attribution,
+    AbstractCurveMetric,
     check_chunk_size,
-    descending_ranks,
+    checked_pair,
     masked_curve,
+    relevance_ranks,
     scorer,
     spatial_map,
 )
@@ -42,7 +42,7 @@ def patch_ids(h: int, w: int, patch_size: int) -> tuple[np.ndarray, int]:
     return (rows[:, None] * n_w + cols[None, :]).astype(np.int32), n_h * n_w
 
 
-class RegionPerturbation(AbstractMetric):
+class RegionPerturbation(AbstractCurveMetric):
     """Mean score drop as square patches are replaced, most relevant patch first.
 
     Samek et al., *Evaluating the Visualization of What a Deep Neural Network Has
@@ -103,13 +103,12 @@ class RegionPerturbation(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " regions"]:
         """The score drop after each removed patch."""
-        x = check_input(x)
-        a = check_attribution(a, x)
+        x, a = checked_pair(x, a)
         s = spatial_map(a)
         h, w = s.shape
         ids, n_patches = patch_ids(h, w, self.patch_size)
         sums = jax.ops.segment_sum(s.ravel(), ids.ravel(), n_patches)
-        patch_rank = descending_ranks(sums if self.order == "morf" else -sums)
+        patch_rank = relevance_ranks(sums, self.order)
         ranks = patch_rank[jnp.asarray(ids)]
         n = min(self.regions_evaluation, n_patches)
         counts = jnp.arange(1, n + 1, dtype=jnp.int32)
@@ -117,12 +116,5 @@ class RegionPerturbation(AbstractMetric):
         bs = draw_baselines(self.baseline, x, key)
         return f(x) - masked_curve(f, x, bs, ranks, counts, self.chunk_size)
 
-    def __call__(
-        self,
-        x: Float[Array, "c h w"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        return jnp.mean(self.curve(x, target, a, key=key))
+    def _summarise(self, curve: Array) -> Array:
+        return jnp.mean(curve)

@@ -16,18 +16,17 @@ from .._attribution import (
     Target,
     batched_map,
     check_choice,
-    check_input,
     check_key,
     forward_shape,
     make_objective,
 )
 from ._base import (
     SCORES,
-    AbstractMetric,
-    check_attribution,
+    AbstractCurveMetric,
     check_chunk_size,
     check_positive_float,
-    descending_ranks,
+    checked_pair,
+    relevance_ranks,
     scorer,
     spatial_map,
 )
@@ -83,7 +82,7 @@ def _percent_counts(n_pixels: int, percentages: tuple[float, ...]) -> Array:
     return jnp.asarray([int(n_pixels * p / 100) for p in percentages], jnp.int32)
 
 
-class ROAD(AbstractMetric):
+class ROAD(AbstractCurveMetric):
     """Mean score over removal percentages, removed pixels imputed from neighbours.
 
     Rong et al., *A Consistent and Efficient Evaluation Strategy for Attribution
@@ -170,10 +169,9 @@ class ROAD(AbstractMetric):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " n_percentages"]:
         """The score at each percentage."""
-        x = check_input(x)
-        a = check_attribution(a, x)
+        x, a = checked_pair(x, a)
         s = spatial_map(a)
-        ranks = descending_ranks(s if self.order == "morf" else -s)
+        ranks = relevance_ranks(s, self.order)
         counts = _percent_counts(s.size, self.percentages)
         if self.noise > 0:
             key = check_key(key, "ROAD with noise > 0")
@@ -193,12 +191,5 @@ class ROAD(AbstractMetric):
 
         return batched_map(one, (counts, keys), self.chunk_size)
 
-    def __call__(
-        self,
-        x: Float[Array, "c h w"],
-        target: Target,
-        a: Float[Array, "..."],
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, ""]:
-        return jnp.mean(self.curve(x, target, a, key=key))
+    def _summarise(self, curve: Array) -> Array:
+        return jnp.mean(curve)

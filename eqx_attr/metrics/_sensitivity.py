@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -15,13 +16,34 @@ from .._attribution import (
     batched_map,
     check_input,
     check_key,
-    check_positive_int,
 )
-from ._base import AbstractMetric, check_positive_float, safe_divide
+from ._base import AbstractMetric, check_noise_options, safe_divide
 
 
 def _explain(method: Any, x: Array, target: Target, key: PRNGKeyArray) -> Array:
     return jnp.asarray(method(x, target, key=key)).astype(jnp.float32)
+
+
+def _largest_change(
+    metric: SensitivityMax | LocalLipschitzEstimate,
+    x: Array,
+    target: Target,
+    key: PRNGKeyArray,
+    change: Callable[[Array, Array, Array], Array],
+) -> tuple[Array, Array]:
+    """`e(x)` and the largest `change(e(x + δ), e(x), x + δ)` over the metric's
+    perturbations `δ`; the method gets its own key per call (split from `key`)."""
+    _, method_key = jax.random.split(key)
+    k0, *keys = jax.random.split(method_key, metric.n_samples + 1)
+    e0 = _explain(metric.method, x, target, k0)
+
+    def one(args):
+        d, k = args
+        xp = (x + d).astype(x.dtype)
+        return change(_explain(metric.method, xp, target, k), e0, xp)
+
+    deltas = (metric.perturbations(x, key), jnp.stack(keys))
+    return e0, jnp.max(batched_map(one, deltas, metric.chunk_size))
 
 
 class SensitivityMax(AbstractMetric):
@@ -56,10 +78,7 @@ class SensitivityMax(AbstractMetric):
     chunk_size: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        check_positive_int(self.n_samples, "n_samples")
-        check_positive_float(self.radius, "radius")
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_noise_options(self.n_samples, self.radius, "radius", self.chunk_size)
 
     def perturbations(
         self, x: Float[Array, "*dims"], key: PRNGKeyArray
@@ -80,19 +99,13 @@ class SensitivityMax(AbstractMetric):
     ) -> Float[Array, ""]:
         key = check_key(key, "SensitivityMax")
         x = check_input(x)
-        _, method_key = jax.random.split(key)
-        k0, *keys = jax.random.split(method_key, self.n_samples + 1)
-        e0 = _explain(self.method, x, target, k0)
-        norm = jnp.linalg.norm(e0.ravel())
-        norm = jnp.where(norm == 0, 1.0, norm)
 
-        def one(args):
-            d, k = args
-            e = _explain(self.method, (x + d).astype(x.dtype), target, k)
+        def change(e, e0, xp):
             return jnp.linalg.norm((e - e0).ravel())
 
-        deltas = (self.perturbations(x, key), jnp.stack(keys))
-        return jnp.max(batched_map(one, deltas, self.chunk_size)) / norm
+        e0, largest = _largest_change(self, x, target, key, change)
+        norm = jnp.linalg.norm(e0.ravel())
+        return largest / jnp.where(norm == 0, 1.0, norm)
 
 
 class LocalLipschitzEstimate(AbstractMetric):
@@ -120,10 +133,7 @@ class LocalLipschitzEstimate(AbstractMetric):
     chunk_size: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        check_positive_int(self.n_samples, "n_samples")
-        check_positive_float(self.stdev, "stdev")
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_noise_options(self.n_samples, self.stdev, "stdev", self.chunk_size)
 
     def perturbations(
         self, x: Float[Array, "*dims"], key: PRNGKeyArray
@@ -142,16 +152,9 @@ class LocalLipschitzEstimate(AbstractMetric):
     ) -> Float[Array, ""]:
         key = check_key(key, "LocalLipschitzEstimate")
         x = check_input(x)
-        _, method_key = jax.random.split(key)
-        k0, *keys = jax.random.split(method_key, self.n_samples + 1)
-        e0 = _explain(self.method, x, target, k0)
 
-        def one(args):
-            d, k = args
-            xp = (x + d).astype(x.dtype)
-            e = _explain(self.method, xp, target, k)
+        def change(e, e0, xp):
             step = (xp.astype(jnp.float32) - x.astype(jnp.float32)).ravel()
             return safe_divide(jnp.linalg.norm((e - e0).ravel()), jnp.linalg.norm(step))
 
-        deltas = (self.perturbations(x, key), jnp.stack(keys))
-        return jnp.max(batched_map(one, deltas, self.chunk_size))
+        return _largest_change(self, x, target, key, change)[1]
