@@ -242,3 +242,24 @@ def test_explain_loads_the_demo_cnn(capsys, tmp_path, files):
     t = int(jnp.argmax(cnn(x)))
     expected = xa.CAM(cnn, lambda m: m.conv2, classifier=lambda m: m.fc)(x, t)
     assert tree_allclose(np.load(tmp_path / "cam.npy"), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_leaderboard_methods_default_all_and_named():
+    from eqx_attr._cli import _demo
+
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    columns, _ = _demo.demo_columns(model, xa.datasets.mnist())
+    entry_of = {c.name: c.entry.name for c in columns}
+    default = _demo.leaderboard_methods(columns)
+    every = _demo.leaderboard_methods(columns, "all")
+    # One column per registry entry; the default leaves out only the slow ones.
+    assert sorted(entry_of[n] for n in every) == sorted(set(entry_of.values()))
+    assert {entry_of[n] for n in default} == (
+        {entry_of[n] for n in every} - _demo.SLOW_TO_RANK
+    )
+    assert _demo.SLOW_TO_RANK <= set(entry_of.values())  # names stay registered
+    assert list(_demo.leaderboard_methods(columns, ["gradients"])) == ["gradients"]
+    with pytest.raises(ValueError, match="no demo column named"):
+        _demo.leaderboard_methods(columns, ["no_such_method"])
+    with pytest.raises(ValueError, match="'all'"):
+        _demo.leaderboard_methods(columns, "some")

@@ -151,15 +151,38 @@ def _write_pngs(out_dir, xs, maps, labels, preds) -> str:
     return grid_path
 
 
+# Ranked only on request (`leaderboard="all"`, `--leaderboard-all`): each costs
+# hundreds to thousands of forward passes per digit, twice (MPRT re-explains).
+SLOW_TO_RANK = frozenset(
+    {
+        "scorecam",
+        "occlusion",
+        "shapley_value_sampling",
+        "kernel_shap",
+        "lime",
+        "rise",
+        "blur_ig",
+        "guided_ig",
+        "xrai",
+    }
+)
+
+
 def leaderboard_methods(
-    columns: list[DemoColumn], names: Sequence[str] | None = None
+    columns: list[DemoColumn], names: Sequence[str] | str | None = None
 ) -> dict[str, Any]:
     """One built method per registry entry for the leaderboard.
 
     With `names=None`, each entry's first demo column (a baselined method with
-    its first demo baseline); otherwise exactly the columns named.
+    its first demo baseline), except the entries of `SLOW_TO_RANK`; with
+    `names="all"`, every entry's first column; otherwise exactly the columns
+    named.
     """
-    if names is not None:
+    if isinstance(names, str) and names != "all":
+        raise ValueError(
+            f"leaderboard: expected 'all' or a list of names, got {names!r}."
+        )
+    if names is not None and names != "all":
         known = {c.name: c for c in columns}
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -171,7 +194,8 @@ def leaderboard_methods(
     chosen: dict[str, Any] = {}
     seen: set[str] = set()
     for c in columns:
-        if c.entry.name not in seen:
+        slow = names is None and c.entry.name in SLOW_TO_RANK
+        if c.entry.name not in seen and not slow:
             seen.add(c.entry.name)
             chosen[c.name] = c.build()
     return chosen
@@ -184,7 +208,7 @@ def run_demo(
     progress: bool = True,
     model: Any = None,
     print_fn: Callable[[str], None] = print,
-    leaderboard: bool | Sequence[str] = True,
+    leaderboard: bool | str | Sequence[str] = True,
     vit: Any = True,
 ) -> dict[str, Any]:
     """Run the demo; returns the numbers it reports (for tests and notebooks).
@@ -197,8 +221,10 @@ def run_demo(
     - `model`: use this trained model instead of the cached demo CNN.
     - `print_fn`: where the report lines go.
     - `leaderboard`: `True` ranks one column per method on the metrics of
-      [`eqx_attr.metrics.leaderboard`][] and plots the deletion curves; a list of
-      column names ranks those; `False` skips it.
+      [`eqx_attr.metrics.leaderboard`][] and plots the deletion curves, leaving
+      out the costly perturbation methods and Score-CAM (`SLOW_TO_RANK`);
+      `"all"` ranks every method; a list of column names ranks those; `False`
+      skips it.
     - `vit`: `True` explains the digits with the cached MNIST ViT too (training
       it once); an `eqx_attr.models.ViT` uses that model; `False` skips it.
 
@@ -250,7 +276,14 @@ def run_demo(
     if leaderboard is not False:
         from ..metrics import demo_leaderboard
 
-        names = None if leaderboard is True else list(leaderboard)
+        if leaderboard is True:
+            names = None
+            print_fn(
+                "leaderboard leaves out (costly; --leaderboard-all ranks them): "
+                + ", ".join(sorted(SLOW_TO_RANK))
+            )
+        else:
+            names = "all" if leaderboard == "all" else list(leaderboard)
         ranked = leaderboard_methods(columns, names)
         board = demo_leaderboard(model, ranked, xs, ts, out_dir, print_fn=print_fn)
     vit_report = None

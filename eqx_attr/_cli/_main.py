@@ -61,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 n_digits=args.digits,
                 progress=not args.no_progress,
-                leaderboard=not args.no_leaderboard,
+                leaderboard=(
+                    False
+                    if args.no_leaderboard
+                    else ("all" if args.leaderboard_all else True)
+                ),
                 vit=not args.no_vit,
             )
             return 0

@@ -99,6 +99,11 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument(
         "--no-leaderboard", action="store_true", help="skip the metrics leaderboard"
     )
+    demo.add_argument(
+        "--leaderboard-all",
+        action="store_true",
+        help="rank the costly perturbation methods and Score-CAM too (minutes)",
+    )
     demo.add_argument("--no-vit", action="store_true", help="skip the ViT panel")
 
 
