@@ -162,6 +162,11 @@ def test_bad_input_is_one_line_without_traceback(capsys, files, case, args, need
     assert "Traceback" not in err and needle in lines[0], (case, err)
 
 
+# The demo's pipeline at the smallest settings: the wiring is under test here,
+# each method's mathematics in its own tests.
+FEW = {"n_steps": 4, "n_samples": 4, "n_permutations": 1, "n_masks": 16}
+
+
 def test_demo_runs_every_method_and_reports(capsys, tmp_path):
     # The full demo trains the 97% model (measured by `make demo`); here the same
     # pipeline runs on an untrained tiny CNN and two digits.
@@ -169,7 +174,7 @@ def test_demo_runs_every_method_and_reports(capsys, tmp_path):
 
     model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
     data = xa.datasets.mnist()
-    columns, skipped = _demo.demo_columns(model, data)
+    columns, skipped = _demo.demo_columns(model, data, FEW)
     # Every registry entry is a column, or is reported as skipped with its needs.
     shown = {c.entry.name for c in columns}
     for entry in registry_methods():
@@ -185,7 +190,7 @@ def test_demo_runs_every_method_and_reports(capsys, tmp_path):
     assert all(name in {c.name for c in columns} for name in ranked)
     result = _demo.run_demo(
         tmp_path, n_digits=2, model=model, print_fn=lines.append,
-        leaderboard=ranked, vit=vit,
+        leaderboard=ranked, vit=vit, options=FEW,
     )  # fmt: skip
     assert lines[0] == f"test accuracy: {result['accuracy']:.3f}"
     assert (tmp_path / "attributions.png").read_bytes()[:8] == PNG_MAGIC

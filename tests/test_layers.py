@@ -98,12 +98,21 @@ def test_no_leaked_tracers():
     # by a hook in a Python list or on a module).
     m, x = small_cnn(), digit_like()
     layer = lambda m: m.conv2
-    with jax.checking_leaks():
+
+    def run():
         jax.jit(lambda x: xa.GradCAM(m, layer)(x, 3))(x)
         jax.vmap(lambda t: xa.layer_activation_and_gradient(m, layer, x, t))(
             jnp.arange(3)
         )
         jax.grad(lambda x: jnp.sum(xa.HiResCAM(m, layer)(x, 1)))(x)
+
+    # Warm-up outside the checker: the first trace of `eqx.error_if` in a process
+    # leaves its input tracer in one of Equinox's one-time caches, which JAX's
+    # checker reports (seen with jax 0.10.2, equinox 0.13.8; not ours). The
+    # checked run retraces everything (the checker is part of the jit cache key).
+    run()
+    with jax.checking_leaks():
+        run()
 
 
 def _iter_eqns(jaxpr):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -55,10 +55,17 @@ def _baselines(data: Any) -> dict[str, Any]:
     }
 
 
-def demo_columns(model: Any, data: Any) -> tuple[list[DemoColumn], list[str]]:
+DEMO_OPTIONS = {"n_steps": 32, "n_samples": 32, "chunk_size": 32}
+
+
+def demo_columns(
+    model: Any, data: Any, options: Mapping[str, Any] | None = None
+) -> tuple[list[DemoColumn], list[str]]:
     """`(columns, skipped)`: every registered method as the demo shows it.
 
-    `skipped` names the entries the demo CNN cannot run, with what they need.
+    `options` override the methods' demo options (`DEMO_OPTIONS`: `n_steps`,
+    `n_samples`, `chunk_size`; also `n_permutations`, `n_masks`, ...). `skipped`
+    names the entries the demo CNN cannot run, with what they need.
     """
     spec = spec_of(model)
     base = BuildContext(
@@ -66,7 +73,7 @@ def demo_columns(model: Any, data: Any) -> tuple[list[DemoColumn], list[str]]:
         layer=spec.layer(),
         classifier=spec.classifier_where(),
         mask=feature_cells(tuple(data.x_test.shape[1:]), 7),
-        options={"n_steps": 32, "n_samples": 32, "chunk_size": 32},
+        options={**DEMO_OPTIONS, **(options or {})},
         input_shape=tuple(data.x_test.shape[1:]),
     )
     columns: list[DemoColumn] = []
@@ -210,6 +217,7 @@ def run_demo(
     print_fn: Callable[[str], None] = print,
     leaderboard: bool | str | Sequence[str] = True,
     vit: Any = True,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the numbers it reports (for tests and notebooks).
 
@@ -227,6 +235,7 @@ def run_demo(
       skips it.
     - `vit`: `True` explains the digits with the cached MNIST ViT too (training
       it once); an `eqx_attr.models.ViT` uses that model; `False` skips it.
+    - `options`: override the methods' demo options (see `demo_columns`).
 
     **Returns:** `{"accuracy", "maps", "timings", "completeness", "skipped",
     "grid_path", "leaderboard", "vit"}` (the last two `None` when skipped).
@@ -243,7 +252,7 @@ def run_demo(
     preds = training.predict(model, xs)
     ts = jnp.asarray(preds, jnp.int32)  # explain what the model predicted
     keys = jax.random.split(jax.random.key(0), xs.shape[0])
-    columns, skipped = demo_columns(model, data)
+    columns, skipped = demo_columns(model, data, options)
     if skipped:
         print_fn("methods the demo CNN cannot run: " + ", ".join(skipped))
 
