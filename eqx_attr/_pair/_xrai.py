@@ -128,7 +128,8 @@ class XRAI(AbstractPerturbation):
         Default 5.
     - `chunk_size`: IG's chunk of path points (bounded memory).
     - `return_ranks`: if `True`, `__call__` returns `(heat, ranks)`; `ranks`
-        numbers the regions 1 (most important) to N, see [`eqx_attr.XRAI.region_masks`][].
+        numbers the regions 1 (most important) to N, see
+        [`eqx_attr.XRAI.region_masks`][].
 
     **Returns:** the `(H, W)` XRAI heat map in `x`'s dtype (or `(heat, ranks)`).
 
