@@ -10,7 +10,7 @@ class _NoBar:
         del n
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no bar was shown."""
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:

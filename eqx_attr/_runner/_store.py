@@ -71,8 +71,7 @@ def check_out(out: Any) -> str:
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f"{_PROBE}{uuid.uuid4().hex}")
-        with open(probe, "wb"):
-            pass
+        open(probe, "wb").close()  # can a file be created here?
         os.remove(probe)
     except OSError as e:
         raise ValueError(
