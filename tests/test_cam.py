@@ -431,8 +431,10 @@ def test_tokens_layout_gradcam_and_grid():
     v = v if v.sum() >= 0 else -v
     assert np.allclose(eigen, (centred @ v).reshape(4, 4), rtol=1e-3, atol=1e-4)
     # Ablation-CAM zeroes a feature in the patch tokens only; the head reads the
-    # class token after this block, so no ablation changes the score: map 0.
-    assert ablation.shape == (4, 4) and float(jnp.max(jnp.abs(ablation))) == 0.0
+    # class token after this block, so no ablation changes the score: map 0 (to
+    # rounding: the ablated scores come from a batched program, the plain score
+    # from another, and XLA need not round them alike).
+    assert ablation.shape == (4, 4) and float(jnp.max(jnp.abs(ablation))) < 1e-5
     # 17 tokens are no square: the error suggests dropping the class token
     with pytest.raises(ValueError, match="n_prefix_tokens=1"):
         xa.GradCAM(model, lambda m: m.block, layout="tokens")(x, 1)

@@ -25,20 +25,13 @@ sys.path.insert(0, str(DOCS))
 import _public  # noqa: E402
 import _run_examples  # noqa: E402
 
-FAST_XLA = (
-    "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0 "
-    "--xla_llvm_disable_expensive_passes=true"
-)
-
 
 def _env(tmp_path: pathlib.Path) -> dict[str, str]:
-    # A fresh process with XLA's cheap compile settings (the examples and the
-    # fast figures are tiny: compile time is all they cost), a private weights
-    # cache, and no display.
+    # A fresh process with the suite's XLA settings (conftest.py: cheap compiles,
+    # the shared compilation cache), a private weights cache, and no display.
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "XLA_FLAGS": FAST_XLA,
         "EQX_ATTR_CACHE": str(tmp_path / "cache"),
         "MPLBACKEND": "Agg",
         "NO_MKDOCS_2_WARNING": "1",

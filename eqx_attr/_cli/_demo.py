@@ -96,6 +96,21 @@ def demo_columns(
     return columns, skipped
 
 
+def select_columns(columns: list[DemoColumn], names: Sequence[str]) -> list[DemoColumn]:
+    """The columns of the registry methods `names` (every baseline of each)."""
+    _check_names(names, {c.entry.name for c in columns})
+    return [c for c in columns if c.entry.name in set(names)]
+
+
+def _check_names(names: Sequence[str], known: set[str]) -> None:
+    unknown = sorted(set(names) - known)
+    if unknown or not names:
+        raise ValueError(
+            f"methods: {unknown or 'none'} names no demo method; choose from "
+            f"{sorted(known)} (`python -m eqx_attr methods` lists them)."
+        )
+
+
 def choose_digits(ys: np.ndarray, n: int = 8) -> np.ndarray:
     """Indices of `n` examples: the first example of classes 0, 1, 2, ... in turn.
 
@@ -218,6 +233,7 @@ def run_demo(
     leaderboard: bool | str | Sequence[str] = True,
     vit: Any = True,
     options: Mapping[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the numbers it reports (for tests and notebooks).
 
@@ -236,12 +252,17 @@ def run_demo(
     - `vit`: `True` explains the digits with the cached MNIST ViT too (training
       it once); an `eqx_attr.models.ViT` uses that model; `False` skips it.
     - `options`: override the methods' demo options (see `demo_columns`).
+    - `methods`: registry names (`python -m eqx_attr methods`) of the methods to
+      run, all of their columns (every demo baseline); `None` runs every method.
 
     **Returns:** `{"accuracy", "maps", "timings", "completeness", "skipped",
     "grid_path", "leaderboard", "vit"}` (the last two `None` when skipped).
     """
     from .. import datasets, training
+    from .._registry import methods as registry
 
+    if methods is not None:  # before training: a typo costs no minute
+        _check_names(methods, {e.name for e in registry()})
     data = datasets.mnist()
     if model is None:
         model = training.pretrained_small_cnn(progress=progress)
@@ -253,6 +274,8 @@ def run_demo(
     ts = jnp.asarray(preds, jnp.int32)  # explain what the model predicted
     keys = jax.random.split(jax.random.key(0), xs.shape[0])
     columns, skipped = demo_columns(model, data, options)
+    if methods is not None:
+        columns = select_columns(columns, methods)
     if skipped:
         print_fn("methods the demo CNN cannot run: " + ", ".join(skipped))
 

@@ -25,6 +25,13 @@ def _show_library_messages() -> None:
         log.setLevel(logging.INFO)
 
 
+def _names(value: str | None) -> list[str] | None:
+    """`"a,b"` -> `["a", "b"]`; `None` (the flag not given) stays `None`."""
+    if value is None:
+        return None
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success, 2 on bad input).
 
@@ -67,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else ("all" if args.leaderboard_all else True)
                 ),
                 vit=not args.no_vit,
+                methods=_names(args.methods),
             )
             return 0
         if args.command == "methods":

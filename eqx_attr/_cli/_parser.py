@@ -105,6 +105,11 @@ def _add_demo(sub: Any) -> None:
         help="rank the costly perturbation methods and Score-CAM too (minutes)",
     )
     demo.add_argument("--no-vit", action="store_true", help="skip the ViT panel")
+    demo.add_argument(
+        "--methods",
+        metavar="NAME[,NAME...]",
+        help="run only these methods (names from `methods`; default: all)",
+    )
 
 
 def _add_explain(sub: Any) -> None:
