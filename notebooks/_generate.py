@@ -36,11 +36,12 @@ print(f"fast mode: {FAST}; {len(data.x_train)} training and "
 
 MODEL = """\
 # The demo's CNN, trained once and then loaded from the cache
-# ($EQX_ATTR_CACHE, else ~/.cache/eqx_attr). Fast mode trains 1 epoch only: the
-# notebooks show numbers of whatever model training produced and assert only what
-# holds for any model.
+# ($EQX_ATTR_CACHE, else ~/.cache/eqx_attr). Fast mode trains a narrower CNN for
+# 1 epoch only: the notebooks show numbers of whatever model training produced
+# and assert only what holds for any model.
 config = xa.training.TrainConfig(epochs=1) if FAST else None
-model = xa.training.pretrained_small_cnn(config=config, progress=False)
+model = xa.training.pretrained_small_cnn(width=8 if FAST else 16, config=config,
+                                         progress=False)
 print("test accuracy:", xa.training.accuracy(model, data.x_test, data.y_test))"""
 
 DIGITS = """\
@@ -329,8 +330,8 @@ with faithfulness metrics. Both use the weights cache, so re-running is instant.
     """\
 vit_config = xa.training.TrainConfig(epochs=1, learning_rate=2e-3) if FAST else None
 t = time.perf_counter()
-vit = xa.training.pretrained_mnist_vit(depth=2 if FAST else 4, config=vit_config,
-                                       progress=False)
+vit = xa.training.pretrained_mnist_vit(dim=32 if FAST else 64, depth=2 if FAST else 4,
+                                       config=vit_config, progress=False)
 print(f"ViT ready in {time.perf_counter() - t:.1f} s; test accuracy:",
       xa.training.accuracy(vit, data.x_test, data.y_test))""",
     DIGITS,

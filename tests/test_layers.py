@@ -99,12 +99,14 @@ def test_no_leaked_tracers():
     m, x = small_cnn(), digit_like()
     layer = lambda m: m.conv2
 
+    # Leaks happen while tracing, so tracing is all this runs (no compiles, no
+    # op-by-op execution): under jit, under vmap, and under grad.
     def run():
-        jax.jit(lambda x: xa.GradCAM(m, layer)(x, 3))(x)
-        jax.vmap(lambda t: xa.layer_activation_and_gradient(m, layer, x, t))(
-            jnp.arange(3)
-        )
-        jax.grad(lambda x: jnp.sum(xa.HiResCAM(m, layer)(x, 1)))(x)
+        jax.make_jaxpr(jax.jit(lambda x: xa.GradCAM(m, layer)(x, 3)))(x)
+        jax.make_jaxpr(
+            jax.vmap(lambda t: xa.layer_activation_and_gradient(m, layer, x, t))
+        )(jnp.arange(3))
+        jax.make_jaxpr(jax.grad(lambda x: jnp.sum(xa.HiResCAM(m, layer)(x, 1))))(x)
 
     # Warm-up outside the checker: the first trace of `eqx.error_if` in a process
     # leaves its input tracer in one of Equinox's one-time caches, which JAX's

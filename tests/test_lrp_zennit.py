@@ -83,6 +83,13 @@ COMPOSITES = {
 }
 
 
+def jit_lrp(model, composite, x, target):
+    """LRP with `composite`, as one compiled program."""
+    return eqx.filter_jit(lambda m, x: xa.LRP(m, composite=composite)(x, target))(
+        model, x
+    )
+
+
 def build(arch):
     key = jax.random.key(3)
     if arch == "vgg11":
@@ -107,10 +114,7 @@ def test_composites_equal_zennit_on_zoo_twins(arch):
     target = 2
     for name, (ours, theirs) in COMPOSITES.items():
         expected = zennit_relevance(twin, theirs(canonizers=canonizers()), x, target)
-        # Eager: the four composites then share most compiled primitives, which
-        # is cheaper here than four whole-program compiles.
-        with jax.disable_jit():
-            got = np.asarray(xa.LRP(model, composite=ours)(x, target))
+        got = np.asarray(jit_lrp(model, ours, x, target))
         scale = np.abs(expected).max()
         np.testing.assert_allclose(
             got, expected, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{arch} {name}"
@@ -170,8 +174,7 @@ def test_each_rule_on_every_layer_equals_zennit(name):
     x = jax.random.uniform(jax.random.key(1), (1, 16, 16), minval=-1.0, maxval=1.0)
     ours, theirs = RULES[name]
     expected = zennit_relevance(twin, single_rule(theirs()), x, 7)
-    with jax.disable_jit():  # eager: the rules share compiled primitives
-        got = np.asarray(xa.LRP(model, rule=ours)(x, 7))
+    got = np.asarray(eqx.filter_jit(lambda m, x: xa.LRP(m, rule=ours)(x, 7))(model, x))
     scale = np.abs(expected).max()
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale)
 
