@@ -24,6 +24,12 @@ FAST_XLA = (
     "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 )
 os.environ.setdefault("XLA_FLAGS", FAST_XLA)
+# One thread for the other numerical libraries too (torch, OpenBLAS, MKL): with a
+# thread per core in each of the two workers, their OpenMP threads spin-wait for
+# a core the other worker holds (the Zennit and Captum comparisons ran 2x slower,
+# and the run spent ~180 s more CPU time). Workers and subprocesses inherit this.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # One persistent compilation cache for the whole run, shared by the xdist workers

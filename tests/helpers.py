@@ -7,6 +7,7 @@ need what SmallCNN cannot offer (a transformer's attention) are listed in
 `NOT_ON_SMALL_CNN`.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -249,9 +250,43 @@ METHODS += [
 ]
 
 
+@functools.cache
 def small_cnn(seed: int = 0) -> eqx.Module:
-    return xa.models.SmallCNN(width=8, key=jax.random.key(seed))
+    # Built once per seed and process (modules are immutable), as one compiled
+    # program: built eagerly, each initialiser op compiles on its own.
+    return eqx.filter_jit(lambda k: xa.models.SmallCNN(width=8, key=k))(
+        jax.random.key(seed)
+    )
 
 
 def digit_like(seed: int = 0, shape=(1, 28, 28)) -> jax.Array:
     return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+
+
+@eqx.filter_jit
+def jcall(method, x, target=None, key=None):
+    """`method(x, target, key=key)` compiled as one program.
+
+    Called eagerly, a method runs op by op, and each op of each new shape compiles
+    on its own: seconds for a vmapped path. Tests that check values rather than
+    eager behaviour call through this; one program per method structure, shared
+    by every test in the worker. (`target` as a Python int is static.)
+    """
+    if key is None:
+        return method(x, target)
+    return method(x, target, key=key)
+
+
+@eqx.filter_jit
+def jmetric(metric, *args, fn="__call__", vmap=None, **kwargs):
+    """`metric.fn(*args, **kwargs)` compiled as one program, like `jcall`.
+
+    `fn` names the method to call (`"curve"`, `"perturbations"`); `metric` may
+    also be a plain function (`spearman`). `vmap` is `jax.vmap`'s `in_axes` to
+    map over a batch (keywords map over axis 0), or None for one example. Python
+    ints, floats and strings are static; arrays (JAX or NumPy) are traced.
+    """
+    f = getattr(metric, fn)
+    if vmap is not None:
+        f = jax.vmap(f, in_axes=vmap)
+    return f(*args, **kwargs)

@@ -8,7 +8,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import digit_like, small_cnn, tree_allclose
+from .helpers import digit_like, jcall, small_cnn, tree_allclose
 
 # ---------------------------------------------------------------------------------
 # A tiny net whose Grad-CAM is derived by hand:
@@ -48,27 +48,27 @@ def test_gradcam_hand_derived_at_relu_output():
     # d score0 / d relu(A) = v0 reshaped: G0 = [[1,0],[0,1]] (mean 1/2),
     # G1 = [[0,2],[-1,0]] (mean 1/4). Map = A0/2 + relu(A1)/4 = [[4,4],[4.5,5]].
     net, x = _tiny_net(), _tiny_x()
-    assert tree_allclose(net(x), jnp.array([23.0, 5.0]))
+    assert tree_allclose(eqx.filter_jit(net)(x), jnp.array([23.0, 5.0]))
     cam = xa.GradCAM(net, lambda m: m.layers[1], resize=None)
-    assert tree_allclose(cam(x, 0), jnp.array([[4.0, 4.0], [4.5, 5.0]]))
+    assert tree_allclose(jcall(cam, x, 0), jnp.array([[4.0, 4.0], [4.5, 5.0]]))
     # Class 1: G0 = [[-1,0],[0,0]] (mean -1/4), G1 = 0: map = -A0/4, all negative.
-    raw = xa.GradCAM(net, lambda m: m.layers[1], relu=False, resize=None)(x, 1)
+    raw = jcall(xa.GradCAM(net, lambda m: m.layers[1], relu=False, resize=None), x, 1)
     assert tree_allclose(raw, jnp.array([[-1.25, -1.5], [-2.25, -2.5]]))
-    assert tree_allclose(cam(x, 1), jnp.zeros((2, 2)))
+    assert tree_allclose(jcall(cam, x, 1), jnp.zeros((2, 2)))
 
 
 def test_gradcam_hand_derived_at_conv_output():
     # Before the ReLU, G1 is masked where A1 < 0: G1 = [[0,2],[0,0]] (mean 1/2),
     # G0 unchanged (mean 1/2). Map = A0/2 + A1/2 = [[5.5,5],[3.5,3]].
     net, x = _tiny_net(), _tiny_x()
-    cam = xa.GradCAM(net, lambda m: m.layers[0], relu=False, resize=None)
-    assert tree_allclose(cam(x, 0), jnp.array([[5.5, 5.0], [3.5, 3.0]]))
+    cam = jcall(xa.GradCAM(net, lambda m: m.layers[0], relu=False, resize=None), x, 0)
+    assert tree_allclose(cam, jnp.array([[5.5, 5.0], [3.5, 3.0]]))
     # resized to the 4x4 input: bilinear keeps the mean of a 2x upsampled ramp
-    big = xa.GradCAM(net, lambda m: m.layers[0])(x, 0)
+    big = jcall(xa.GradCAM(net, lambda m: m.layers[0]), x, 0)
     assert big.shape == (4, 4)
-    assert np.isclose(float(jnp.mean(big)), 17.0 / 4)
-    near = xa.GradCAM(net, lambda m: m.layers[0], resize="nearest")(x, 0)
-    assert tree_allclose(near, jnp.repeat(jnp.repeat(cam(x, 0), 2, 0), 2, 1))
+    assert np.isclose(float(np.mean(np.asarray(big))), 17.0 / 4)
+    near = jcall(xa.GradCAM(net, lambda m: m.layers[0], resize="nearest"), x, 0)
+    assert tree_allclose(near, np.repeat(np.repeat(np.asarray(cam), 2, 0), 2, 1))
 
 
 # ---------------------------------------------------------------------------------
@@ -86,16 +86,21 @@ def test_cam_is_classifier_weighted_sum_and_gradcam_is_cam_over_hw():
         grad_cams = [xa.GradCAM(m, layer, **kw)(x, t) for t in (0, 6)]
         return cams, grad_cams, xa.CAM(m, layer, classifier=fc)(x, 6)
 
+    @jax.jit
+    def reference(x):
+        a = m.features(x)  # conv -> ReLU output, (32, 7, 7)
+        expected = [jnp.tensordot(m.fc.weight[t], a, axes=1) for t in (0, 6)]
+        return expected, m(x)
+
     cams, grad_cams, default = maps(x)
-    a = m.features(x)  # conv -> ReLU output, (32, 7, 7)
-    for t, cam, grad_cam in zip((0, 6), cams, grad_cams, strict=True):
-        expected = jnp.tensordot(m.fc.weight[t], a, axes=1)
-        assert tree_allclose(cam, expected, rtol=1e-5, atol=1e-6)
+    expected, scores = reference(x)
+    for t, cam, grad_cam, want in zip((0, 6), cams, grad_cams, expected, strict=True):
+        assert tree_allclose(cam, want, rtol=1e-5, atol=1e-6)
         # CAM's defining identity: its mean plus the bias is the class score
         # (float32 rounding is relative to the terms, which nearly cancel here)
         mean, bias = float(jnp.mean(cam)), float(m.fc.bias[t])
         scale = abs(mean) + abs(bias)
-        assert np.isclose(mean + bias, float(m(x)[t]), rtol=0, atol=1e-5 * scale)
+        assert np.isclose(mean + bias, float(scores[t]), rtol=0, atol=1e-5 * scale)
         assert tree_allclose(grad_cam, cam / (7 * 7), rtol=1e-4, atol=1e-7)
     assert default.shape == (28, 28) and float(jnp.min(default)) >= 0
 
@@ -129,9 +134,15 @@ def test_cam_errors():
 
 
 def _split(m, x, t):
+    a, g = _split_jit(m, x, t)
+    return np.asarray(a, np.float64), np.asarray(g, np.float64)
+
+
+@eqx.filter_jit
+def _split_jit(m, x, t):
     a = m.conv1(x)
     g = jax.grad(lambda a: m.fc(jnp.mean(m.conv2(a), axis=(1, 2)))[t])(a)
-    return np.asarray(a, np.float64), np.asarray(g, np.float64)
+    return a, g
 
 
 def _gradcampp(a, g):
@@ -163,23 +174,23 @@ def test_gradient_variants_match_formulas(name):
     a, g = _split(m, x, 5)
     expected = FORMULAS[name](a, g)
     method = getattr(xa, name)
-    raw = method(m, lambda m: m.conv1, relu=False, resize=None)(x, 5)
+    raw = jcall(method(m, lambda m: m.conv1, relu=False, resize=None), x, 5)
     scale = np.max(np.abs(expected))
     assert scale > 0
     assert np.allclose(raw, expected, rtol=1e-4, atol=1e-5 * scale)
-    clipped = method(m, lambda m: m.conv1, resize=None)(x, 5)
+    clipped = jcall(method(m, lambda m: m.conv1, resize=None), x, 5)
     assert np.allclose(clipped, np.maximum(expected, 0), rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_eigencam_matches_numpy_svd_with_documented_sign():
     m, x = small_cnn(4), digit_like(4)
-    a = np.asarray(m.conv1(x), np.float64)
+    a = np.asarray(eqx.filter_jit(m.conv1)(x), np.float64)
     feats = a.reshape(a.shape[0], -1).T
     centred = feats - feats.mean(axis=0)
     v = np.linalg.svd(centred, full_matrices=False)[2][0]
     v = v if v.sum() >= 0 else -v
     expected = (centred @ v).reshape(a.shape[1:])
-    raw = xa.EigenCAM(m, lambda m: m.conv1, relu=False, resize=None)(x)
+    raw = jcall(xa.EigenCAM(m, lambda m: m.conv1, relu=False, resize=None), x)
     assert np.allclose(raw, expected, rtol=1e-3, atol=1e-4 * np.max(np.abs(expected)))
     # the documented orientation: positive correlation with the total activation
     total = a.sum(axis=0)
@@ -204,50 +215,62 @@ def _bilinear_np(a, size):
 
 def test_scorecam_matches_python_loop():
     m, x = small_cnn(5), digit_like(5)
-    a = np.asarray(m.features(x), np.float64)  # (8, 14, 14) for width 4
+    a = np.asarray(eqx.filter_jit(m.features)(x), np.float64)  # (8, 14, 14) for width 4
+    score = eqx.filter_jit(lambda x, mask: m(x * mask)[2])  # one program, every k
     scores = []
     for k in range(a.shape[0]):
         up = _bilinear_np(a[k], (28, 28))
         lo, hi = up.min(), up.max()
         mask = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
-        masked = x * jnp.asarray(mask, jnp.float32).reshape(1, 28, 28)
-        scores.append(float(m(masked)[2]))
+        scores.append(
+            float(score(x, jnp.asarray(mask, jnp.float32).reshape(1, 28, 28)))
+        )
     w = np.exp(np.array(scores) - max(scores))
     w /= w.sum()
     expected = np.einsum("k,kij->ij", w, a)
     for chunk in (None, 3):
-        got = xa.ScoreCAM(
-            m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
-        )(x, 2)
+        got = jcall(
+            xa.ScoreCAM(
+                m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
+            ),
+            x,
+            2,
+        )
         assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_ablationcam_matches_python_loop():
     m, x = small_cnn(6), digit_like(6)
-    a = m.features(x)
-    y = float(m(x)[4])
+    a, y = eqx.filter_jit(lambda x: (m.features(x), m(x)[4]))(x)
+    y = float(y)
+    head = eqx.filter_jit(lambda a: m.fc(jnp.mean(a, axis=(1, 2)))[4])  # every k
     weights = []
     for k in range(a.shape[0]):
-        ablated = a.at[k].set(0.0)
-        y_k = float(m.fc(jnp.mean(ablated, axis=(1, 2)))[4])
+        ablated = np.array(a)
+        ablated[k] = 0.0
+        y_k = float(head(ablated))
         weights.append((y - y_k) / y)
     expected = np.einsum("k,kij->ij", np.array(weights), np.asarray(a, np.float64))
     for chunk in (None, 3):
-        got = xa.AblationCAM(
-            m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
-        )(x, 4)
+        got = jcall(
+            xa.AblationCAM(
+                m, lambda m: m.conv2, relu=False, resize=None, chunk_size=chunk
+            ),
+            x,
+            4,
+        )
         assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_guided_gradcam_is_the_product_of_its_parts():
     m, x = small_cnn(7), digit_like(7)
     layer = lambda m: m.conv1
-    guided = xa.GuidedBackprop(m)(x, 3)
+    guided = np.asarray(jcall(xa.GuidedBackprop(m), x, 3))
     for kw in ({}, dict(relu=False, resize="nearest")):
-        got = xa.GuidedGradCAM(m, layer, **kw)(x, 3)
-        h = xa.GradCAM(m, layer, **kw)(x, 3)
+        got = jcall(xa.GuidedGradCAM(m, layer, **kw), x, 3)
+        h = np.asarray(jcall(xa.GradCAM(m, layer, **kw), x, 3))
         expected = h.reshape(1, 28, 28) * guided
-        scale = float(jnp.max(jnp.abs(expected)))
+        scale = float(np.max(np.abs(expected)))
         assert got.shape == x.shape and scale > 0
         assert np.allclose(got, expected, rtol=1e-5, atol=1e-6 * scale)
     with pytest.raises(ValueError, match="must be resized"):
@@ -352,8 +375,8 @@ def test_channels_last_layout_equals_channels_first():
     kw = dict(relu=False, resize=None)
     for name in ("GradCAM", "LayerCAM", "AblationCAM"):
         method = getattr(xa, name)
-        ref = method(m, lambda m: m.conv2, **kw)(x, 4)
-        got = method(hwc, lambda m: m.to_hwc, layout="hwc", **kw)(x, 4)
+        ref = jcall(method(m, lambda m: m.conv2, **kw), x, 4)
+        got = jcall(method(hwc, lambda m: m.to_hwc, layout="hwc", **kw), x, 4)
         assert np.allclose(got, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
     with pytest.raises(ValueError, match="3-D feature map"):
         xa.GradCAM(m, lambda m: m.fc, layout="hwc")(x, 4)
@@ -398,8 +421,13 @@ class _TinyViT(eqx.Module):
 def test_tokens_layout_gradcam_and_grid():
     model = _TinyViT(jax.random.key(3))
     x = jax.random.normal(jax.random.key(4), (1, 8, 8))
-    tokens = model.block(model.tokens(x))  # (17, 6)
-    g = jax.grad(lambda t: model.head(t[0])[1])(tokens)
+
+    @jax.jit
+    def reference(x):
+        tokens = model.block(model.tokens(x))  # (17, 6)
+        return tokens, jax.grad(lambda t: model.head(t[0])[1])(tokens)
+
+    tokens, g = reference(x)
     # By hand: drop the class token, fold the 16 patch tokens to 4x4, weights are
     # the mean gradient over the patch tokens.
     a_grid = np.asarray(tokens[1:]).reshape(4, 4, 6)
@@ -485,16 +513,16 @@ def test_gradcam_matches_captum_layergradcam():
 
     twin = Twin().eval()
     inp = torch.from_numpy(np.array(xs))
-    assert np.allclose(twin(inp).detach().numpy(), jax.vmap(m)(xs), atol=1e-5)
+    assert np.allclose(twin(inp).detach().numpy(), jax.jit(jax.vmap(m))(xs), atol=1e-5)
     targets = [3, 8]
     for name in ("conv1", "conv2"):
         lgc = captum_attr.LayerGradCam(twin, getattr(twin, name))
         ref = lgc.attribute(inp, target=targets, relu_attributions=False)
         ref = ref.detach().numpy()[:, 0]
         layer = lambda m, name=name: getattr(m, name)
-        ours = eqx.filter_vmap(xa.GradCAM(m, layer, relu=False, resize=None))(
-            xs, jnp.array(targets)
-        )
+        ours = eqx.filter_jit(
+            eqx.filter_vmap(xa.GradCAM(m, layer, relu=False, resize=None))
+        )(xs, jnp.array(targets))
         assert np.allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
         # Captum's relu + bilinear interpolation (align_corners=False) as well
         up = captum_attr.LayerAttribution.interpolate(
@@ -502,7 +530,9 @@ def test_gradcam_matches_captum_layergradcam():
             (28, 28),
             "bilinear",
         )
-        ours_up = eqx.filter_vmap(xa.GradCAM(m, layer))(xs, jnp.array(targets))
+        ours_up = eqx.filter_jit(eqx.filter_vmap(xa.GradCAM(m, layer)))(
+            xs, jnp.array(targets)
+        )
         up = up.detach().numpy()[:, 0]
         assert np.allclose(ours_up, up, rtol=1e-4, atol=1e-6 * np.abs(up).max())
 
@@ -515,7 +545,8 @@ def _random_weights(build, seed):
     """A zoo model with random weights, without running its (slow) initialiser.
 
     Shapes come from `eqx.filter_eval_shape`; every array is drawn with NumPy,
-    except batch-norm variances, which must be positive.
+    except batch-norm variances, which must be positive. (Cast by NumPy: a cast by
+    `jnp.asarray` would compile a conversion for every shape.)
     """
     shapes = eqx.filter_eval_shape(build, jax.random.key(0))
     rng = np.random.default_rng(seed)
@@ -524,9 +555,10 @@ def _random_weights(build, seed):
         if not isinstance(leaf, jax.ShapeDtypeStruct):
             return leaf
         if "running_var" in jax.tree_util.keystr(path):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype))
         fan_in = max(1, int(np.prod(leaf.shape[1:])))
-        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+        w = rng.normal(size=leaf.shape) / np.sqrt(fan_in)
+        return jnp.asarray(w.astype(leaf.dtype))
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
 

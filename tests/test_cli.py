@@ -14,7 +14,7 @@ import eqx_attr as xa  # noqa: E402
 from eqx_attr._cli import main  # noqa: E402
 from eqx_attr._registry import methods as registry_methods  # noqa: E402
 
-from .helpers import tree_allclose  # noqa: E402
+from .helpers import jcall, tree_allclose  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,7 +80,7 @@ def test_explain_small_cnn_gradcam_matches_the_library(capsys, files):
     assert out.splitlines()[0].startswith("top-5: ")
     printed = [int(s.split(" (")[0]) for s in out.splitlines()[0][7:].split(", ")]
     assert printed == list(top5)
-    expected = xa.GradCAM(files["cnn"], lambda m: m.conv2)(x, int(top5[0]))
+    expected = jcall(xa.GradCAM(files["cnn"], lambda m: m.conv2), x, int(top5[0]))
     assert tree_allclose(np.load(arr), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -96,7 +96,7 @@ def test_explain_ig_with_target_and_normalisation(capsys, files):
     x = (jnp.asarray(files["digit"], jnp.float32)[None] / 255.0 - 0.5) / 0.25
     black = jnp.full_like(x, (0.0 - 0.5) / 0.25)  # black pixels, normalised
     ig = xa.IntegratedGradients(files["cnn"], n_steps=16, baseline=black)
-    assert tree_allclose(np.load(d / "ig.npy"), ig(x, 7), rtol=1e-4, atol=1e-6)
+    assert tree_allclose(np.load(d / "ig.npy"), jcall(ig, x, 7), rtol=1e-4, atol=1e-6)
 
 
 def test_explain_resnet_rgb_resize_and_crop(capsys, files):
@@ -269,7 +269,7 @@ def test_explain_loads_the_demo_cnn(capsys, tmp_path, files):
     assert code == 0, err
     x = jnp.asarray(files["digit"], jnp.float32)[None] / 255.0
     t = int(jnp.argmax(cnn(x)))
-    expected = xa.CAM(cnn, lambda m: m.conv2, classifier=lambda m: m.fc)(x, t)
+    expected = jcall(xa.CAM(cnn, lambda m: m.conv2, classifier=lambda m: m.fc), x, t)
     assert tree_allclose(np.load(tmp_path / "cam.npy"), expected, rtol=1e-4, atol=1e-6)
 
 

@@ -9,7 +9,7 @@ import pytest
 import eqx_attr as xa
 
 from ._vit_reference import forward, tiny_vit
-from .helpers import digit_like
+from .helpers import digit_like, jcall
 
 ATTN = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
 
@@ -35,7 +35,9 @@ def test_whole_bias_free_network_conserves_the_score():
     )
     r = method(x, jnp.arange(5))
     assert r.shape == (5, 1, 8, 8)
-    np.testing.assert_allclose(r.sum(axis=(1, 2, 3)), vit(x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        r.sum(axis=(1, 2, 3)), eqx.filter_jit(vit)(x), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_conservation_through_a_block():
@@ -44,8 +46,14 @@ def test_conservation_through_a_block():
     kt, kg = jax.random.split(jax.random.key(0))
     t = jax.random.normal(kt, (17, 16))
     g = jax.random.normal(kg, (17, 16))  # any upstream relevance per output
-    r_out = g * vit.blocks[0](t)  # gradient x output at the block's output
-    r_in = t * jax.grad(lambda t: jnp.sum(g * block(t)))(t)
+
+    @eqx.filter_jit
+    def relevances(vit, block, t, g):
+        r_out = g * vit.blocks[0](t)  # gradient x output at the block's output
+        r_in = t * jax.grad(lambda t: jnp.sum(g * block(t)))(t)
+        return r_in, r_out
+
+    r_in, r_out = relevances(vit, block, t, g)
     np.testing.assert_allclose(r_in.sum(), r_out.sum(), rtol=1e-4)
     assert not np.allclose(r_in, r_out)  # redistributed, not copied
 
@@ -53,17 +61,20 @@ def test_conservation_through_a_block():
 def test_equals_hand_written_detached_pass():
     vit, x = tiny_vit(2), digit_like(2, (1, 8, 8))
     r = eqx.filter_jit(xa.ConservativeLRP(vit, ATTN))(x, 4)
-    grad = jax.grad(lambda x: forward(vit, x, detach=True)[0][4])(x)
+    grad = eqx.filter_jit(
+        lambda vit, x: jax.grad(lambda x: forward(vit, x, detach=True)[0][4])(x)
+    )(vit, x)
     np.testing.assert_allclose(r, x * grad, rtol=1e-4, atol=1e-6)
-    plain = xa.GradientsXInput(vit)(x, 4)
+    plain = jcall(xa.GradientsXInput(vit), x, 4)
     assert not np.allclose(r, plain, rtol=1e-3)  # the rules change the result
     # the rewritten model computes the same function
-    np.testing.assert_allclose(xa.conservative_model(vit, ATTN)(x), vit(x), rtol=1e-5)
+    rewritten = eqx.filter_jit(xa.conservative_model(vit, ATTN))(x)
+    np.testing.assert_allclose(rewritten, eqx.filter_jit(vit)(x), rtol=1e-5)
 
 
 def test_bfloat16_and_errors():
     vit, x = tiny_vit(3), digit_like(3, (1, 8, 8))
-    half = jax.tree_util.tree_map(
+    half = eqx.filter_jit(jax.tree_util.tree_map)(
         lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, vit
     )
     r = eqx.filter_jit(xa.ConservativeLRP(half, ATTN))(x.astype(jnp.bfloat16), 1)

@@ -8,7 +8,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import digit_like, small_cnn, tree_allclose
+from .helpers import digit_like, jcall, small_cnn, tree_allclose
 
 
 def linear_model():
@@ -98,12 +98,12 @@ def test_bad_inputs():
 def test_smoothgrad_zero_noise_reduces_to_base():
     m = small_cnn()
     x = digit_like()
-    grad = xa.Gradients(m)(x, 4)
+    grad = jcall(xa.Gradients(m), x, 4)
     key = jax.random.key(0)
     kw = dict(n_samples=3, stdev=0.0)
-    sg = xa.SmoothGrad(xa.Gradients(m), **kw)(x, 4, key=key)
-    sq = xa.SmoothGrad(xa.Gradients(m), kind="smoothgrad_sq", **kw)(x, 4, key=key)
-    vg = xa.SmoothGrad(xa.Gradients(m), kind="vargrad", **kw)(x, 4, key=key)
+    sg = jcall(xa.SmoothGrad(xa.Gradients(m), **kw), x, 4, key)
+    sq = jcall(xa.SmoothGrad(xa.Gradients(m), kind="smoothgrad_sq", **kw), x, 4, key)
+    vg = jcall(xa.SmoothGrad(xa.Gradients(m), kind="vargrad", **kw), x, 4, key)
     np.testing.assert_allclose(sg, grad, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sq, grad**2, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(vg, 0.0, atol=1e-9)
@@ -139,22 +139,26 @@ def test_smoothgrad_noise_modes_chunks_and_keys():
     absolute = xa.SmoothGrad(
         xa.Gradients(m), n_samples=5, stdev=0.1 * rng, noise="absolute"
     )
-    np.testing.assert_allclose(rel(x, 2, key=key), absolute(x, 2, key=key), atol=1e-6)
+    np.testing.assert_allclose(
+        jcall(rel, x, 2, key), jcall(absolute, x, 2, key), atol=1e-6
+    )
     for kind in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        full = xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind)(x, 2, key=key)
-        chunked = xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind, chunk_size=2)(
-            x, 2, key=key
-        )
+        full = jcall(xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind), x, 2, key)
+        chunked = jcall(
+            xa.SmoothGrad(xa.Gradients(m), n_samples=5, kind=kind, chunk_size=2),
+            x, 2, key,
+        )  # fmt: skip
         np.testing.assert_allclose(chunked, full, rtol=1e-4, atol=1e-7)
-    assert tree_allclose(rel(x, 2, key=key), rel(x, 2, key=key))
-    assert not tree_allclose(rel(x, 2, key=key), rel(x, 2, key=jax.random.key(6)))
+    # Same key, same noise; another key, other noise.
+    assert tree_allclose(jcall(rel, x, 2, key), jcall(rel, x, 2, key))
+    assert not tree_allclose(jcall(rel, x, 2, key), jcall(rel, x, 2, jax.random.key(6)))
 
 
 def test_smoothgrad_wraps_ig_and_errors():
     m = small_cnn()
     x = digit_like()
     sg = xa.SmoothGrad(xa.IntegratedGradients(m, n_steps=4), n_samples=2)
-    assert sg(x, 1, key=jax.random.key(0)).shape == x.shape
+    assert jcall(sg, x, 1, jax.random.key(0)).shape == x.shape
     assert sg.model is m
     with pytest.raises(ValueError, match="key"):
         sg(x, 1)

@@ -9,7 +9,13 @@ import pytest
 import eqx_attr as xa
 from eqx_attr._gradient._integrated import QUADRATURES, quadrature
 
-from .helpers import tree_allclose
+from .helpers import jcall, tree_allclose
+
+
+@eqx.filter_jit
+def _with_delta(ig, x, target):
+    """`ig.attribute_with_delta(x, target)` compiled as one program (see `jcall`)."""
+    return ig.attribute_with_delta(x, target)
 
 
 def saturating(x):
@@ -20,12 +26,12 @@ def saturating(x):
 def test_sensitivity_counterexample():
     # At x = 2 the function saturates: the gradient is 0 although f(x) - f(0) = 1.
     x = jnp.array([2.0])
-    assert float(xa.Gradients(saturating)(x)[0]) == 0.0
-    assert float(xa.GradientsXInput(saturating)(x)[0]) == 0.0
+    assert float(jcall(xa.Gradients(saturating), x)[0]) == 0.0
+    assert float(jcall(xa.GradientsXInput(saturating), x)[0]) == 0.0
     # IG recovers the whole difference. Path z = 2a: dz f = 1 for a < 1/2, else 0,
     # so IG = 2 * 1/2 = 1 exactly for any rule with half its weight below a = 1/2.
     for method in ("gausslegendre", "riemann_left", "riemann_middle"):
-        a = xa.IntegratedGradients(saturating, n_steps=10, method=method)(x)
+        a = jcall(xa.IntegratedGradients(saturating, n_steps=10, method=method), x)
         np.testing.assert_allclose(a, [1.0], rtol=1e-6)
 
 
@@ -36,8 +42,9 @@ def test_two_input_relu_net_exact():
     def f(x):
         return jax.nn.relu(x[0] - 1.0) + jax.nn.relu(x[1] - 2.0)
 
-    a = xa.IntegratedGradients(f, n_steps=8, method="riemann_middle")(
-        jnp.array([4.0, 4.0])
+    a = jcall(
+        xa.IntegratedGradients(f, n_steps=8, method="riemann_middle"),
+        jnp.array([4.0, 4.0]),
     )
     np.testing.assert_allclose(a, [3.0, 2.0], rtol=1e-6)
 
@@ -48,7 +55,7 @@ def test_max_network_exact():
     def f(x):
         return x[1] + jax.nn.relu(x[0] - x[1])
 
-    a = xa.IntegratedGradients(f, n_steps=5)(jnp.array([3.0, 1.0]))
+    a = jcall(xa.IntegratedGradients(f, n_steps=5), jnp.array([3.0, 1.0]))
     np.testing.assert_allclose(a, [3.0, 0.0], atol=1e-6)
 
 
@@ -58,7 +65,7 @@ def test_ig_with_constant_baseline_hand_value():
     def f(x):
         return x[0] * x[1]
 
-    a = xa.IntegratedGradients(f, n_steps=4, baseline=1.0)(jnp.array([3.0, 2.0]))
+    a = jcall(xa.IntegratedGradients(f, n_steps=4, baseline=1.0), jnp.array([3.0, 2.0]))
     np.testing.assert_allclose(a, [3.0, 2.0], rtol=1e-6)
 
 
@@ -81,8 +88,8 @@ def test_completeness_gauss_legendre_32(target):
     f = smooth_net(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (3, 4)) * 2
     ig = xa.IntegratedGradients(f, n_steps=32)
-    a, delta = ig.attribute_with_delta(x, target)
-    gap = f(x)[target] - f(jnp.zeros_like(x))[target]
+    a, delta = _with_delta(ig, x, target)
+    gap = jax.jit(lambda x: f(x)[target] - f(jnp.zeros_like(x))[target])(x)
     assert abs(float(gap)) > 0.05
     assert abs(float(delta)) <= 1e-4 * abs(float(gap))
     np.testing.assert_allclose(jnp.sum(a), gap, rtol=1e-4)
@@ -93,11 +100,7 @@ def test_gauss_legendre_beats_riemann_on_smooth_net():
     x = jax.random.normal(jax.random.key(3), (3, 4)) * 2
     err = {
         m: abs(
-            float(
-                xa.IntegratedGradients(f, n_steps=16, method=m).attribute_with_delta(
-                    x, 1
-                )[1]
-            )
+            float(_with_delta(xa.IntegratedGradients(f, n_steps=16, method=m), x, 1)[1])
         )
         for m in QUADRATURES
     }
@@ -132,10 +135,19 @@ def test_implementation_invariance():
         return (w2[:, perm] / c) @ jax.nn.relu((c * w1[perm]) @ x)
 
     x = jax.random.normal(jax.random.key(5), (6,))
-    np.testing.assert_allclose(net_a(x), net_b(x), rtol=1e-5)
-    for t in range(3):
-        a = xa.IntegratedGradients(net_a, n_steps=64)(x, t)
-        b = xa.IntegratedGradients(net_b, n_steps=64)(x, t)
+    np.testing.assert_allclose(jax.jit(net_a)(x), jax.jit(net_b)(x), rtol=1e-5)
+
+    @jax.jit
+    def per_target(x):
+        return [
+            (
+                xa.IntegratedGradients(net_a, n_steps=64)(x, t),
+                xa.IntegratedGradients(net_b, n_steps=64)(x, t),
+            )
+            for t in range(3)
+        ]
+
+    for a, b in per_target(x):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -143,23 +155,25 @@ def test_linearity():
     f = smooth_net(jax.random.key(6))
     x = jax.random.normal(jax.random.key(7), (3, 4))
     ig = xa.IntegratedGradients(f, n_steps=16)
-    combo = ig(x, lambda s: 2.0 * s[0] - 3.0 * s[2])
-    np.testing.assert_allclose(combo, 2.0 * ig(x, 0) - 3.0 * ig(x, 2), atol=1e-5)
+    combo = jcall(ig, x, lambda s: 2.0 * s[0] - 3.0 * s[2])
+    np.testing.assert_allclose(
+        combo, 2.0 * jcall(ig, x, 0) - 3.0 * jcall(ig, x, 2), atol=1e-5
+    )
 
     # And in the model: IG of f + g is IG of f plus IG of g.
     g = smooth_net(jax.random.key(8))
-    ig_sum = xa.IntegratedGradients(lambda z: f(z) + g(z), n_steps=16)(x, 1)
-    ig_f = xa.IntegratedGradients(f, n_steps=16)(x, 1)
-    ig_g = xa.IntegratedGradients(g, n_steps=16)(x, 1)
+    ig_sum = jcall(xa.IntegratedGradients(lambda z: f(z) + g(z), n_steps=16), x, 1)
+    ig_f = jcall(xa.IntegratedGradients(f, n_steps=16), x, 1)
+    ig_g = jcall(xa.IntegratedGradients(g, n_steps=16), x, 1)
     np.testing.assert_allclose(ig_sum, ig_f + ig_g, atol=1e-5)
 
 
 def test_chunked_equals_unchunked():
     f = smooth_net(jax.random.key(9))
     x = jax.random.normal(jax.random.key(10), (3, 4))
-    full = xa.IntegratedGradients(f, n_steps=10)(x, 2)
+    full = jcall(xa.IntegratedGradients(f, n_steps=10), x, 2)
     for chunk in (1, 3, 10, 64):
-        part = xa.IntegratedGradients(f, n_steps=10, chunk_size=chunk)(x, 2)
+        part = jcall(xa.IntegratedGradients(f, n_steps=10, chunk_size=chunk), x, 2)
         np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
 
 
@@ -170,10 +184,12 @@ def test_multi_draw_baseline_is_mean_over_draws():
     multi = xa.IntegratedGradients(
         f, n_steps=8, baseline=xa.baselines.Custom(draws, draws=True)
     )
-    single = [xa.IntegratedGradients(f, n_steps=8, baseline=d)(x, 0) for d in draws]
-    np.testing.assert_allclose(multi(x, 0), np.mean(single, axis=0), atol=1e-6)
+    single = [
+        jcall(xa.IntegratedGradients(f, n_steps=8, baseline=d), x, 0) for d in draws
+    ]
+    np.testing.assert_allclose(jcall(multi, x, 0), np.mean(single, axis=0), atol=1e-6)
     # Completeness holds against the mean baseline output.
-    a, delta = multi.attribute_with_delta(x, 0)
+    a, delta = _with_delta(multi, x, 0)
     assert abs(float(delta)) < 1e-3
 
 
@@ -190,9 +206,9 @@ def test_uniform_noise_baseline_uses_key():
             jax.random.uniform(k, (4, 3, 4), minval=-1.0, maxval=1.0), draws=True
         ),
     )
-    np.testing.assert_allclose(ig(x, 1, key=k), same(x, 1), atol=1e-6)
-    assert tree_allclose(ig(x, 1, key=k), ig(x, 1, key=k))
-    assert not tree_allclose(ig(x, 1, key=k), ig(x, 1, key=jax.random.key(17)))
+    np.testing.assert_allclose(jcall(ig, x, 1, k), jcall(same, x, 1), atol=1e-6)
+    assert tree_allclose(jcall(ig, x, 1, k), jcall(ig, x, 1, k))
+    assert not tree_allclose(jcall(ig, x, 1, k), jcall(ig, x, 1, jax.random.key(17)))
     with pytest.raises(ValueError, match="key"):
         ig(x, 1)
 
@@ -202,20 +218,22 @@ def test_return_delta_and_vmap_gives_per_example_delta():
     xs = jax.random.normal(jax.random.key(19), (5, 3, 4))
     ts = jnp.array([0, 1, 2, 3, 0])
     ig = xa.IntegratedGradients(f, n_steps=32, return_delta=True)
-    attrs, deltas = eqx.filter_vmap(ig)(xs, ts)
+    attrs, deltas = eqx.filter_jit(eqx.filter_vmap(ig))(xs, ts)
     assert attrs.shape == xs.shape and deltas.shape == (5,)
+    score_gap = jax.jit(lambda x, t: f(x)[t] - f(jnp.zeros((3, 4)))[t])
+    xs_host, ts_host = np.asarray(xs), np.asarray(ts)
     for i in range(5):
-        a, d = ig.attribute_with_delta(xs[i], int(ts[i]))
+        a, d = _with_delta(ig, xs_host[i], int(ts_host[i]))
         np.testing.assert_allclose(attrs[i], a, atol=1e-6)
-        gap = f(xs[i])[ts[i]] - f(jnp.zeros((3, 4)))[ts[i]]
+        gap = score_gap(xs_host[i], ts_host[i])
         np.testing.assert_allclose(deltas[i], jnp.sum(a) - gap, atol=1e-5)
 
 
 def test_ig_bfloat16():
     f = smooth_net(jax.random.key(20))
     x = jax.random.normal(jax.random.key(21), (3, 4))
-    a32 = xa.IntegratedGradients(f, n_steps=16)(x, 0)
-    a16 = xa.IntegratedGradients(f, n_steps=16)(x.astype(jnp.bfloat16), 0)
+    a32 = jcall(xa.IntegratedGradients(f, n_steps=16), x, 0)
+    a16 = jcall(xa.IntegratedGradients(f, n_steps=16), x.astype(jnp.bfloat16), 0)
     assert a16.dtype == jnp.bfloat16 and a16.shape == x.shape
     np.testing.assert_allclose(
         np.asarray(a16, np.float32), a32, atol=0.05 * float(jnp.abs(a32).max())
@@ -246,4 +264,4 @@ def test_bad_baseline_shape():
     with pytest.raises(TypeError, match="baseline"):
         xa.IntegratedGradients(f, baseline="black")
     # A per-channel baseline broadcasts.
-    xa.IntegratedGradients(f, n_steps=2, baseline=jnp.ones((3, 1)))(x, 0)
+    jcall(xa.IntegratedGradients(f, n_steps=2, baseline=jnp.ones((3, 1))), x, 0)

@@ -11,6 +11,7 @@ import eqx_attr as xa
 from eqx_attr.torch_twins import to_torch
 
 from ._quantus_import import quantus
+from .helpers import jmetric
 
 M = xa.metrics
 N, H = 2, 8  # two 1x8x8 examples through a width-2 SmallCNN
@@ -45,8 +46,10 @@ def quantus_call(metric, setup, **kwargs):
     return np.asarray(out, np.float64)
 
 
-def ours(metric, xs, *args):
-    return np.asarray(jax.vmap(metric)(xs, *args), np.float64)
+def ours(metric, xs, *args, fn="__call__", **kwargs):
+    """`jax.vmap(metric.fn)(xs, *args, **kwargs)`, compiled as one program."""
+    out = jmetric(metric, xs, *args, fn=fn, vmap=0, **kwargs)
+    return np.asarray(out, np.float64)
 
 
 def test_complexity_metrics(setup):
@@ -125,7 +128,7 @@ def test_pixel_flipping_and_region_perturbation(setup):
     q = dict(disable_warnings=True, normalise=False)
     theirs = quantus_call(quantus.PixelFlipping(features_in_step=8, **q), setup)
     pf = M.PixelFlipping(model, features_in_step=8)
-    curves = jax.vmap(pf.curve)(xs, ys, attrs)
+    curves = ours(pf, xs, ys, attrs, fn="curve")
     np.testing.assert_allclose(curves, theirs, rtol=1e-4, atol=1e-6)
     auc = np.trapezoid(theirs, axis=1) / (theirs.shape[1] - 1)
     np.testing.assert_allclose(ours(pf, xs, ys, attrs), auc, rtol=1e-4)
@@ -135,7 +138,7 @@ def test_pixel_flipping_and_region_perturbation(setup):
             quantus.RegionPerturbation(patch_size=patch, order=order, **q), setup
         )
         rp = M.RegionPerturbation(model, patch_size=patch, order=order)
-        curves = jax.vmap(rp.curve)(xs, ys, attrs)
+        curves = ours(rp, xs, ys, attrs, fn="curve")
         np.testing.assert_allclose(curves, theirs, rtol=1e-4, atol=1e-6)
 
 
@@ -155,7 +158,7 @@ def test_road_noise_free(setup):
         channel_first=True,
         device="cpu",
     )
-    curves = np.asarray(jax.vmap(road.curve)(xs, ys, attrs))
+    curves = ours(road, xs, ys, attrs, fn="curve")
     np.testing.assert_allclose(curves.mean(0), [want[p] for p in pct])
 
 
@@ -168,7 +171,7 @@ def test_linear_imputation_equals_quantus():
     theirs = quantus.functions.perturb_func.noisy_linear_imputation(
         x.copy(), idx, noise=0.0
     )
-    got = M.linear_imputation(jnp.asarray(x), jnp.asarray(removed))
+    got = jmetric(M.linear_imputation, jnp.asarray(x), jnp.asarray(removed))
     np.testing.assert_allclose(got, theirs, rtol=1e-5, atol=1e-6)
 
 
@@ -177,7 +180,10 @@ def test_faithfulness_correlation_same_subsets(setup, monkeypatch):
     fc = M.FaithfulnessCorrelation(model, n_runs=6, subset_size=10)
     keys = jax.random.split(jax.random.key(4), N)
     # Our subsets, handed to Quantus in the order it draws them (run, example).
-    subsets = [np.asarray(fc.subsets(xs[0], jax.random.split(k)[0])) for k in keys]
+    subsets = [
+        np.asarray(jmetric(fc, xs[0], jax.random.split(k)[0], fn="subsets"))
+        for k in keys
+    ]
     draws = iter([subsets[i][r] for r in range(6) for i in range(N)])
     monkeypatch.setattr(np.random, "choice", lambda *a, **k: next(draws))
     theirs = quantus_call(
@@ -187,7 +193,7 @@ def test_faithfulness_correlation_same_subsets(setup, monkeypatch):
         ),
         setup,
     )  # fmt: skip
-    got = jax.vmap(fc)(xs, ys, attrs, key=keys)
+    got = ours(fc, xs, ys, attrs, key=keys)
     np.testing.assert_allclose(got, theirs, rtol=1e-4, atol=1e-6)
 
 
@@ -196,7 +202,9 @@ def test_similarities_equal_scipy_and_skimage():
     b = a + np.asarray(jax.random.normal(jax.random.key(6), (12, 10)))
     b[0, :4] = b[0, 0]  # ties get average ranks
     want = scipy.stats.spearmanr(a.ravel(), b.ravel())[0]
-    np.testing.assert_allclose(M.spearman(jnp.asarray(a), jnp.asarray(b)), want, 1e-5)
+    got = jmetric(M.spearman, jnp.asarray(a), jnp.asarray(b))
+    np.testing.assert_allclose(got, want, 1e-5)
     rng = max(a.max(), b.max()) - min(a.min(), b.min())
     want = skimage.metrics.structural_similarity(a, b, data_range=rng)
-    np.testing.assert_allclose(M.ssim(jnp.asarray(a), jnp.asarray(b)), want, 1e-4)
+    got = jmetric(M.ssim, jnp.asarray(a), jnp.asarray(b))
+    np.testing.assert_allclose(got, want, 1e-4)

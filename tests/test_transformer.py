@@ -9,7 +9,7 @@ import pytest
 import eqx_attr as xa
 
 from ._vit_reference import attention_and_gradients, tiny_vit
-from .helpers import digit_like
+from .helpers import digit_like, jcall
 
 ATTN = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
 
@@ -104,7 +104,7 @@ def test_resize_jit_once_vmap_inputs_purity():
 
 def test_bfloat16():
     vit, x = tiny_vit(3), digit_like(3, (1, 8, 8))
-    half = jax.tree_util.tree_map(
+    half = eqx.filter_jit(jax.tree_util.tree_map)(
         lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, vit
     )
 
@@ -153,18 +153,23 @@ USER_ATTN = lambda m: list(m.probs)  # noqa: E731
 
 def test_user_vit_with_a_non_square_grid():
     m, x = _user_vit(), digit_like(4, (1, 4, 6))
-    h = xa.AttentionRollout(m, USER_ATTN, grid=(2, 3), resize=None)(x)
-    patches = x.reshape(2, 2, 3, 2).transpose(0, 2, 1, 3).reshape(6, 4)
-    t = jnp.concatenate([jnp.ones((1, 8)), jax.vmap(m.embed)(patches)])
-    attentions = []
-    for _ in range(2):
-        a = jax.nn.softmax(m.attention_logits(t), -1)
-        attentions.append(a)
-        t = t + a[0] @ t
+    h = jcall(xa.AttentionRollout(m, USER_ATTN, grid=(2, 3), resize=None), x)
+
+    @jax.jit
+    def attentions(x):
+        patches = x.reshape(2, 2, 3, 2).transpose(0, 2, 1, 3).reshape(6, 4)
+        t = jnp.concatenate([jnp.ones((1, 8)), jax.vmap(m.embed)(patches)])
+        attentions = []
+        for _ in range(2):
+            a = jax.nn.softmax(m.attention_logits(t), -1)
+            attentions.append(a)
+            t = t + a[0] @ t
+        return attentions
+
     np.testing.assert_allclose(
-        h, rollout_reference(attentions).reshape(2, 3), rtol=1e-5
+        h, rollout_reference(attentions(x)).reshape(2, 3), rtol=1e-5
     )
-    assert xa.CheferRelevance(m, USER_ATTN, grid=[2, 3])(x, 1).shape == (4, 6)
+    assert jcall(xa.CheferRelevance(m, USER_ATTN, grid=[2, 3]), x, 1).shape == (4, 6)
     with pytest.raises(ValueError, match="not a square grid.*grid=\\(h, w\\)"):
         xa.AttentionRollout(m, USER_ATTN)(x)
     with pytest.raises(ValueError, match="`grid=\\(3, 3\\)` has 9 cells"):

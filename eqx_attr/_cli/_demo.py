@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,8 +154,13 @@ def completeness_error(column: DemoColumn, xs, ts, keys, attrs=None) -> float:
     if attrs is None:
         attrs = batched(column.build())(xs, ts, keys)
     attrs = jnp.asarray(attrs)
-    errors = jax.vmap(lambda x, t, a, k: metric(x, t, a, key=k))(xs, ts, attrs, keys)
+    errors = _batched_metric(metric, xs, ts, attrs, keys)
     return float(np.max(np.asarray(errors, np.float64)))
+
+
+@eqx.filter_jit
+def _batched_metric(metric, xs, ts, attrs, keys):
+    return jax.vmap(lambda x, t, a, k: metric(x, t, a, key=k))(xs, ts, attrs, keys)
 
 
 def _write_pngs(out_dir, xs, maps, labels, preds) -> str:

@@ -83,6 +83,11 @@ class SmoothGrad(AbstractAttribution):
                 "`base` must be an attribution method such as `xa.Gradients(model)`, "
                 f"got {type(self.base).__name__}."
             )
+        if getattr(self.base, "return_delta", False) is True:
+            raise TypeError(
+                "SmoothGrad needs a base method that returns one array; its `base` "
+                "has `return_delta=True`: build the base without it."
+            )
         check_positive_int(self.n_samples, "n_samples")
         check_choice(self.kind, "kind", KINDS)
         check_choice(self.noise, "noise", NOISE)

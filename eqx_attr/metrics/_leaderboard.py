@@ -89,12 +89,11 @@ class Leaderboard:
         return fig
 
 
+# Module-level compiled functions: their compilations are shared between calls
+# (a closure jitted inside a function would compile again on every call).
+@eqx.filter_jit
 def _attribute(method: Any, xs: Array, targets: Array, keys: Array) -> Array:
-    @eqx.filter_jit
-    def run(method, xs, targets, keys):
-        return jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, targets, keys)
-
-    return run(method, xs, targets, keys)
+    return jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, targets, keys)
 
 
 @eqx.filter_jit
@@ -118,10 +117,16 @@ def _mprt_full(method: Any, xs, targets, attrs, keys, key) -> Array:
     n = _layer_count(method)
     if n == 0:
         return jnp.full(xs.shape[0], jnp.nan)
-    randomised = randomise_layers(method, tuple(range(n)), key)
-    rand_attrs = _attribute(randomised, xs, targets, keys)
-    sim = jax.vmap(lambda a, b: spearman(jnp.abs(a), jnp.abs(b)))
-    return eqx.filter_jit(sim)(attrs, rand_attrs)
+    randomised = _randomise(method, tuple(range(n)), key)
+    return _abs_spearman(attrs, _attribute(randomised, xs, targets, keys))
+
+
+_randomise = eqx.filter_jit(randomise_layers)
+
+
+@jax.jit
+def _abs_spearman(a: Array, b: Array) -> Array:
+    return jax.vmap(lambda u, v: spearman(jnp.abs(u), jnp.abs(v)))(a, b)
 
 
 def leaderboard(
