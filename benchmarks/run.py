@@ -262,7 +262,12 @@ def case_gxi(b: Bench, s: Sizes) -> list[H.Case]:
 
 
 def _ig_case(
-    b: Bench, n: int, method: str, chunk: int | None = None, kind: str = "peer"
+    b: Bench,
+    n: int,
+    method: str,
+    chunk: int | None = None,
+    kind: str = "peer",
+    unroll: bool = False,
 ) -> H.Case:
     from captum.attr import IntegratedGradients
 
@@ -270,9 +275,12 @@ def _ig_case(
     # Captum's internal_batch_size counts path points over the whole batch; ours
     # counts them per example (under vmap), so the same memory bound is B * chunk.
     ibs = None if chunk is None else chunk * len(b.xs)
-    ours = xa.IntegratedGradients(b.model, n_steps=n, method=method, chunk_size=chunk)
+    ours = xa.IntegratedGradients(
+        b.model, n_steps=n, method=method, chunk_size=chunk, unroll_chunks=unroll
+    )
     short = {"gausslegendre": "gl", "riemann_trapezoid": "trapezoid"}[method]
     name = f"{b.name}/ig-{short}-{n}" + (f"-chunk{chunk}" if chunk else "")
+    name += "-unrolled" if unroll else ""
     transform, note = None, ""
     if method == "riemann_trapezoid":
         # Captum's trapezoid rule puts steps of 1/n on nodes linspace(0, 1, n),
@@ -283,7 +291,8 @@ def _ig_case(
     return H.Case(
         name,
         b.name,
-        f"IntegratedGradients({method}, n_steps={n}, chunk_size={chunk})",
+        f"IntegratedGradients({method}, n_steps={n}, chunk_size={chunk}"
+        + (", unroll_chunks=True)" if unroll else ")"),
         len(b.xs),
         _ours(ours, b),
         lambda: ig.attribute(
@@ -320,8 +329,10 @@ def case_ig_chunk(b: Bench, s: Sizes) -> list[H.Case]:
         )
         small.xt, small.tt = b.xt[: s.overhead_cnn_batch], b.tt[: s.overhead_cnn_batch]
         n = s.chunk_steps[0]
+        chunk = s.chunk_size // 4
         return [
-            _ig_case(small, n, "gausslegendre", s.chunk_size // 4, kind="memory"),
+            _ig_case(small, n, "gausslegendre", chunk, kind="memory"),
+            _ig_case(small, n, "gausslegendre", chunk, kind="memory", unroll=True),
             _ig_case(small, n, "gausslegendre", None, kind="memory"),
         ]
     if b.name != "mlp":

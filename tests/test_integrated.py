@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -173,8 +174,70 @@ def test_chunked_equals_unchunked():
     x = jax.random.normal(jax.random.key(10), (3, 4))
     full = jcall(xa.IntegratedGradients(f, n_steps=10), x, 2)
     for chunk in (1, 3, 10, 64):
-        part = jcall(xa.IntegratedGradients(f, n_steps=10, chunk_size=chunk), x, 2)
-        np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+        for unroll in (False, True):
+            ig = xa.IntegratedGradients(
+                f, n_steps=10, chunk_size=chunk, unroll_chunks=unroll
+            )
+            np.testing.assert_allclose(jcall(ig, x, 2), full, rtol=1e-5, atol=1e-6)
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Every primitive of a closed jaxpr, nested bodies included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+def test_unrolled_chunks_are_sequenced_and_bounded():
+    # Unrolled chunks: no loop in the program, one barrier per chunk; with multi-
+    # draw baselines (chunks then straddle draws) equal to the scan.
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (1, 12, 12))
+    draws = xa.baselines.Custom(jnp.stack([x * 0, x * 0.5, 1 - x]), draws=True)
+
+    def ig(n_steps, chunk, unroll):
+        return xa.IntegratedGradients(
+            model, n_steps=n_steps, baseline=draws, chunk_size=chunk,
+            unroll_chunks=unroll,
+        )  # fmt: skip
+
+    scan = jax.make_jaxpr(lambda x: ig(8, 5, False)(x, 3))(x)
+    unrolled = jax.make_jaxpr(lambda x: ig(8, 5, True)(x, 3))(x)
+    assert "scan" in _primitives(scan.jaxpr)
+    assert "scan" not in _primitives(unrolled.jaxpr)
+    barriers = [
+        e for e in unrolled.jaxpr.eqns if e.primitive.name == "optimization_barrier"
+    ]
+    assert len(barriers) == 5  # 3 draws x 8 steps = 24 points: 5 chunks of 5
+    np.testing.assert_allclose(
+        jcall(ig(8, 5, True), x, 3), jcall(ig(8, 5, False), x, 3), rtol=1e-5, atol=1e-7
+    )
+
+    # The chunks run one after another, so XLA's buffers hold one chunk: the same
+    # temporary memory for 4x the steps. (XLA:CPU's concurrency-optimised
+    # scheduler keeps every chunk's buffers: the option the docstring names.)
+    def temp_bytes(n_steps, chunk):
+        method = ig(n_steps, chunk, chunk is not None)
+        compiled = (
+            jax.jit(
+                lambda x: method(x, 3),
+                compiler_options={
+                    "xla_cpu_enable_concurrency_optimized_scheduler": False
+                },
+            )
+            .lower(x)
+            .compile()
+        )
+        stats = compiled.memory_analysis()
+        assert stats is not None
+        return stats.temp_size_in_bytes
+
+    small, large, whole = temp_bytes(8, 6), temp_bytes(32, 6), temp_bytes(32, None)
+    assert large <= 1.2 * small
+    assert whole > 3 * large
 
 
 def test_multi_draw_baseline_is_mean_over_draws():
@@ -254,6 +317,8 @@ def test_bad_method_and_chunk():
         xa.IntegratedGradients(saturating, n_steps=1, method="riemann_trapezoid")
     with pytest.raises(ValueError, match="chunk_size"):
         xa.IntegratedGradients(saturating, chunk_size=0)
+    with pytest.raises(TypeError, match="unroll_chunks"):
+        xa.IntegratedGradients(saturating, chunk_size=2, unroll_chunks=1)  # pyright: ignore
 
 
 def test_bad_baseline_shape():

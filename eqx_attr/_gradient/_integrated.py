@@ -16,6 +16,7 @@ from .._attribution import (
     Attribution,
     Image,
     Target,
+    check_bool,
     check_choice,
     check_input,
     check_positive_int,
@@ -82,6 +83,15 @@ class IntegratedGradients(AbstractAttribution):
         same vectorised pass).
     - `chunk_size`: evaluate at most this many path points at a time (bounded
         memory, via `jax.lax.scan`); `None` evaluates all at once.
+    - `unroll_chunks`: with `chunk_size`, write the chunks out one after another
+        (sequenced with `jax.lax.optimization_barrier`) instead of scanning them.
+        XLA:CPU runs convolutions inside a loop several times slower than outside
+        one, so on conv nets this is as fast as unchunked IG (SmallCNN, 50 steps:
+        5-7x faster than the scan). Compile time grows with the number of chunks,
+        and on CPU the memory stays bounded by one chunk only with XLA's
+        concurrency-optimised scheduler off
+        (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; with
+        it on, XLA keeps every chunk's buffers). Default `False`.
     - `return_delta`: if `True`, `__call__` returns `(attribution, delta)`.
 
     **Returns:** an array shaped like `x` (or `(attr, delta)`, see above).
@@ -99,11 +109,13 @@ class IntegratedGradients(AbstractAttribution):
     baseline: AbstractBaseline = eqx.field(default_factory=Zeros, converter=as_baseline)
     chunk_size: int | None = eqx.field(static=True, default=None)
     return_delta: bool = eqx.field(static=True, default=False)
+    unroll_chunks: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         quadrature(self.method, self.n_steps)  # validates method and n_steps
         if self.chunk_size is not None:
             check_positive_int(self.chunk_size, "chunk_size")
+        check_bool(self.unroll_chunks, "unroll_chunks")
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -123,7 +135,7 @@ class IntegratedGradients(AbstractAttribution):
         f = scalar_function(self.model, x, target)
         b = draw_baselines(self.baseline, x, key)
         mean_grads = path_mean_gradients(
-            f, x, b, self.method, self.n_steps, self.chunk_size
+            f, x, b, self.method, self.n_steps, self.chunk_size, self.unroll_chunks
         )
         attr = jnp.mean((x[None] - b) * mean_grads, axis=0).astype(x.dtype)
         f_x = f(x)
@@ -139,11 +151,13 @@ def path_mean_gradients(
     method: str,
     n_steps: int,
     chunk_size: int | None,
+    unroll: bool = False,
 ) -> Array:
     """For each baseline `b_d`, the quadrature mean of grad f along `b_d -> x`.
 
     Returns shape `(n_draws, *x.shape)`. All draws and steps are evaluated as one
-    flat batch of path points, chunked when `chunk_size` is given.
+    flat batch of path points, chunked when `chunk_size` is given (the chunks
+    scanned, or written out one after another when `unroll`).
     """
     alphas_np, weights_np = quadrature(method, n_steps)
     n_draws = baselines.shape[0]
@@ -165,7 +179,8 @@ def path_mean_gradients(
         w = np.kron(np.eye(n_draws), weights_np.reshape(1, n_steps))
         return jnp.tensordot(jnp.asarray(w, jnp.float32), grads, axes=(1, 0))
 
-    # Flatten (draw, step) pairs, pad to whole chunks with zero weight, and scan so
+    # Flatten (draw, step) pairs, pad to whole chunks with zero weight, and run the
+    # chunks one at a time, so
     # only `chunk_size` points (and their gradients) are alive at once. The chunks
     # are balanced (as few as `chunk_size` allows, then as even as possible), so
     # the padding wastes under one gradient pass per chunk, rather than up to
@@ -178,20 +193,28 @@ def path_mean_gradients(
     alpha = np.concatenate([np.tile(alphas_np, n_draws), np.zeros(pad)])
     weight = np.concatenate([np.tile(weights_np, n_draws), np.zeros(pad)])
     onehot = np.eye(n_draws)[draw_id.astype(int)] * weight[:, None]
-    xs = (
-        jnp.asarray(draw_id.astype(np.int32).reshape(n_chunks, chunk_size)),
-        jnp.asarray(alpha.reshape(n_chunks, chunk_size), dtype),
-        jnp.asarray(onehot.reshape(n_chunks, chunk_size, n_draws), jnp.float32),
+    chunks = (  # (n_chunks, chunk_size, ...) each
+        draw_id.astype(np.int32).reshape(n_chunks, chunk_size),
+        alpha.reshape(n_chunks, chunk_size),
+        onehot.reshape(n_chunks, chunk_size, n_draws),
     )
 
-    def body(acc, chunk):
-        ids, a, w = chunk
+    def chunk_sum(acc, x, ids, a, w):
         b = baselines[ids]
-        points = b + a.reshape(chunk_size, *expand) * (x[None] - b)
+        points = b + a.astype(dtype).reshape(chunk_size, *expand) * (x[None] - b)
         g = jax.vmap(grad_f)(points).astype(jnp.float32)
-        acc = acc + jnp.tensordot(w, g, axes=(0, 0))
-        return acc, None
+        return acc + jnp.tensordot(w.astype(jnp.float32), g, axes=(0, 0))
 
-    acc0 = jnp.zeros((n_draws, *x.shape), jnp.float32)
-    acc, _ = jax.lax.scan(body, acc0, xs)
+    acc = jnp.zeros((n_draws, *x.shape), jnp.float32)
+    if unroll:
+        # Written out: XLA:CPU runs convolutions inside a loop body without its
+        # fast layouts (5-7x slower on conv nets). The barrier makes each chunk's
+        # points depend on the previous chunk's sum: the chunks run one after
+        # another and can reuse one chunk's buffers (see `unroll_chunks`).
+        for ids, a, w in zip(*chunks, strict=True):
+            acc, x_c = jax.lax.optimization_barrier((acc, x))
+            acc = chunk_sum(acc, x_c, jnp.asarray(ids), jnp.asarray(a), jnp.asarray(w))
+        return acc
+    xs = tuple(jnp.asarray(v) for v in chunks)
+    acc, _ = jax.lax.scan(lambda acc, c: (chunk_sum(acc, x, *c), None), acc, xs)
     return acc
