@@ -15,6 +15,7 @@ from torch import nn
 import eqx_attr as xa
 
 from ._torchvision_stub import install
+from .helpers import jcall
 
 install()
 
@@ -140,9 +141,9 @@ def test_batch_norm_merged_equals_hand_folded(net):
     scores = hand(x)
     target = int(jnp.argmax(scores))
     for name, (ours, _) in COMPOSITES.items():
-        want = np.asarray(jax.jit(xa.LRP(hand, composite=ours))(x, target))
+        want = np.asarray(jcall(xa.LRP(hand, composite=ours), x, target))
         merged = xa.LRP(lambda z: model(z, state)[0], composite=ours)
-        got = np.asarray(jax.jit(merged)(x, target))
+        got = np.asarray(jcall(merged, x, target))
         assert np.abs(want).max() > 1e-7, name  # a relevance that could differ
         scale = np.abs(want).max()
         np.testing.assert_allclose(
@@ -241,7 +242,7 @@ def test_batch_norm_merged_equals_zennit():
     for name, (ours, theirs) in COMPOSITES.items():
         canon = [zcanon.SequentialMergeBatchNorm()]
         want, _ = zennit_relevance(twin, theirs(canonizers=canon), x, target)
-        got = np.asarray(jax.jit(xa.LRP(f, composite=ours))(x, target))
+        got = np.asarray(jcall(xa.LRP(f, composite=ours), x, target))
         scale = np.abs(want).max()
         assert scale > 1e-4, name
         np.testing.assert_allclose(

@@ -12,6 +12,7 @@ import eqx_attr as xa
 from eqx_attr.torch_twins import to_torch
 
 from ._torchvision_stub import install
+from .helpers import jcall
 
 install()
 
@@ -83,13 +84,6 @@ COMPOSITES = {
 }
 
 
-def jit_lrp(model, composite, x, target):
-    """LRP with `composite`, as one compiled program."""
-    return eqx.filter_jit(lambda m, x: xa.LRP(m, composite=composite)(x, target))(
-        model, x
-    )
-
-
 def build(arch):
     key = jax.random.key(3)
     if arch == "vgg11":
@@ -114,7 +108,7 @@ def test_composites_equal_zennit_on_zoo_twins(arch):
     target = 2
     for name, (ours, theirs) in COMPOSITES.items():
         expected = zennit_relevance(twin, theirs(canonizers=canonizers()), x, target)
-        got = np.asarray(jit_lrp(model, ours, x, target))
+        got = np.asarray(jcall(xa.LRP(model, composite=ours), x, target))
         scale = np.abs(expected).max()
         np.testing.assert_allclose(
             got, expected, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{arch} {name}"
@@ -174,7 +168,7 @@ def test_each_rule_on_every_layer_equals_zennit(name):
     x = jax.random.uniform(jax.random.key(1), (1, 16, 16), minval=-1.0, maxval=1.0)
     ours, theirs = RULES[name]
     expected = zennit_relevance(twin, single_rule(theirs()), x, 7)
-    got = np.asarray(eqx.filter_jit(lambda m, x: xa.LRP(m, rule=ours)(x, 7))(model, x))
+    got = np.asarray(jcall(xa.LRP(model, rule=ours), x, 7))
     scale = np.abs(expected).max()
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale)
 

@@ -180,11 +180,11 @@ def path_mean_gradients(
         return jnp.tensordot(jnp.asarray(w, jnp.float32), grads, axes=(1, 0))
 
     # Flatten (draw, step) pairs, pad to whole chunks with zero weight, and run the
-    # chunks one at a time, so
-    # only `chunk_size` points (and their gradients) are alive at once. The chunks
-    # are balanced (as few as `chunk_size` allows, then as even as possible), so
-    # the padding wastes under one gradient pass per chunk, rather than up to
-    # `chunk_size - 1`, or more than the whole path when `chunk_size > n_steps`.
+    # chunks one at a time, so only `chunk_size` points (and their gradients) are
+    # alive at once. The chunks are balanced (as few as `chunk_size` allows, then
+    # as even as possible), so the padding wastes under one gradient pass per
+    # chunk, rather than up to `chunk_size - 1`, or more than the whole path when
+    # `chunk_size > n_steps`.
     total = n_draws * n_steps
     n_chunks = -(-total // chunk_size)
     chunk_size = -(-total // n_chunks)

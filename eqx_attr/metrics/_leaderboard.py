@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._batch import batch_runner
 from ._complexity import Sparseness
 from ._deletion import Deletion, Insertion
 from ._randomisation import _layer_count, randomise_layers
@@ -91,9 +92,8 @@ class Leaderboard:
 
 # Module-level compiled functions: their compilations are shared between calls
 # (a closure jitted inside a function would compile again on every call).
-@eqx.filter_jit
-def _attribute(method: Any, xs: Array, targets: Array, keys: Array) -> Array:
-    return jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, targets, keys)
+_attribute = batch_runner()  # (method, xs, targets, keys) -> attributions
+_randomise = eqx.filter_jit(randomise_layers)
 
 
 @eqx.filter_jit
@@ -119,9 +119,6 @@ def _mprt_full(method: Any, xs, targets, attrs, keys, key) -> Array:
         return jnp.full(xs.shape[0], jnp.nan)
     randomised = _randomise(method, tuple(range(n)), key)
     return _abs_spearman(attrs, _attribute(randomised, xs, targets, keys))
-
-
-_randomise = eqx.filter_jit(randomise_layers)
 
 
 @jax.jit

@@ -43,11 +43,13 @@ from ._vit import (
     vit_small as vit_small,
     vit_tiny as vit_tiny,
 )
-from ._weights import (
+from ._weight_files import (
     WeightsError as WeightsError,
+    read_state_dict as read_state_dict,
+)
+from ._weights import (
     from_torch_state_dict as from_torch_state_dict,
     load as load,
-    read_state_dict as read_state_dict,
     save as save,
     to_torch_state_dict as to_torch_state_dict,
 )

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._weights import _FORMAT, WeightsError, _read, from_torch_state_dict, load
+from ._weight_files import _FORMAT, WeightsError, _read
+from ._weights import from_torch_state_dict, load
 from ._zoo import MODEL_SPECS, model_spec
 
 ARCHITECTURES: dict[str, Callable[..., eqx.Module]] = {
