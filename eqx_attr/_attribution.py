@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
+from ._rules._max_pool import cheap_max_pools
+
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
 # The array case is annotated loosely on purpose: a wrongly shaped or typed target
@@ -276,12 +278,15 @@ def scalar_function(
     """`f(x) -> scalar`: the model followed by the target's reduction.
 
     The checks of [`resolve_target`][]; the returned function is what the gradient
-    methods differentiate.
+    methods differentiate. Its max pools are differentiated without XLA's
+    select-and-scatter (same values, same derivatives, far less memory; see
+    `eqx_attr/_rules/_max_pool.py`).
     """
     objective = resolve_target(model, x, target)
+    call = cheap_max_pools(model)
 
     def f(z):
-        return objective(model(z))
+        return objective(call(z))
 
     return f
 

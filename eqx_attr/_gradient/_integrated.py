@@ -92,6 +92,13 @@ class IntegratedGradients(AbstractAttribution):
         concurrency-optimised scheduler off
         (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; with
         it on, XLA keeps every chunk's buffers). Default `False`.
+    - `parts`: without `chunk_size`, the path points go through the model in this
+        many independent slices (static). XLA:CPU runs a convolution over a large
+        batch on about one core but runs independent operations concurrently, and
+        smaller slices stay in cache: on SmallCNN (64 digits, 50 steps, 2 cores) 4
+        parts take 0.6-0.75x the time of 1, with no more memory; MLPs are
+        unaffected. Attributions agree to float rounding (the sum is split).
+        Default 4.
     - `return_delta`: if `True`, `__call__` returns `(attribution, delta)`.
 
     **Returns:** an array shaped like `x` (or `(attr, delta)`, see above).
@@ -110,12 +117,14 @@ class IntegratedGradients(AbstractAttribution):
     chunk_size: int | None = eqx.field(static=True, default=None)
     return_delta: bool = eqx.field(static=True, default=False)
     unroll_chunks: bool = eqx.field(static=True, default=False)
+    parts: int = eqx.field(static=True, default=4)
 
     def __check_init__(self):
         quadrature(self.method, self.n_steps)  # validates method and n_steps
         if self.chunk_size is not None:
             check_positive_int(self.chunk_size, "chunk_size")
         check_bool(self.unroll_chunks, "unroll_chunks")
+        check_positive_int(self.parts, "parts")
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -135,8 +144,9 @@ class IntegratedGradients(AbstractAttribution):
         f = scalar_function(self.model, x, target)
         b = draw_baselines(self.baseline, x, key)
         mean_grads = path_mean_gradients(
-            f, x, b, self.method, self.n_steps, self.chunk_size, self.unroll_chunks
-        )
+            f, x, b, self.method, self.n_steps, self.chunk_size, self.unroll_chunks,
+            self.parts,
+        )  # fmt: skip
         attr = jnp.mean((x[None] - b) * mean_grads, axis=0).astype(x.dtype)
         f_x = f(x)
         f_b = jnp.mean(jax.vmap(f)(b))
@@ -152,6 +162,7 @@ def path_mean_gradients(
     n_steps: int,
     chunk_size: int | None,
     unroll: bool = False,
+    parts: int = 1,
 ) -> Array:
     """For each baseline `b_d`, the quadrature mean of grad f along `b_d -> x`.
 
@@ -170,14 +181,25 @@ def path_mean_gradients(
         b = baselines[:, None]
         points = b + alphas * (x[None, None] - b)
         flat = points.reshape(n_draws * n_steps, *x.shape)
-        grads = jax.vmap(grad_f)(flat).astype(jnp.float32)
         # The weighted sum over steps as one matrix product with a block-diagonal
         # (draw, draw x step) weight matrix: XLA then reads the gradients once, in
         # the layout the backward pass produced them. A broadcast multiply and sum
         # is fused into a strided loop that made IG ~25% slower than the gradient
         # passes alone on CPU (benchmarks/run.py, `ig-overhead`).
-        w = np.kron(np.eye(n_draws), weights_np.reshape(1, n_steps))
-        return jnp.tensordot(jnp.asarray(w, jnp.float32), grads, axes=(1, 0))
+        w = jnp.asarray(
+            np.kron(np.eye(n_draws), weights_np.reshape(1, -1)), jnp.float32
+        )
+        # The points go through the model in `parts` independent slices: XLA:CPU
+        # runs one convolution over a large batch on about one core, but runs
+        # independent operations concurrently (see `IntegratedGradients.parts`).
+        total = n_draws * n_steps
+        bounds = np.linspace(0, total, min(parts, total) + 1).round().astype(int)
+        acc = None
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            grads = jax.vmap(grad_f)(flat[lo:hi]).astype(jnp.float32)
+            part = jnp.tensordot(w[:, lo:hi], grads, axes=(1, 0))
+            acc = part if acc is None else acc + part
+        return acc
 
     # Flatten (draw, step) pairs, pad to whole chunks with zero weight, and run the
     # chunks one at a time, so only `chunk_size` points (and their gradients) are

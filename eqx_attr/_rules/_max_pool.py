@@ -1,0 +1,137 @@
+"""Max-pool derivatives without XLA's select-and-scatter.
+
+JAX differentiates a max pool (`reduce_window_max`: `eqx.nn.MaxPool2d`, or
+`lax.reduce_window` with `lax.max`) through `select_and_gather_add` and its
+transpose, `select_and_scatter_add`. XLA:CPU cannot run select-and-scatter
+natively: it expands it into a variadic reduce-window that carries one `s32` index
+array per operand dimension, and then a scatter. Under the vmaps of Integrated
+Gradients the pooled operands have rank 6, so every pooling layer's backward pass
+holds six index arrays as large as its input: that was most of the planned memory
+of IG on a small CNN (2.2 GiB of 2.3 for 64 digits and 50 steps).
+
+[`cheap_max_pools`][] evaluates a function with every floating-point max pool
+replaced by one with the same values and the same derivatives, the derivative
+going to the first maximum of each window in row-major order (as in XLA's
+select-and-scatter with `>=`, which JAX uses, and in PyTorch). The replacement
+has a `jax.custom_jvp` whose tangent picks, for every window, the tangent at that
+maximum: a few strided slices, comparisons and selects that XLA fuses, and whose
+transpose (reverse mode) is a sum of strided pads. Forward mode, reverse mode and
+higher derivatives all work, and attributions do not change.
+
+Pools inside loops, conditionals, checkpoints and custom-derivative functions keep
+their own derivative (those bodies are bound unchanged); pools inside `jax.jit`
+calls are replaced.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from . import _jax_internals as ji
+from ._interpreter import Interpreter, bind_plain, run
+from ._trace import trace
+
+POOL = "reduce_window_max"
+
+
+def _views(x: jax.Array, fill: Any, params: dict, out_shape: tuple) -> list:
+    """One strided view of `x` per offset in the window (row-major), each shaped
+    like the pool's output: view `k` holds every window's `k`-th element."""
+    padded = lax.pad(
+        x, jnp.asarray(fill, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]]
+    )
+    strides = params["window_strides"]
+    views = []
+    offsets = itertools.product(*(range(w) for w in params["window_dimensions"]))
+    for offset in offsets:
+        ends = zip(offset, out_shape, strides, strict=True)
+        limit = [o + (n - 1) * s + 1 for o, n, s in ends]
+        views.append(lax.slice(padded, offset, limit, strides))
+    return views
+
+
+def _first_max_pool(eqn: Any) -> Callable[[jax.Array], jax.Array]:
+    """`eqn`'s pool, with a JVP that follows each window's first maximum."""
+
+    @jax.custom_jvp
+    def pool(x):
+        (y,) = ji.bind(eqn, [x])
+        return y
+
+    @pool.defjvp
+    def pool_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        y = pool(x)
+        shape = y.shape
+        lowest = -jnp.inf
+        taken = jnp.zeros(shape, bool)
+        out = jnp.zeros(shape, t.dtype)
+        views = zip(
+            _views(x, lowest, eqn.params, shape),
+            _views(t, 0, eqn.params, shape),
+            strict=True,
+        )
+        for vx, vt in views:
+            hit = (vx == y) & ~taken  # the first element equal to the maximum
+            taken = taken | hit
+            out = jnp.where(hit, vt, out)
+        return y, out
+
+    return pool
+
+
+def _replaceable(eqn: Any) -> bool:
+    p = eqn.params
+    return (
+        jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating)
+        and all(d == 1 for d in p["base_dilation"])
+        and all(d == 1 for d in p["window_dilation"])
+    )
+
+
+def _pool_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
+    if not _replaceable(eqn):
+        return ji.bind(eqn, invals)
+    return [_first_max_pool(eqn)(invals[0])]
+
+
+# Bodies with their own derivative rules, or loops, are bound unchanged; `jit`
+# bodies are evaluated (inlined) with the same table.
+_UNCHANGED = (*ji.CUSTOM, *ji.REMAT, ji.SCAN, ji.WHILE, ji.COND)
+_INTERPRETER = Interpreter(
+    table={POOL: _pool_handler, **{n: bind_plain for n in _UNCHANGED}},
+    method="the max-pool rewrite",
+    fallback=bind_plain,
+)
+
+
+def _has_pool(jaxpr: Any) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == POOL and _replaceable(eqn):
+            return True
+        if eqn.primitive.name in ji.JIT:
+            if any(_has_pool(j) for j, _ in ji.sub_jaxprs(eqn)):
+                return True
+    return False
+
+
+def cheap_max_pools(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with the same values and derivatives, its max pools differentiated
+    without select-and-scatter (see the module docstring).
+
+    A function without a replaceable max pool is called unchanged.
+    """
+
+    def call(*args: Any) -> Any:
+        traced = trace(fn, *args)
+        if not _has_pool(traced.closed.jaxpr):
+            return fn(*args)
+        return traced.output(run(_INTERPRETER, traced, traced.leaves))
+
+    return call
