@@ -101,6 +101,32 @@ def test_explain_equals_per_example_loop(tmp_path):
     assert meta["wall_time_s"] > 0 and meta["n_local_devices"] == 1
 
 
+def test_batches_dispatch_one_program_reused_across_runs(tmp_path):
+    from eqx_attr._runner import _dispatch, _explain
+
+    model, xs, ts = _model(), _xs(), _targets()
+    # The method is split once per run; equal methods share a handle, so a
+    # second run (another store, an equal method object) compiles nothing.
+    a1, s1 = _dispatch.split(xa.Gradients(model))
+    a2, s2 = _dispatch.split(xa.Gradients(model))
+    assert s1 is s2 and all(x is y for x, y in zip(a1, a2, strict=True))
+    assert _dispatch.split(xa.Gradients(model, abs=True))[1] is not s1
+    rebuilt = s1.rebuild(a1)
+    assert eqx.tree_equal(rebuilt, xa.Gradients(model))
+    # An unhashable non-array leaf: a handle of its own, still correct.
+    tree = ([1, 2], {"k": jnp.ones(2)})
+    arrays, static = _dispatch.split(tree)
+    assert len(arrays) == 1 and static.rebuild(arrays)[0] == [1, 2]
+
+    run = functools.partial(xa.explain_dataset, batch_size=3, progress=False)
+    run(xa.Gradients(model), xs, ts, out=tmp_path / "a.zarr")
+    compiled = _explain._explain_batch._cache_size()
+    g = run(xa.Gradients(model), xs, ts, out=tmp_path / "b.zarr")
+    assert _explain._explain_batch._cache_size() == compiled
+    expected = per_example(xa.Gradients(model), xs, ts)
+    np.testing.assert_allclose(g["attributions"][:], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_predicted_targets_and_cam_maps(tmp_path):
     model, xs = _model(), _xs()
     cam = xa.GradCAM(model, lambda m: m.conv2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._attribution import check_positive_int
-from . import _fingerprint, _loop, _store
+from . import _dispatch, _fingerprint, _loop, _store
 from ._inputs import check_rows_like, check_same_rows, num_rows, storage_dtype
 
 # The positional arguments a metric may take, by name, and where each comes from.
@@ -59,8 +60,9 @@ def metric_arguments(metric: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(sources)
 
 
-@eqx.filter_jit
-def _evaluate_batch(metric, batch, rows, key, order: tuple[str, ...]):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate_batch(static, order: tuple[str, ...], arrays, batch, rows, key):
+    metric = static.rebuild(arrays)  # see `_dispatch`
     args = tuple(batch[name] for name in order)
     if key is None:
         values = jax.vmap(lambda *a: metric(*a))(*args)
@@ -177,6 +179,7 @@ def evaluate_dataset(
         out_shape = jax.eval_shape(model, jnp.asarray(np.asarray(sources["xs"][0])))
         n_classes = out_shape.shape[0] if len(out_shape.shape) == 1 else None
 
+    arrays, static = _dispatch.split(metric)
     job = _loop.Job(
         out=path,
         n=n,
@@ -186,7 +189,7 @@ def evaluate_dataset(
         nan_checked=tuple(k for k in ("xs", "attributions") if k in sources),
         outputs={"values": values},
         compute=lambda batch, rows: _evaluate_batch(
-            metric, batch, None if key is None else rows, key, order
+            static, order, arrays, batch, None if key is None else rows, key
         ),
         identity=identity,
         record=record,
