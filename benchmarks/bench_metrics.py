@@ -7,13 +7,12 @@ the compile time is reported separately. Writes
 `benchmarks/results/metrics-cpu.md`.
 
 The *floor* column is the work the metric's definition requires, timed alone in
-one program of ours (model calls in slices of 512 images): the model calls on every perturbed copy (PixelFlipping
-28 per digit, ROAD 5, FaithfulnessCorrelation 100), the Gradients of the original
-and of every randomised model (MPRT), or the sort (Sparseness). Quantus batches
-those same model calls through PyTorch, so `Quantus / floor` bounds the speed-up
-any implementation can reach on this machine.
-
-    python benchmarks/bench_metrics.py [--n 256] [--repeats 2]
+one program of ours (model calls in slices of 512 images): the model calls on
+every perturbed copy (PixelFlipping 28 per digit, ROAD 5, FaithfulnessCorrelation
+100), the Gradients of the original and of every randomised model (MPRT), or the
+sort (Sparseness). Quantus batches those same model calls through PyTorch, so
+`Quantus / floor` bounds the speed-up of any implementation that runs them as fast
+as we do.
 """
 
 from __future__ import annotations
