@@ -61,6 +61,17 @@ class AbstractAttribution(eqx.Module):
         The attribution (shape depends on the method).
         """
 
+    def _attribution_and_scores(
+        self, x: Image, target: Target, key: PRNGKeyArray | None
+    ) -> tuple[Any, Array | None]:
+        """`(self(x, target, key=key), scores)` for the data-set runner.
+
+        `scores` is the model's output on `x` when the method's own forward pass
+        gives it (the runner then stores the target's score without another
+        forward pass), else `None`.
+        """
+        return self(x, target, key=key), None
+
 
 # ---------------------------------------------------------------------------------
 # Input checks

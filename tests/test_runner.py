@@ -140,6 +140,33 @@ def test_predicted_targets_and_cam_maps(tmp_path):
     np.testing.assert_allclose(g["attributions"][:], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_cam_scores_come_from_its_own_forward_pass(tmp_path):
+    from eqx_attr._runner import _dispatch, _explain
+
+    model, xs, ts = _model(), _xs(), _targets()
+    cam = xa.GradCAM(model, lambda m: m.conv2)
+    g = xa.explain_dataset(
+        cam, xs, ts, out=tmp_path / "s.zarr", batch_size=4, progress=False
+    )
+    scores = np.asarray(_logits(model, xs))[np.arange(N), ts]
+    np.testing.assert_allclose(g["scores"][:], scores, rtol=1e-5, atol=1e-6)
+    expected = per_example(cam, xs, ts)
+    np.testing.assert_allclose(g["attributions"][:], expected, rtol=1e-5, atol=1e-6)
+
+    # Storing the scores adds no forward pass for a CAM that reads a gradient
+    # (its forward pass gives the model's output); it adds one for Gradients.
+    def convolutions(method, scores):
+        arrays, static = _dispatch.split(method)
+        lowered = _explain._explain_batch.lower(
+            static, scores, arrays, xs[:4], ts[:4], None, None
+        )
+        return lowered.as_text().count("stablehlo.convolution")
+
+    assert convolutions(cam, True) == convolutions(cam, False) > 0
+    grads = xa.Gradients(model)
+    assert convolutions(grads, True) > convolutions(grads, False)
+
+
 def test_random_method_keys_do_not_depend_on_batching(tmp_path):
     model, xs, ts = _model(), _xs(), _targets()
     sg = xa.SmoothGrad(xa.Gradients(model), n_samples=2)

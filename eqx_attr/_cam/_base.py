@@ -131,15 +131,26 @@ class AbstractCAM(AbstractAttribution):
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Map:
+        return self._attribution_and_scores(x, target, key)[0]
+
+    def _map_and_scores(
+        self, x: Array, target: Target, info: LayerInfo, key: PRNGKeyArray | None
+    ) -> tuple[Array, Array | None]:
+        """`_map`, and the model's output on `x` where `_map` computes it."""
+        return self._map(x, target, info, key), None
+
+    def _attribution_and_scores(
+        self, x: Image, target: Target, key: PRNGKeyArray | None
+    ) -> tuple[Map, Array | None]:
         x = check_input(x)
         size = spatial_size(x, type(self).__name__)
         info = self.spec.inspect(self.model, x)
-        m = self._map(x, target, info, key)
+        m, scores = self._map_and_scores(x, target, info, key)
         if self.relu:
             m = jnp.maximum(m, 0)
         if self.resize is not None:
             m = jax.image.resize(m, size, self.resize)
-        return m.astype(x.dtype)
+        return m.astype(x.dtype), scores
 
 
 class AbstractGradientCAM(AbstractCAM):
@@ -159,10 +170,14 @@ class AbstractGradientCAM(AbstractCAM):
         """The `(h, w)` map from the activation and gradient maps `(C, h, w)`."""
 
     def _map(self, x, target, info, key):
+        return self._map_and_scores(x, target, info, key)[0]
+
+    def _map_and_scores(self, x, target, info, key):
+        # The forward pass that reads the layer also gives the model's output.
         objective = make_objective(target, info.out.shape)
-        _, _, act, grad = self.spec.read(self.model, x, objective, info)
+        scores, _, act, grad = self.spec.read(self.model, x, objective, info)
         a, g = self.spec.maps(act), self.spec.maps(grad)
-        return self._combine(as_float(a), as_float(g))
+        return self._combine(as_float(a), as_float(g)), scores
 
 
 class AbstractChannelScoreCAM(AbstractCAM):

@@ -27,26 +27,34 @@ def _explain_batch(static, scores: bool, arrays, xs, targets, rows, key):
     ~2 ms).
     """
     method = static.rebuild(arrays)
-    logits = None
-    if targets is None or scores:
-        # One more forward pass than the method's own: cheap next to IG's many,
-        # but as much as Grad-CAM's whole cost (hence `scores=False`).
-        logits = jax.vmap(method.model)(xs)
     out = {}
-    if targets is None and logits is not None:
+    if targets is None:  # the arg-max: one forward pass before the method's
+        logits = jax.vmap(method.model)(xs)
         targets = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         out["targets"] = targets
-    if key is None:
-        attributions = jax.vmap(lambda x, t: method(x, t))(xs, targets)
     else:
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
-        attributions = jax.vmap(lambda x, t, k: method(x, t, key=k))(xs, targets, keys)
+        logits = None
+    keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(rows)
+    attributions, own = jax.vmap(functools.partial(_one, method))(xs, targets, keys)
     dtype = jnp.promote_types(attributions.dtype, jnp.float32)
     out["attributions"] = attributions.astype(dtype)
-    if scores and logits is not None:
+    if scores:
+        if logits is None:
+            # The method's own forward pass when it gives the model's output (the
+            # CAMs that read a gradient); else one more forward pass: cheap next
+            # to IG's many, but as much as Grad-CAM's whole cost.
+            logits = own if own is not None else jax.vmap(method.model)(xs)
         score = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
         out["scores"] = score.astype(jnp.float32)
     return out
+
+
+def _one(method, x, target, key):
+    """`(attribution, the model's output or None)` for one example."""
+    hook = getattr(method, "_attribution_and_scores", None)
+    if hook is not None:
+        return hook(x, target, key)
+    return (method(x, target) if key is None else method(x, target, key=key)), None
 
 
 def explain_dataset(
@@ -90,8 +98,9 @@ def explain_dataset(
     - `progress`: show a tqdm bar (examples per second).
     - `overwrite`: replace a store written by another method, data or options
         (otherwise it is refused with an error and left intact).
-    - `scores`: also store the target's score (one more forward pass per
-        example; `False` for cheap methods such as Grad-CAM when speed matters).
+    - `scores`: also store the target's score. The CAMs that read a gradient
+        take it from their own forward pass; other methods run one more
+        forward pass per example (`False` skips it when speed matters).
     - `chunk_rows`: rows per chunk of the store along N, a multiple of
         `batch_size`. A chunk is one file, written at once after its batches are
         computed, and the unit shared among processes; a killed run recomputes
