@@ -11,6 +11,8 @@
   GradientShap.
 - `_lrp`, `_lrp_rules`, `_lrp_composites`, `_lrp_canon`, `_lrp_trace`: LRP (the
   public rules and composites are re-exported by `eqx_attr.lrp`).
+- `_max_pool`: max pools differentiated without XLA's select-and-scatter (same
+  values and derivatives), used by every gradient method.
 
 See ENGINE_API.md at the repository root for writing rules.
 """

@@ -1,2 +1,10 @@
 """Whole data sets: explain and evaluate on every local device and every host,
-streamed to a resumable Zarr store. Zarr and tqdm are imported only when used."""
+streamed to a resumable Zarr store. Zarr and tqdm are imported only when used.
+
+- `_explain`, `_evaluate`: the public `explain_dataset` / `evaluate_dataset`.
+- `_loop`: the engine (pending chunks, background writes, metadata).
+- `_dispatch`: the method split once per run, one plain `jax.jit` call per batch.
+- `_devices`, `_store`, `_fingerprint`, `_inputs`, `_progress`, `_cli`: the mesh
+  and barriers, the Zarr store, data fingerprints, input checks, the progress
+  bar, the command line.
+"""
