@@ -742,11 +742,15 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or os.cpu_count() or 1
     if args.threads == 1:
-        # Must be set before the XLA CPU client starts (it starts lazily).
+        # Must be set before the XLA CPU client starts (it starts lazily). The flag
+        # alone does not stop XLA:CPU from running independent operations on
+        # several threads at once, so the process is also pinned to one core:
+        # both sides then really have one.
         os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         )
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import torch
 
     if args.device == "gpu":
