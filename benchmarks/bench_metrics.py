@@ -82,7 +82,7 @@ def _forward_floor(model, xs, copies: int, slice_rows: int = 512):
     return lambda: run(batch)
 
 
-def floors(model, xs, ys, attrs, keys, curve_len):
+def floors(model, xs, ys, attrs, curve_len):
     """name -> a function doing only the work the metric must do."""
     grads = eqx.filter_jit(eqx.filter_vmap(xa.Gradients(model)))
     sort = jax.jit(lambda a: jnp.sort(a.reshape(a.shape[0], -1), axis=-1))
@@ -98,14 +98,16 @@ def floors(model, xs, ys, attrs, keys, curve_len):
     }
 
 
-def _best_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """`(first call, fastest of `repeats` later calls)`, in seconds."""
+
+    def once():
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        return time.perf_counter() - t0
+
+    first = once()
+    return first, min(once() for _ in range(repeats))
 
 
 def main():
@@ -127,18 +129,11 @@ def main():
     x_np, y_np, a_np = np.asarray(xs), np.asarray(ys), np.asarray(attrs)
 
     curve_len = len(M.MPRT(xa.Gradients(model)).curve(xs[0], ys[0], key=keys[0]))
-    floor_fns = floors(model, xs, ys, attrs, keys, curve_len)
+    floor_fns = floors(model, xs, ys, attrs, curve_len)
     rows = []
     for name, ours, theirs, kwargs in cases(model, twin):
         run = eqx.filter_jit(ours)
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(xs, ys, attrs, keys))
-        first = time.perf_counter() - t0
-        steady = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(run(xs, ys, attrs, keys))
-            steady.append(time.perf_counter() - t0)
+        first, best = _timed(lambda: run(xs, ys, attrs, keys), args.repeats)
         t0 = time.perf_counter()
         theirs(
             model=twin,
@@ -151,8 +146,7 @@ def main():
             **kwargs,
         )
         peer = time.perf_counter() - t0
-        best = min(steady)
-        floor = _best_time(floor_fns[name], args.repeats)
+        _, floor = _timed(floor_fns[name], args.repeats)
         rows.append((name, first - best, best, peer, peer / best, floor, peer / floor))
         print(f"{name}: ours {best:.3f} s (compile {first - best:.1f} s), "
               f"Quantus {peer:.2f} s, {peer / best:.1f}x; floor {floor:.3f} s, "

@@ -69,11 +69,10 @@ def _first_max_pool(eqn: Any) -> Callable[[jax.Array], jax.Array]:
         (x,), (t,) = primals, tangents
         y = pool(x)
         shape = y.shape
-        lowest = -jnp.inf
         taken = jnp.zeros(shape, bool)
         out = jnp.zeros(shape, t.dtype)
         views = zip(
-            _views(x, lowest, eqn.params, shape),
+            _views(x, -jnp.inf, eqn.params, shape),
             _views(t, 0, eqn.params, shape),
             strict=True,
         )

@@ -28,15 +28,16 @@ class Static:
     """
 
     def __init__(self, treedef: Any, others: tuple, n_leaves: int):
-        self.treedef, self.others, self.n_leaves = treedef, others, n_leaves
+        self.treedef, self.n_leaves = treedef, n_leaves
+        self.others = dict(others)  # leaf index -> non-array leaf
 
     def rebuild(self, arrays: Sequence[Any]) -> Any:
         """The PyTree, with `arrays` in the array leaves' places (in order)."""
-        leaves: list[Any] = [None] * self.n_leaves
-        fixed = dict(self.others)
         it = iter(arrays)
-        for i in range(self.n_leaves):
-            leaves[i] = fixed[i] if i in fixed else next(it)
+        leaves = [
+            self.others[i] if i in self.others else next(it)
+            for i in range(self.n_leaves)
+        ]
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
 

@@ -29,6 +29,10 @@ from ._base import (
     scorer,
 )
 
+# Packed subset keys (see `random_subsets`): the feature index in the low bits.
+_INDEX_BITS = 10
+_PACKED_MAX = 1 << _INDEX_BITS
+
 
 def random_subsets(
     key: PRNGKeyArray, n_features: int, n_runs: int, size: int
@@ -62,10 +66,6 @@ def random_subsets(
         return (jnp.sort(packed)[:size] & low).astype(jnp.int32)
 
     return jax.vmap(one)(keys)
-
-
-_INDEX_BITS = 10
-_PACKED_MAX = 1 << _INDEX_BITS
 
 
 def subset_correlation(
