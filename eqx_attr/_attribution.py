@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
-from ._rules._max_pool import cheap_max_pools
+from ._rules._fast_derivatives import fast_derivatives, loop_body
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
@@ -290,11 +290,12 @@ def scalar_function(
 
     The checks of [`resolve_target`][]; the returned function is what the gradient
     methods differentiate. Its max pools are differentiated without XLA's
-    select-and-scatter (same values, same derivatives, far less memory; see
-    `eqx_attr/_rules/_max_pool.py`).
+    select-and-scatter (same values, same derivatives, far less memory), and on
+    CPU its thin convolutions (first layers) are computed in faster forms, equal
+    up to rounding; see `eqx_attr/_rules/_fast_derivatives.py`.
     """
     objective = resolve_target(model, x, target)
-    call = cheap_max_pools(model)
+    call = fast_derivatives(model)
 
     def f(z):
         return objective(call(z))
@@ -324,7 +325,8 @@ def batched_map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:
     """
     if chunk_size is None:
         return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk_size)
+    with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
+        return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
 __all__ = [

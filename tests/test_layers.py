@@ -154,8 +154,10 @@ def test_vmap_over_targets_shares_the_forward_pass():
     assert not any(batched(s) for s in single)
     assert len(many) == len(single) > 3
     unbatched = [s for s in many if not batched(s)]
-    # conv1[0], conv1[3], conv2[0], conv2[2]: the forward pass
-    assert len(unbatched) == 4
+    # conv1[3], conv2[0], conv2[2]: the forward pass (conv1[0], one input channel,
+    # is a thin convolution: on CPU it is computed without one, see
+    # `_rules/_fast_conv.py`)
+    assert len(unbatched) == 3
     assert all(s[0][0] == 1 for s in unbatched)  # Equinox's batch-of-one
     assert len(many) - len(unbatched) >= 1  # the batched backward pass
 

@@ -1,4 +1,5 @@
-"""The max-pool rewrite (`eqx_attr/_rules/_max_pool.py`): same values, same
+"""The max-pool rewrite (`eqx_attr/_rules/_max_pool.py`, applied by
+`_fast_derivatives.py`): same values, same
 derivatives (first maximum of each window), far less memory than XLA:CPU's
 expansion of select-and-scatter."""
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._rules._max_pool import cheap_max_pools
+from eqx_attr._rules._fast_derivatives import fast_derivatives
 
 POOLS = [  # (window, stride, padding): SmallCNN/VGG, ResNet's stem, overlapping
     (2, 2, 0),
@@ -36,7 +37,7 @@ def _readout(pool):
 @pytest.mark.parametrize("window,stride,padding", POOLS)
 def test_values_and_derivatives_equal_jax_with_ties(window, stride, padding):
     f = _readout(eqx.nn.MaxPool2d(window, stride, padding=padding))
-    g = cheap_max_pools(f)
+    g = fast_derivatives(f)
     x = _tied_input(jax.random.key(window * 10 + stride))
     t = jax.random.normal(jax.random.key(1), x.shape)
 
@@ -69,11 +70,11 @@ def test_values_and_derivatives_equal_jax_with_ties(window, stride, padding):
 def test_first_maximum_in_row_major_order_by_hand():
     # One 2x2 window, all four equal: the top-left element gets the gradient.
     pool = eqx.nn.MaxPool2d(2, 2)
-    g = jax.grad(cheap_max_pools(lambda x: pool(x).sum()))(jnp.ones((1, 2, 2)))
+    g = jax.grad(fast_derivatives(lambda x: pool(x).sum()))(jnp.ones((1, 2, 2)))
     np.testing.assert_array_equal(g, [[[1.0, 0.0], [0.0, 0.0]]])
     # Ties only in the second row: its first element.
     x = jnp.array([[[0.0, -1.0], [2.0, 2.0]]])
-    g = jax.grad(cheap_max_pools(lambda x: pool(x).sum()))(x)
+    g = jax.grad(fast_derivatives(lambda x: pool(x).sum()))(x)
     np.testing.assert_array_equal(g, [[[0.0, 0.0], [1.0, 0.0]]])
 
 
@@ -89,12 +90,12 @@ def test_rewrite_reaches_jit_bodies_and_leaves_others_alone():
         return inner.sum() + looped.sum() + ints.sum()
 
     x = _tied_input(jax.random.key(3), (2, 8, 8))
-    rewritten = jax.make_jaxpr(jax.grad(cheap_max_pools(model)))(x)
+    rewritten = jax.make_jaxpr(jax.grad(fast_derivatives(model)))(x)
     text = str(rewritten)
     assert "custom_jvp_call" in text  # the jit body's pool
     assert text.count("select_and_scatter_add") == 1  # the scan body keeps its own
     np.testing.assert_array_equal(
-        jax.jit(jax.grad(model))(x), jax.jit(jax.grad(cheap_max_pools(model)))(x)
+        jax.jit(jax.grad(model))(x), jax.jit(jax.grad(fast_derivatives(model)))(x)
     )
 
 
@@ -105,7 +106,7 @@ def test_functions_without_pools_are_called_unchanged():
         calls.append(1)
         return jnp.sum(x**2)
 
-    out = cheap_max_pools(f)(jnp.ones(3))
+    out = fast_derivatives(f)(jnp.ones(3))
     assert float(out) == 3.0
     assert len(calls) == 2  # traced once to look, then called as it is
 
@@ -128,7 +129,7 @@ def test_gradient_methods_use_it_and_save_memory():
         compiled = jax.jit(jax.vmap(jax.grad(fn))).lower(points).compile()
         return compiled.memory_analysis().temp_size_in_bytes, compiled(points)
 
-    cheap_bytes, cheap = planned(cheap_max_pools(f))
+    cheap_bytes, cheap = planned(fast_derivatives(f, convs=False))
     plain_bytes, plain = planned(f)
     np.testing.assert_array_equal(cheap, plain)
     assert cheap_bytes < 0.6 * plain_bytes

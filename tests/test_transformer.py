@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
+from eqx_attr._rules._fast_derivatives import fast_derivatives
 
 from ._vit_reference import attention_and_gradients, tiny_vit
 from .helpers import digit_like, jcall
@@ -229,6 +230,8 @@ def test_rollout_runs_the_forward_pass_only():
         return text.count(" dot("), text.count("convolution(")
 
     dots, convs = ops(lambda x: xa.AttentionRollout(vit, ATTN)(x))
-    forward_dots, _ = ops(lambda x: vit(x))
-    assert convs == 1 and dots <= forward_dots
+    # The forward pass as the gradient methods run it: on CPU, the one-channel
+    # patch embedding is a thin convolution, computed without one.
+    forward_dots, forward_convs = ops(lambda x: fast_derivatives(vit)(x))
+    assert convs == forward_convs <= 1 and dots <= forward_dots
     assert ops(lambda x: jax.grad(lambda x: vit(x)[0])(x))[1] == 2

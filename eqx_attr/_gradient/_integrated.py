@@ -22,6 +22,7 @@ from .._attribution import (
     check_positive_int,
     scalar_function,
 )
+from .._rules._fast_derivatives import loop_body
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
 QUADRATURES = (
@@ -238,5 +239,6 @@ def path_mean_gradients(
             acc = chunk_sum(acc, x_c, jnp.asarray(ids), jnp.asarray(a), jnp.asarray(w))
         return acc
     xs = tuple(jnp.asarray(v) for v in chunks)
-    acc, _ = jax.lax.scan(lambda acc, c: (chunk_sum(acc, x, *c), None), acc, xs)
+    with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
+        acc, _ = jax.lax.scan(lambda acc, c: (chunk_sum(acc, x, *c), None), acc, xs)
     return acc

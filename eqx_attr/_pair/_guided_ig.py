@@ -22,6 +22,7 @@ from .._perturbation._common import (
     as_baseline_array,
     broadcast_baseline,
 )
+from .._rules._fast_derivatives import loop_body
 
 # PAIR compares L1 distances in float64 with a 1e-9 tolerance; float32 rounding
 # needs a looser relative one.
@@ -148,5 +149,6 @@ class GuidedIG(AbstractPerturbation):
 
         init = (xb, jnp.zeros_like(xi))
         steps = jnp.arange(self.steps, dtype=jnp.float32)
-        (_, attr), _ = jax.lax.scan(step, init, steps)
+        with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
+            (_, attr), _ = jax.lax.scan(step, init, steps)
         return jnp.where(l1_total > 0, attr, 0.0).astype(x.dtype)

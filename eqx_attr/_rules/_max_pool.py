@@ -9,18 +9,15 @@ Gradients the pooled operands have rank 6, so every pooling layer's backward pas
 holds six index arrays as large as its input: that was most of the planned memory
 of IG on a small CNN (2.2 GiB of 2.3 for 64 digits and 50 steps).
 
-[`cheap_max_pools`][] evaluates a function with every floating-point max pool
-replaced by one with the same values and the same derivatives, the derivative
-going to the first maximum of each window in row-major order (as in XLA's
-select-and-scatter with `>=`, which JAX uses, and in PyTorch). The replacement
+[`pool_handler`][] (a handler of the pass in `_fast_derivatives.py`) replaces
+every floating-point max pool with one with the same values and the same
+derivatives, the derivative going to the first maximum of each window in
+row-major order (as in XLA's select-and-scatter with `>=`, which JAX uses, and in
+PyTorch). The replacement
 has a `jax.custom_jvp` whose tangent picks, for every window, the tangent at that
 maximum: a few strided slices, comparisons and selects that XLA fuses, and whose
 transpose (reverse mode) is a sum of strided pads. Forward mode, reverse mode and
 higher derivatives all work, and attributions do not change.
-
-Pools inside loops, conditionals, checkpoints and custom-derivative functions keep
-their own derivative (those bodies are bound unchanged); pools inside `jax.jit`
-calls are replaced.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _jax_internals as ji
-from ._interpreter import Interpreter, bind_plain, run
-from ._trace import trace
+from ._interpreter import Interpreter
 
 POOL = "reduce_window_max"
 
@@ -85,7 +81,10 @@ def _first_max_pool(eqn: Any) -> Callable[[jax.Array], jax.Array]:
     return pool
 
 
-def _replaceable(eqn: Any) -> bool:
+def replaceable(eqn: Any) -> bool:
+    """Whether `eqn` is a max pool that this module replaces."""
+    if eqn.primitive.name != POOL:
+        return False
     p = eqn.params
     return (
         jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating)
@@ -94,43 +93,8 @@ def _replaceable(eqn: Any) -> bool:
     )
 
 
-def _pool_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
-    if not _replaceable(eqn):
+def pool_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
+    """An [`Interpreter`][] handler for `reduce_window_max`."""
+    if not replaceable(eqn):
         return ji.bind(eqn, invals)
     return [_first_max_pool(eqn)(invals[0])]
-
-
-# Bodies with their own derivative rules, or loops, are bound unchanged; `jit`
-# bodies are evaluated (inlined) with the same table.
-_UNCHANGED = (*ji.CUSTOM, *ji.REMAT, ji.SCAN, ji.WHILE, ji.COND)
-_INTERPRETER = Interpreter(
-    table={POOL: _pool_handler, **{n: bind_plain for n in _UNCHANGED}},
-    method="the max-pool rewrite",
-    fallback=bind_plain,
-)
-
-
-def _has_pool(jaxpr: Any) -> bool:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == POOL and _replaceable(eqn):
-            return True
-        if eqn.primitive.name in ji.JIT:
-            if any(_has_pool(j) for j, _ in ji.sub_jaxprs(eqn)):
-                return True
-    return False
-
-
-def cheap_max_pools(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` with the same values and derivatives, its max pools differentiated
-    without select-and-scatter (see the module docstring).
-
-    A function without a replaceable max pool is called unchanged.
-    """
-
-    def call(*args: Any) -> Any:
-        traced = trace(fn, *args)
-        if not _has_pool(traced.closed.jaxpr):
-            return fn(*args)
-        return traced.output(run(_INTERPRETER, traced, traced.leaves))
-
-    return call

@@ -1,0 +1,187 @@
+"""Convolutions in forms that XLA:CPU runs fast.
+
+XLA:CPU runs a convolution fast through a library kernel, but not always:
+
+- a **thin** convolution, whose every output reads only a few inputs
+  (`in_channels` times the kernel's size: 9 for a 3x3 convolution of a grey image,
+  27 of an RGB one), is lowered to a matrix product with an inner dimension of 9
+  or 27 and runs at a few GFLOP/s. That is the first layer of most vision models:
+  on the small MNIST CNN it took about a third of the time of the whole gradient;
+- inside a **loop body** (`lax.scan`, `lax.map`: chunked methods), convolutions do
+  not get the layouts the library kernel needs and run 5-8x slower than outside.
+
+On CPU (other backends keep their convolutions), [`thin_conv_handler`][] computes
+a thin convolution with the same value and derivatives as:
+
+- its value: a sum of the kernel's taps, each a strided view of the padded input
+  times one weight per output channel, in one fused elementwise loop;
+- its tangent in the input: an im2col product, the views stacked on a tap axis
+  and contracted with the weights in one `dot_general`; reverse mode transposes
+  it into one product and a sum of strided pads, instead of XLA's transposed
+  convolution with one or three output channels;
+- its tangent in the weights: the original convolution, bound unchanged.
+
+[`loop_conv_handler`][], for loop bodies, computes every convolution as an im2col
+product in channels-last layout, which XLA runs as a matrix product there (JAX
+differentiates it: slices, pads and products).
+
+Values and derivatives equal the original's up to floating-point rounding (the
+sums run in another order). Dilated inputs (`lhs_dilation`: transposed
+convolutions) and grouped convolutions keep their own implementation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from . import _jax_internals as ji
+from ._interpreter import Interpreter
+
+CONV = "conv_general_dilated"
+# Inputs per output (in_channels x kernel size) up to which a convolution is
+# "thin": 27 covers a 3x3 RGB convolution, and a 5x5 grey one.
+MAX_TAPS = 27
+
+
+def _rewritable(eqn: Any) -> bool:
+    """A floating, ungrouped convolution without input dilation, on CPU."""
+    if eqn.primitive.name != CONV or jax.default_backend() != "cpu":
+        return False
+    p = eqn.params
+    lhs, rhs = (v.aval for v in eqn.invars)
+    return (
+        jnp.issubdtype(lhs.dtype, jnp.floating)
+        and lhs.dtype == rhs.dtype
+        and p["preferred_element_type"] in (None, lhs.dtype)
+        and p["feature_group_count"] == 1
+        and p["batch_group_count"] == 1
+        and all(d == 1 for d in p["lhs_dilation"])
+    )
+
+
+def _n_taps(eqn: Any) -> int:
+    rhs = eqn.invars[1].aval
+    spec = eqn.params["dimension_numbers"].rhs_spec
+    return math.prod(rhs.shape[d] for d in spec[1:])
+
+
+def replaceable(eqn: Any, loop: bool = False) -> bool:
+    """Whether `eqn` is a convolution that this module computes differently: a
+    thin one, or with `loop` (in a loop body) any floating one without groups or
+    input dilation."""
+    return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS)
+
+
+def _taps(x: jax.Array, w_shape: tuple, params: dict, out_spatial: tuple) -> list:
+    """The strided view of `x` (`(N, C, *spatial)`) that each kernel tap reads,
+    in row-major tap order, each shaped `(N, C, *out_spatial)`."""
+    pads = [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in params["padding"]]
+    padded = lax.pad(x, jnp.zeros((), x.dtype), pads)
+    strides = params["window_strides"]
+    dilation = params["rhs_dilation"]
+    views = []
+    for tap in itertools.product(*(range(k) for k in w_shape[2:])):
+        start = [t * d for t, d in zip(tap, dilation, strict=True)]
+        ends = zip(start, out_spatial, strides, strict=True)
+        limit = [s + (n - 1) * st + 1 for s, n, st in ends]
+        views.append(
+            lax.slice(padded, [0, 0, *start], [*x.shape[:2], *limit], [1, 1, *strides])
+        )
+    return views
+
+
+def _canonical(eqn: Any):
+    """Transposes between the equation's layouts and `(N, C, *spatial)`,
+    `(O, I, *kernel)`; and back from `(N, O, *spatial)` to the output's."""
+    dims = eqn.params["dimension_numbers"]
+    out_back = tuple(int(i) for i in np.argsort(dims.out_spec))
+    return (
+        lambda x: jnp.transpose(x, dims.lhs_spec),
+        lambda w: jnp.transpose(w, dims.rhs_spec),
+        lambda y: jnp.transpose(y, out_back),
+    )
+
+
+def _thin_conv(eqn: Any):
+    """`eqn`'s convolution as a function of `(lhs, rhs)`, computed as above."""
+    to_lhs, to_rhs, from_out = _canonical(eqn)
+    params = eqn.params
+    out_shape = eqn.outvars[0].aval.shape
+    out_spatial = tuple(out_shape[d] for d in params["dimension_numbers"].out_spec[2:])
+
+    def taps(x, w):
+        return _taps(to_lhs(x), to_rhs(w).shape, params, out_spatial)
+
+    @jax.custom_jvp
+    def conv(x, w):
+        wc = to_rhs(w)
+        ones = (1,) * len(out_spatial)
+        y = None
+        tap_list = itertools.product(*(range(k) for k in wc.shape[2:]))
+        for tap, view in zip(tap_list, taps(x, w), strict=True):
+            for c in range(wc.shape[1]):
+                weight = wc[(slice(None), c, *tap)].reshape(1, -1, *ones)
+                term = view[:, c : c + 1] * weight
+                y = term if y is None else y + term
+        return from_out(y)
+
+    def conv_jvp(primals, tangents):
+        (x, w), (tx, tw) = primals, tangents
+        y = conv(x, w)
+        out = jnp.zeros_like(y)
+        if not isinstance(tx, SymbolicZero):
+            wc = to_rhs(w)
+            cols = jnp.stack(taps(tx, w), axis=2)  # (N, C, taps, *spatial)
+            weights = wc.reshape(*wc.shape[:2], -1)  # (O, C, taps)
+            out = out + from_out(jnp.einsum("nck...,ock->no...", cols, weights))
+        if not isinstance(tw, SymbolicZero):
+            (dw,) = ji.bind(eqn, [x, tw])
+            out = out + dw
+        return y, out
+
+    conv.defjvp(conv_jvp, symbolic_zeros=True)
+    return conv
+
+
+def _im2col_conv(eqn: Any):
+    """`eqn`'s convolution as one matrix product, channels last."""
+    to_lhs, to_rhs, from_out = _canonical(eqn)
+    params = eqn.params
+    out_shape = eqn.outvars[0].aval.shape
+    out_spatial = tuple(out_shape[d] for d in params["dimension_numbers"].out_spec[2:])
+
+    def conv(x, w):
+        wc = to_rhs(w)  # (O, C, *kernel)
+        last = lambda v: jnp.moveaxis(v, 1, -1)  # (N, *spatial, C)
+        cols = jnp.concatenate(
+            [last(v) for v in _taps(to_lhs(x), wc.shape, params, out_spatial)], -1
+        )
+        # Tap-major, channel-minor, as `cols`: (taps x C, O).
+        weights = jnp.moveaxis(wc, (0, 1), (-1, -2)).reshape(-1, wc.shape[0])
+        return from_out(jnp.moveaxis(cols @ weights, -1, 1))
+
+    return conv
+
+
+def thin_conv_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
+    """An [`Interpreter`][] handler for `conv_general_dilated`: thin convolutions."""
+    if not replaceable(eqn):
+        return ji.bind(eqn, invals)
+    return [_thin_conv(eqn)(*invals)]
+
+
+def loop_conv_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
+    """An [`Interpreter`][] handler for `conv_general_dilated` in loop bodies."""
+    if replaceable(eqn):
+        return [_thin_conv(eqn)(*invals)]
+    if not replaceable(eqn, loop=True):
+        return ji.bind(eqn, invals)
+    return [_im2col_conv(eqn)(*invals)]
