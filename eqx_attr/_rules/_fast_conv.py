@@ -98,32 +98,30 @@ def _taps(x: jax.Array, w_shape: tuple, params: dict, out_spatial: tuple) -> lis
     return views
 
 
-def _canonical(eqn: Any):
-    """Transposes between the equation's layouts and `(N, C, *spatial)`,
-    `(O, I, *kernel)`; and back from `(N, O, *spatial)` to the output's."""
+def _layouts(eqn: Any):
+    """For `eqn`: the weights as `(O, I, *kernel)`; the output's layout from
+    `(N, O, *spatial)`; and `taps(x, w)`, the views of [`_taps`][] of the input."""
     dims = eqn.params["dimension_numbers"]
     out_back = tuple(int(i) for i in np.argsort(dims.out_spec))
-    return (
-        lambda x: jnp.transpose(x, dims.lhs_spec),
-        lambda w: jnp.transpose(w, dims.rhs_spec),
-        lambda y: jnp.transpose(y, out_back),
-    )
+    out_shape = eqn.outvars[0].aval.shape
+    out_spatial = tuple(out_shape[d] for d in dims.out_spec[2:])
+    to_rhs = lambda w: jnp.transpose(w, dims.rhs_spec)
+
+    def taps(x, w):
+        x = jnp.transpose(x, dims.lhs_spec)
+        return _taps(x, to_rhs(w).shape, eqn.params, out_spatial)
+
+    return to_rhs, lambda y: jnp.transpose(y, out_back), taps
 
 
 def _thin_conv(eqn: Any):
     """`eqn`'s convolution as a function of `(lhs, rhs)`, computed as above."""
-    to_lhs, to_rhs, from_out = _canonical(eqn)
-    params = eqn.params
-    out_shape = eqn.outvars[0].aval.shape
-    out_spatial = tuple(out_shape[d] for d in params["dimension_numbers"].out_spec[2:])
-
-    def taps(x, w):
-        return _taps(to_lhs(x), to_rhs(w).shape, params, out_spatial)
+    to_rhs, from_out, taps = _layouts(eqn)
 
     @jax.custom_jvp
     def conv(x, w):
         wc = to_rhs(w)
-        ones = (1,) * len(out_spatial)
+        ones = (1,) * (len(wc.shape) - 2)
         y = None
         tap_list = itertools.product(*(range(k) for k in wc.shape[2:]))
         for tap, view in zip(tap_list, taps(x, w), strict=True):
@@ -153,17 +151,12 @@ def _thin_conv(eqn: Any):
 
 def _im2col_conv(eqn: Any):
     """`eqn`'s convolution as one matrix product, channels last."""
-    to_lhs, to_rhs, from_out = _canonical(eqn)
-    params = eqn.params
-    out_shape = eqn.outvars[0].aval.shape
-    out_spatial = tuple(out_shape[d] for d in params["dimension_numbers"].out_spec[2:])
+    to_rhs, from_out, taps = _layouts(eqn)
 
     def conv(x, w):
         wc = to_rhs(w)  # (O, C, *kernel)
         last = lambda v: jnp.moveaxis(v, 1, -1)  # (N, *spatial, C)
-        cols = jnp.concatenate(
-            [last(v) for v in _taps(to_lhs(x), wc.shape, params, out_spatial)], -1
-        )
+        cols = jnp.concatenate([last(v) for v in taps(x, w)], -1)
         # Tap-major, channel-minor, as `cols`: (taps x C, O).
         weights = jnp.moveaxis(wc, (0, 1), (-1, -2)).reshape(-1, wc.shape[0])
         return from_out(jnp.moveaxis(cols @ weights, -1, 1))
