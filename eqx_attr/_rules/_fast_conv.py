@@ -80,21 +80,33 @@ def replaceable(eqn: Any, loop: bool = False) -> bool:
     return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS)
 
 
-def _taps(x: jax.Array, w_shape: tuple, params: dict, out_spatial: tuple) -> list:
-    """The strided view of `x` (`(N, C, *spatial)`) that each kernel tap reads,
-    in row-major tap order, each shaped `(N, C, *out_spatial)`."""
-    pads = [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in params["padding"]]
+def _taps(
+    x: jax.Array, kernel: tuple, params: dict, out_spatial: tuple, last: bool
+) -> list:
+    """The strided view of `x` that each kernel tap reads, in row-major tap order:
+    `x` is `(N, C, *spatial)`, or `(N, *spatial, C)` with `last`, and each view
+    has its shape with `out_spatial`."""
+    first = 1 if last else 2  # the first spatial axis
+    keep = [(0, 0, 0)] * (x.ndim - len(out_spatial))
+    spatial = [(lo, hi, 0) for lo, hi in params["padding"]]
+    pads = [keep[0], *spatial, *keep[1:]] if last else [*keep, *spatial]
     padded = lax.pad(x, jnp.zeros((), x.dtype), pads)
-    strides = params["window_strides"]
-    dilation = params["rhs_dilation"]
     views = []
-    for tap in itertools.product(*(range(k) for k in w_shape[2:])):
-        start = [t * d for t, d in zip(tap, dilation, strict=True)]
-        ends = zip(start, out_spatial, strides, strict=True)
-        limit = [s + (n - 1) * st + 1 for s, n, st in ends]
-        views.append(
-            lax.slice(padded, [0, 0, *start], [*x.shape[:2], *limit], [1, 1, *strides])
-        )
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+        for i, (t, d, n, st) in enumerate(
+            zip(
+                tap,
+                params["rhs_dilation"],
+                out_spatial,
+                params["window_strides"],
+                strict=True,
+            )
+        ):
+            start[first + i] = t * d
+            limit[first + i] = t * d + (n - 1) * st + 1
+            strides[first + i] = st
+        views.append(lax.slice(padded, start, limit, strides))
     return views
 
 
@@ -107,9 +119,10 @@ def _layouts(eqn: Any):
     out_spatial = tuple(out_shape[d] for d in dims.out_spec[2:])
     to_rhs = lambda w: jnp.transpose(w, dims.rhs_spec)
 
-    def taps(x, w):
+    def taps(x, w, last=False):
         x = jnp.transpose(x, dims.lhs_spec)
-        return _taps(x, to_rhs(w).shape, eqn.params, out_spatial)
+        x = jnp.moveaxis(x, 1, -1) if last else x
+        return _taps(x, to_rhs(w).shape[2:], eqn.params, out_spatial, last)
 
     return to_rhs, lambda y: jnp.transpose(y, out_back), taps
 
@@ -155,8 +168,7 @@ def _im2col_conv(eqn: Any):
 
     def conv(x, w):
         wc = to_rhs(w)  # (O, C, *kernel)
-        last = lambda v: jnp.moveaxis(v, 1, -1)  # (N, *spatial, C)
-        cols = jnp.concatenate([last(v) for v in taps(x, w)], -1)
+        cols = jnp.concatenate(taps(x, w, last=True), -1)  # (N, *spatial, taps x C)
         # Tap-major, channel-minor, as `cols`: (taps x C, O).
         weights = jnp.moveaxis(wc, (0, 1), (-1, -2)).reshape(-1, wc.shape[0])
         return from_out(jnp.moveaxis(cols @ weights, -1, 1))
