@@ -48,8 +48,8 @@ def _cases(model) -> dict:
         "smoothgrad-25": (lambda x, t: sg(x, t, key=jax.random.key(0)), 64),
         "gradcam (conv2)": (xa.GradCAM(model, lambda m: m.conv2, resize=None), 64),
         "gradcam (conv1)": (xa.GradCAM(model, lambda m: m.conv1, resize=None), 64),
-        "ig-gl-50": (ig(n_steps=50), 16),
-        "ig-gl-50 ": (ig(n_steps=50), 64),
+        "ig-gl-50, batch 16": (ig(n_steps=50), 16),
+        "ig-gl-50, batch 64": (ig(n_steps=50), 64),
         "ig-gl-32, chunk_size=16 (scan)": (ig(n_steps=32, chunk_size=16), 8),
         "ig-gl-32, chunk_size=8 (scan)": (ig(n_steps=32, chunk_size=8), 8),
         "ig-gl-32, chunk_size=16, unrolled": (
@@ -124,7 +124,7 @@ def main() -> None:
         a, b = times[(name, "off")], times[(name, "on")]
         diff = float(jnp.max(jnp.abs(out_off - on[name][3])))
         lines.append(
-            f"| {name.strip()} | {len(xs)} | {np.median(a) * 1e3:.1f} / "
+            f"| {name} | {len(xs)} | {np.median(a) * 1e3:.1f} / "
             f"{min(a) * 1e3:.1f} ms | {np.median(b) * 1e3:.1f} / {min(b) * 1e3:.1f} "
             f"ms | {np.median(b) / np.median(a):.2f} | {diff:.1e} |"
         )

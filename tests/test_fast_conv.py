@@ -1,4 +1,4 @@
-"""Thin convolutions (`eqx_attr/_rules/_fast_conv.py`): the same values and
+"""The convolution rewrite (`eqx_attr/_rules/_fast_conv.py`): the same values and
 derivatives as XLA's convolution, computed as a sum of taps and an im2col product.
 
 With small integer inputs, weights, tangents and cotangents every product and sum

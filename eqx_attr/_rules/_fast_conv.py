@@ -15,14 +15,14 @@ a thin convolution with the same value and derivatives as:
 
 - its value: a sum of the kernel's taps, each a strided view of the padded input
   times one weight per output channel, in one fused elementwise loop;
-- its tangent in the input: an im2col product, the views stacked on a tap axis
-  and contracted with the weights in one `dot_general`; reverse mode transposes
-  it into one product and a sum of strided pads, instead of XLA's transposed
-  convolution with one or three output channels;
+- its tangent in the input: an im2col product, the views (`_windows.py`)
+  concatenated channels-last and multiplied by the weights in one `dot_general`;
+  reverse mode transposes it into one product and a sum of strided pads, instead
+  of XLA's transposed convolution with one or three output channels;
 - its tangent in the weights: the original convolution, bound unchanged.
 
-[`loop_conv_handler`][], for loop bodies, computes every convolution as an im2col
-product in channels-last layout, which XLA runs as a matrix product there (JAX
+[`loop_conv_handler`][], for loop bodies, computes every other convolution as
+that same im2col product, which XLA runs as a matrix product there (JAX
 differentiates it: slices, pads and products).
 
 Values and derivatives equal the original's up to floating-point rounding (the
@@ -39,11 +39,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from . import _jax_internals as ji
 from ._interpreter import Interpreter
+from ._windows import window_views
 
 CONV = "conv_general_dilated"
 # Inputs per output (in_channels x kernel size) up to which a convolution is
@@ -80,56 +80,56 @@ def replaceable(eqn: Any, loop: bool = False) -> bool:
     return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS)
 
 
-def _taps(
-    x: jax.Array, kernel: tuple, params: dict, out_spatial: tuple, last: bool
-) -> list:
-    """The strided view of `x` that each kernel tap reads, in row-major tap order:
-    `x` is `(N, C, *spatial)`, or `(N, *spatial, C)` with `last`, and each view
-    has its shape with `out_spatial`."""
-    first = 1 if last else 2  # the first spatial axis
-    keep = [(0, 0, 0)] * (x.ndim - len(out_spatial))
-    spatial = [(lo, hi, 0) for lo, hi in params["padding"]]
-    pads = [keep[0], *spatial, *keep[1:]] if last else [*keep, *spatial]
-    padded = lax.pad(x, jnp.zeros((), x.dtype), pads)
-    views = []
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
-        for i, (t, d, n, st) in enumerate(
-            zip(
-                tap,
-                params["rhs_dilation"],
-                out_spatial,
-                params["window_strides"],
-                strict=True,
-            )
-        ):
-            start[first + i] = t * d
-            limit[first + i] = t * d + (n - 1) * st + 1
-            strides[first + i] = st
-        views.append(lax.slice(padded, start, limit, strides))
-    return views
-
-
 def _layouts(eqn: Any):
     """For `eqn`: the weights as `(O, I, *kernel)`; the output's layout from
-    `(N, O, *spatial)`; and `taps(x, w)`, the views of [`_taps`][] of the input."""
-    dims = eqn.params["dimension_numbers"]
+    `(N, O, *spatial)`; and `taps(x, w, last)`: the strided view of the padded
+    input that each kernel tap reads (row-major), each `(N, C, *out_spatial)`, or
+    `(N, *out_spatial, C)` with `last`."""
+    p = eqn.params
+    dims = p["dimension_numbers"]
     out_back = tuple(int(i) for i in np.argsort(dims.out_spec))
-    out_shape = eqn.outvars[0].aval.shape
-    out_spatial = tuple(out_shape[d] for d in dims.out_spec[2:])
+    out_spatial = tuple(eqn.outvars[0].aval.shape[d] for d in dims.out_spec[2:])
     to_rhs = lambda w: jnp.transpose(w, dims.rhs_spec)
 
     def taps(x, w, last=False):
         x = jnp.transpose(x, dims.lhs_spec)
+        n, c = x.shape[:2]
         x = jnp.moveaxis(x, 1, -1) if last else x
-        return _taps(x, to_rhs(w).shape[2:], eqn.params, out_spatial, last)
+
+        def around(spatial, batch, channel):  # the other axes around the spatial
+            return (batch, *spatial, channel) if last else (batch, channel, *spatial)
+
+        return window_views(
+            x,
+            0,
+            around(p["padding"], (0, 0), (0, 0)),
+            around(to_rhs(w).shape[2:], 1, 1),
+            around(p["window_strides"], 1, 1),
+            around(out_spatial, n, c),
+            around(p["rhs_dilation"], 1, 1),
+        )
 
     return to_rhs, lambda y: jnp.transpose(y, out_back), taps
+
+
+def _im2col_conv(eqn: Any):
+    """`eqn`'s convolution as one matrix product, its columns channels-last."""
+    to_rhs, from_out, taps = _layouts(eqn)
+
+    def conv(x, w):
+        wc = to_rhs(w)  # (O, C, *kernel)
+        cols = jnp.concatenate(taps(x, w, last=True), -1)  # (N, *spatial, taps x C)
+        # Tap-major, channel-minor, as `cols`: (taps x C, O).
+        weights = jnp.moveaxis(wc, (0, 1), (-1, -2)).reshape(-1, wc.shape[0])
+        return from_out(jnp.moveaxis(cols @ weights, -1, 1))
+
+    return conv
 
 
 def _thin_conv(eqn: Any):
     """`eqn`'s convolution as a function of `(lhs, rhs)`, computed as above."""
     to_rhs, from_out, taps = _layouts(eqn)
+    im2col = _im2col_conv(eqn)
 
     @jax.custom_jvp
     def conv(x, w):
@@ -149,30 +149,13 @@ def _thin_conv(eqn: Any):
         y = conv(x, w)
         out = jnp.zeros_like(y)
         if not isinstance(tx, SymbolicZero):
-            wc = to_rhs(w)
-            cols = jnp.stack(taps(tx, w), axis=2)  # (N, C, taps, *spatial)
-            weights = wc.reshape(*wc.shape[:2], -1)  # (O, C, taps)
-            out = out + from_out(jnp.einsum("nck...,ock->no...", cols, weights))
+            out = out + im2col(tx, w)
         if not isinstance(tw, SymbolicZero):
             (dw,) = ji.bind(eqn, [x, tw])
             out = out + dw
         return y, out
 
     conv.defjvp(conv_jvp, symbolic_zeros=True)
-    return conv
-
-
-def _im2col_conv(eqn: Any):
-    """`eqn`'s convolution as one matrix product, channels last."""
-    to_rhs, from_out, taps = _layouts(eqn)
-
-    def conv(x, w):
-        wc = to_rhs(w)  # (O, C, *kernel)
-        cols = jnp.concatenate(taps(x, w, last=True), -1)  # (N, *spatial, taps x C)
-        # Tap-major, channel-minor, as `cols`: (taps x C, O).
-        weights = jnp.moveaxis(wc, (0, 1), (-1, -2)).reshape(-1, wc.shape[0])
-        return from_out(jnp.moveaxis(cols @ weights, -1, 1))
-
     return conv
 
 

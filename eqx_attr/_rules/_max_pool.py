@@ -13,47 +13,35 @@ of IG on a small CNN (2.2 GiB of 2.3 for 64 digits and 50 steps).
 every floating-point max pool with one with the same values and the same
 derivatives, the derivative going to the first maximum of each window in
 row-major order (as in XLA's select-and-scatter with `>=`, which JAX uses, and in
-PyTorch). The replacement
-has a `jax.custom_jvp` whose tangent picks, for every window, the tangent at that
-maximum: a few strided slices, comparisons and selects that XLA fuses, and whose
-transpose (reverse mode) is a sum of strided pads. Forward mode, reverse mode and
+PyTorch). The replacement has a `jax.custom_jvp` whose tangent picks, for every
+window, the tangent at that maximum: a few strided slices (`_windows.py`),
+comparisons and selects that XLA fuses, and whose transpose (reverse mode) is a
+sum of strided pads. Forward mode, reverse mode and
 higher derivatives all work, and attributions do not change.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from . import _jax_internals as ji
 from ._interpreter import Interpreter
+from ._windows import window_views
 
 POOL = "reduce_window_max"
 
 
-def _views(x: jax.Array, fill: Any, params: dict, out_shape: tuple) -> list:
-    """One strided view of `x` per offset in the window (row-major), each shaped
-    like the pool's output: view `k` holds every window's `k`-th element."""
-    padded = lax.pad(
-        x, jnp.asarray(fill, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]]
-    )
-    strides = params["window_strides"]
-    views = []
-    offsets = itertools.product(*(range(w) for w in params["window_dimensions"]))
-    for offset in offsets:
-        ends = zip(offset, out_shape, strides, strict=True)
-        limit = [o + (n - 1) * s + 1 for o, n, s in ends]
-        views.append(lax.slice(padded, offset, limit, strides))
-    return views
-
-
 def _first_max_pool(eqn: Any) -> Callable[[jax.Array], jax.Array]:
     """`eqn`'s pool, with a JVP that follows each window's first maximum."""
+    p = eqn.params
+
+    def views(v, fill, shape):  # view `k`: every window's `k`-th element
+        args = p["padding"], p["window_dimensions"], p["window_strides"], shape
+        return window_views(v, fill, *args)
 
     @jax.custom_jvp
     def pool(x):
@@ -67,12 +55,8 @@ def _first_max_pool(eqn: Any) -> Callable[[jax.Array], jax.Array]:
         shape = y.shape
         taken = jnp.zeros(shape, bool)
         out = jnp.zeros(shape, t.dtype)
-        views = zip(
-            _views(x, -jnp.inf, eqn.params, shape),
-            _views(t, 0, eqn.params, shape),
-            strict=True,
-        )
-        for vx, vt in views:
+        pairs = zip(views(x, -jnp.inf, shape), views(t, 0, shape), strict=True)
+        for vx, vt in pairs:
             hit = (vx == y) & ~taken  # the first element equal to the maximum
             taken = taken | hit
             out = jnp.where(hit, vt, out)
