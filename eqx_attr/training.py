@@ -26,6 +26,7 @@ and `$EQX_ATTR_CACHE`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -218,11 +219,16 @@ def _describe(leaf: Any) -> str:
     return f"{type(leaf).__module__}.{type(leaf).__qualname__}:{name}"
 
 
+def _is_array(leaf: Any) -> bool:
+    """An array, or a shape placeholder of one (from `eqx.filter_eval_shape`)."""
+    return eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+
+
 def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
     """A hash of the architecture (tree structure, shapes, dtypes) and the config."""
     leaves, treedef = jax.tree_util.tree_flatten(model)
     shapes = [
-        (tuple(leaf.shape), str(leaf.dtype)) if eqx.is_array(leaf) else _describe(leaf)
+        (tuple(leaf.shape), str(leaf.dtype)) if _is_array(leaf) else _describe(leaf)
         for leaf in leaves
     ]
     blob = json.dumps(
@@ -300,22 +306,62 @@ def cached_train(
     model = xa.training.cached_train(model, (xs, ys), config, name="my_cnn")
     ```
     """
+    return _cached(lambda: model, model, data, config, name, progress, verbose)
+
+
+def _cached(
+    build: Callable[[], Any],
+    like: Any,
+    data: tuple[Any, Any],
+    config: TrainConfig | None,
+    name: str,
+    progress: bool,
+    verbose: bool,
+) -> Any:
+    """`cached_train` of the model `build()` returns, whose shapes are `like`'s.
+
+    `like` may hold shape placeholders: a cache hit then never builds the model.
+    """
     config = TrainConfig() if config is None else config
     xs, ys = np.asarray(data[0]), np.asarray(data[1])
     digest = hashlib.sha256(xs.tobytes() + ys.tobytes()).hexdigest()[:16]
-    key = _fingerprint(model, config, {"data": digest, "shape": list(xs.shape)})
+    key = _fingerprint(like, config, {"data": digest, "shape": list(xs.shape)})
     path = cache_dir() / f"{name}-{key}.safetensors"
     if path.is_file():
-        cached = _load(path, model)
+        cached = _load(path, like)
         if cached is not None:
             return cached
-    result = train(model, (xs, ys), config, progress=progress, desc=name)
+    result = train(build(), (xs, ys), config, progress=progress, desc=name)
     if _save(path, result.model):
         level = logging.INFO if verbose else logging.DEBUG
         _log.log(
             level, "trained %s in %.1f s; cached at %s", name, result.seconds, path
         )
     return result.model
+
+
+def _cached_zoo(
+    factory: Callable[..., Any],
+    config: TrainConfig,
+    name: str,
+    progress: bool,
+    verbose: bool,
+) -> Any:
+    """`cached_train` of `factory(key=jax.random.key(0))` on `datasets.mnist()`.
+
+    A cache hit reads the weights into the model's shapes alone and never runs its
+    initialisers: built eagerly, each initialiser op compiles on its own (5-10 s
+    for SmallCNN on two cores, before a 10 ms read). A miss builds the model as a
+    user would, eagerly, and trains it.
+    """
+    from . import datasets
+
+    data = datasets.mnist()
+    like = eqx.filter_eval_shape(factory, key=jax.random.key(0))
+    build = lambda: factory(key=jax.random.key(0))
+    return _cached(
+        build, like, (data.x_train, data.y_train), config, name, progress, verbose
+    )
 
 
 def pretrained_small_cnn(
@@ -342,18 +388,10 @@ def pretrained_small_cnn(
     model = xa.training.pretrained_small_cnn()
     ```
     """
-    from . import datasets, models
+    from . import models
 
-    data = datasets.mnist()
-    model = models.SmallCNN(width=width, key=jax.random.key(0))
-    return cached_train(
-        model,
-        (data.x_train, data.y_train),
-        config,
-        name=f"small_cnn_w{width}",
-        progress=progress,
-        verbose=verbose,
-    )
+    factory = functools.partial(models.SmallCNN, width=width)
+    return _cached_zoo(factory, config, f"small_cnn_w{width}", progress, verbose)
 
 
 # A transformer trains best with a gentler peak learning rate than the CNN and
@@ -391,10 +429,10 @@ def pretrained_mnist_vit(
     h = xa.CheferRelevance(vit, attn)(x, target=3)
     ```
     """
-    from . import datasets, models
+    from . import models
 
-    data = datasets.mnist()
-    model = models.ViT(
+    factory = functools.partial(
+        models.ViT,
         image_size=28,
         patch_size=patch_size,
         in_channels=1,
@@ -403,13 +441,7 @@ def pretrained_mnist_vit(
         depth=depth,
         heads=heads,
         mlp_ratio=2.0,
-        key=jax.random.key(0),
     )
-    return cached_train(
-        model,
-        (data.x_train, data.y_train),
-        VIT_CONFIG if config is None else config,
-        name=f"mnist_vit_p{patch_size}_d{dim}x{depth}",
-        progress=progress,
-        verbose=verbose,
-    )
+    config = VIT_CONFIG if config is None else config
+    name = f"mnist_vit_p{patch_size}_d{dim}x{depth}"
+    return _cached_zoo(factory, config, name, progress, verbose)

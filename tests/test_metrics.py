@@ -8,7 +8,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import jcall, jmetric
+from .helpers import digit_like, jcall, jmetric, small_cnn
 
 M = xa.metrics
 W = jnp.array([[[1.0, 2.0], [3.0, 4.0]]])  # class 1's weights on a 1x2x2 image
@@ -196,6 +196,34 @@ def test_mprt_and_random_logit():
     assert other != 2
     want = eqx.filter_jit(lambda w, other: M.spearman(w[2], w[other]))(w, other)
     np.testing.assert_allclose(jmetric(rl, jnp.ones(16), 2, key=key), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["cascading", "independent"])
+def test_mprt_curve_is_each_step_by_its_definition(mode):
+    # The curve, traced once over its steps, equals the definition step by step:
+    # the layers from the top down (all those above too, when cascading) redrawn
+    # with `randomise_layers`, explained, and compared with the original map.
+    from eqx_attr.metrics._randomisation import randomise_layers, similarity
+
+    model = small_cnn()
+    x, key = digit_like(3), jax.random.key(4)
+    method = xa.GradientsXInput(model)
+    curve = jmetric(M.MPRT(method, mode=mode), x, 5, key=key, fn="curve")
+    weight_key, _ = jax.random.split(key)
+    n = 5  # SmallCNN: four convolutions and the linear head
+    a0 = jcall(method, x, 5)
+
+    @eqx.filter_jit
+    def step(layer):
+        chosen = tuple(range(layer, n)) if mode == "cascading" else (layer,)
+        a = randomise_layers(method, chosen, weight_key)(x, 5)
+        return similarity("spearman", a0, a, True)
+
+    want = [step(n - 1 - s) for s in range(n)]
+    assert curve.shape == (n,)
+    np.testing.assert_allclose(curve, want, rtol=1e-5, atol=1e-5)
+    # Redrawing changes the map: the first step (the head alone) already does.
+    assert float(curve[0]) < 1.0
 
 
 def test_bad_input():

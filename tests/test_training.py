@@ -200,3 +200,43 @@ def test_cache_key_is_the_same_in_every_process():
     ]
     assert described and not any("0x" in d for d in described)
     assert any(d.endswith(":relu") for d in described)
+
+
+def test_pretrained_cache_hit_reads_weights_into_shapes_alone(monkeypatch, tmp_path):
+    # The key of a model's shapes (eqx.filter_eval_shape) is its built model's key,
+    # so the zoo's cached models load without running any initialiser; a miss
+    # builds the model as a user would (the same values) and trains that.
+    monkeypatch.setenv("EQX_ATTR_CACHE", str(tmp_path))
+    make = lambda key: xa.models.SmallCNN(width=2, key=key)
+    built = make(jax.random.key(0))
+    shapes = eqx.filter_eval_shape(make, jax.random.key(0))
+    config = _short_config(epochs=1)
+    assert training._fingerprint(shapes, config, {}) == training._fingerprint(
+        built, config, {}
+    )
+    trained = []
+
+    def fake_train(model, data, config=None, **kwargs):
+        trained.append(model)
+        moved = jax.tree_util.tree_map(
+            lambda a: a + 0.5 if eqx.is_inexact_array(a) else a, model
+        )
+        return training.TrainResult(moved, np.zeros(1, np.float32), 0.0)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    first = training.pretrained_small_cnn(width=2, config=config, progress=False)
+    assert len(trained) == 1
+    arrays = lambda m: eqx.filter(m, eqx.is_array)
+    assert tree_allclose(arrays(trained[0]), arrays(built), rtol=0, atol=0)
+
+    real = xa.models.SmallCNN
+
+    def shapes_only(*args, key, **kwargs):
+        # Traced for its shapes (a tracer key), never run on a concrete key.
+        assert isinstance(key, jax.core.Tracer), "a cache hit built the model"
+        return real(*args, key=key, **kwargs)
+
+    monkeypatch.setattr(xa.models, "SmallCNN", shapes_only)
+    again = training.pretrained_small_cnn(width=2, config=config, progress=False)
+    assert len(trained) == 1
+    assert tree_allclose(arrays(again), arrays(first), rtol=0, atol=0)
