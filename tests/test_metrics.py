@@ -226,6 +226,27 @@ def test_mprt_curve_is_each_step_by_its_definition(mode):
     assert float(curve[0]) < 1.0
 
 
+def test_mprt_traces_the_method_once_whatever_the_depth():
+    # The randomised methods differ in values only: one jitted call serves every
+    # step, so the model is traced as often as for one explanation, not 6 times.
+    traces = []
+
+    class Counting(eqx.Module):
+        inner: eqx.Module
+
+        def __call__(self, x):
+            traces.append(1)
+            return self.inner(x)
+
+    method = xa.Gradients(Counting(small_cnn()))
+    jax.make_jaxpr(lambda x: method(x, 2))(digit_like())
+    once = len(traces)
+    traces.clear()
+    mprt = M.MPRT(method)
+    jax.make_jaxpr(lambda x: mprt.curve(x, 2, key=jax.random.key(0)))(digit_like())
+    assert len(traces) == once
+
+
 def test_bad_input():
     d = M.Deletion(linear, n_steps=4)
     with pytest.raises(ValueError, match="matches neither"):

@@ -17,7 +17,6 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from .._rules._fast_derivatives import loop_body
 from ._base import AbstractMetric
 from ._similarity import spearman, ssim
 
@@ -121,42 +120,21 @@ class MPRT(AbstractMetric):
         x = check_input(x)
         weight_key, method_key = jax.random.split(key)
         n = _layer_count(self.method)
-        # Every layer redrawn once (layer j's new values do not depend on which
-        # other layers are redrawn with it); step s then selects, per layer, the
-        # original or the redrawn arrays. The method is traced once, in a loop
-        # over the steps, rather than once per step: compile time no longer grows
-        # with the depth, and the steps share one step's memory.
-        layers, treedef = jax.tree_util.tree_flatten(self.method, is_leaf=_is_layer)
-        redrawn = jax.tree_util.tree_leaves(
-            randomise_layers(self.method, tuple(range(n)), weight_key),
-            is_leaf=_is_layer,
-        )
-        where = [i for i, leaf in enumerate(layers) if _is_layer(leaf)]
-        # Step 0 is the original model; step s >= 1 redraws layer n - s (and, when
-        # cascading, every layer above it).
-        first = jnp.arange(n, -1, -1)
-
-        def explain(first_redrawn: Array) -> Array:
-            leaves = list(layers)
-            for j, i in enumerate(where):
-                pick = (
-                    j >= first_redrawn
-                    if self.mode == "cascading"
-                    else j == first_redrawn
-                )
-                leaves[i] = jax.tree_util.tree_map(
-                    lambda old, new: jnp.where(pick, new, old)
-                    if eqx.is_inexact_array(old) else old,
-                    layers[i],
-                    redrawn[i],
-                )  # fmt: skip
-            method = jax.tree_util.tree_unflatten(treedef, leaves)
-            return method(x, target, key=method_key)
-
-        with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
-            maps = jax.lax.map(explain, first)
-        compare = lambda a: similarity(self.similarity, maps[0], a, self.abs)
-        return jax.vmap(compare)(maps[1:])
+        # The randomised methods differ from the original in array values only, so
+        # one jitted call serves them all: the method is traced once, not once per
+        # step (compile time no longer grows with the depth), and XLA still sees
+        # every step in one program (no loop body, whose convolutions run slowly
+        # on CPU).
+        explain = eqx.filter_jit(lambda m, x, t, k: m(x, t, key=k))
+        a0 = explain(self.method, x, target, method_key)
+        out = []
+        for step in range(n):
+            layer = n - 1 - step
+            chosen = tuple(range(layer, n)) if self.mode == "cascading" else (layer,)
+            randomised = randomise_layers(self.method, chosen, weight_key)
+            a = explain(randomised, x, target, method_key)
+            out.append(similarity(self.similarity, a0, a, self.abs))
+        return jnp.stack(out)
 
     def __call__(
         self,
