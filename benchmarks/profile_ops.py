@@ -1,0 +1,73 @@
+"""Where XLA:CPU spends a gradient method's time: per-kernel times of one program.
+
+Builds SmallCNN (width 16, random weights), compiles the batched input gradient
+that every gradient method runs (or, with `--forward`, the forward pass alone),
+runs it under JAX's profiler and prints each kernel's mean time per call, largest
+first, with the HLO of the kernels that matter (fusions named `ynn_fusion*` run
+in YNNPACK; the others are XLA's own loops).
+
+    python benchmarks/profile_ops.py --batch 200
+    python benchmarks/profile_ops.py --batch 200 --forward
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+import eqx_attr as xa
+from eqx_attr._attribution import scalar_function
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--calls", type=int, default=10)
+    p.add_argument("--forward", action="store_true", help="the forward pass alone")
+    p.add_argument("--top", type=int, default=20)
+    args = p.parse_args()
+
+    model = xa.models.SmallCNN(width=16, key=jax.random.key(0))
+    xs = jax.random.uniform(jax.random.key(1), (args.batch, 1, 28, 28))
+    ts = jnp.arange(args.batch) % 10
+    one = lambda x, t: scalar_function(model, x, t)(x)
+    fn = jax.jit(jax.vmap(one if args.forward else jax.grad(one)))
+    compiled = fn.lower(xs, ts).compile()
+    for _ in range(3):
+        jax.block_until_ready(fn(xs, ts))
+
+    folder = tempfile.mkdtemp(prefix="eqx_attr_profile_")
+    jax.profiler.start_trace(folder, create_perfetto_trace=True)
+    for _ in range(args.calls):
+        jax.block_until_ready(fn(xs, ts))
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True)
+    events = json.load(gzip.open(path))["traceEvents"]
+
+    total: collections.Counter = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and re.fullmatch(r"[\w.]+", name):
+            total[name] += e["dur"]  # XLA's kernels (not Python or runtime spans)
+    hlo = {}
+    for line in compiled.as_text().splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (.*)", line)
+        if m:
+            hlo[m.group(1)] = re.sub(r", metadata=\{.*|, backend_config=.*", "", m[2])
+    what = "forward" if args.forward else "input gradient"
+    print(f"SmallCNN {what}, {args.batch} digits: ms per call, by kernel")
+    for name, us in total.most_common(args.top):
+        ms = us / args.calls / 1000
+        print(f"{ms:8.2f}  {name:28s} {hlo.get(name, '')[:110]}")
+
+
+if __name__ == "__main__":
+    main()
