@@ -241,6 +241,34 @@ def test_finished_store_is_returned_and_partial_store_resumed(tmp_path):
     assert _meta(g)["complete"] and _meta(g)["rows_computed"] == 3
 
 
+def test_store_killed_while_being_created_is_never_half_there(tmp_path, monkeypatch):
+    # A run killed after some arrays of a new store were created (here: an error
+    # raised in place of the `done` array) leaves no store at `out`: a restart
+    # creates it whole and finishes, rather than resuming a store without `done`.
+    from eqx_attr._runner import _store
+
+    model, xs, ts = _model(), _xs(), _targets()
+    grads = xa.Gradients(model)
+    out = tmp_path / "s.zarr"
+    real = zarr.Group.create_array
+
+    def killed(self, name, **kwargs):
+        if name == _store.DONE:
+            raise KeyboardInterrupt("killed")
+        return real(self, name, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_array", killed)
+    with pytest.raises(KeyboardInterrupt):
+        xa.explain_dataset(grads, xs, ts, out=out, batch_size=3, progress=False)
+    assert not (out / "zarr.json").exists()
+    monkeypatch.setattr(zarr.Group, "create_array", real)
+    group = xa.explain_dataset(grads, xs, ts, out=out, batch_size=3, progress=False)
+    np.testing.assert_allclose(
+        group["attributions"][:], per_example(grads, xs, ts), rtol=1e-5, atol=1e-6
+    )
+    assert _meta(group)["complete"]
+
+
 def test_chunks_of_several_batches_written_and_resumed_by_batch(tmp_path):
     model, xs, ts = _model(), _xs(), _targets()
     grads = xa.Gradients(model)

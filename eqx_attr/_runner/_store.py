@@ -139,13 +139,20 @@ def create_store(
     record: dict[str, Any],
 ) -> Any:
     """A fresh store (replacing an old one at `path`) with zero-filled outputs,
-    chunked by `chunk_rows` along N."""
+    chunked by `chunk_rows` along N.
+
+    The store is built in a hidden folder beside `path` and renamed into place,
+    so a process killed while creating it never leaves a store with some arrays
+    missing (which a restart would take for its own and fail to resume): `path`
+    holds either no store or a whole one.
+    """
     zarr = zarr_module()
 
-    if _is_store(path):
-        shutil.rmtree(path)
+    path = os.path.normpath(path)
+    parent, name = os.path.split(path)
+    building = os.path.join(parent, f".{name}.creating-{uuid.uuid4().hex}")
     meta = {ATTR: {"identity": identity, **record, "complete": n == 0}}
-    group = zarr.open_group(path, mode="w", attributes=meta)
+    group = zarr.open_group(building, mode="w", attributes=meta)
     chunk = max(1, min(chunk_rows, n))
     for name, (shape, dtype) in outputs.items():
         group.create_array(
@@ -159,7 +166,17 @@ def create_store(
             compressors=None,
         )
     group.create_array(DONE, shape=(n,), chunks=(chunk,), dtype=bool, fill_value=False)
-    return group
+    if _is_store(path):
+        shutil.rmtree(path)
+    elif os.path.isdir(path):
+        # The folder `check_out` made; `inspect_store` refused it unless it held
+        # nothing but probe files.
+        if [f for f in os.listdir(path) if not f.startswith(_PROBE)]:
+            shutil.rmtree(building)
+            raise ValueError(f"`out={path!r}` is no longer empty; choose a new path.")
+        shutil.rmtree(path)
+    os.rename(building, path)
+    return zarr.open_group(path, mode="r+")
 
 
 def resolve_chunk_rows(
