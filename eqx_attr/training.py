@@ -219,16 +219,16 @@ def _describe(leaf: Any) -> str:
     return f"{type(leaf).__module__}.{type(leaf).__qualname__}:{name}"
 
 
-def _is_array(leaf: Any) -> bool:
-    """An array, or a shape placeholder of one (from `eqx.filter_eval_shape`)."""
-    return eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
-
-
 def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
-    """A hash of the architecture (tree structure, shapes, dtypes) and the config."""
+    """A hash of the architecture (tree structure, shapes, dtypes) and the config.
+
+    Arrays and their shape placeholders (`eqx.filter_eval_shape`) hash alike.
+    """
+    from .models._weights import _is_param
+
     leaves, treedef = jax.tree_util.tree_flatten(model)
     shapes = [
-        (tuple(leaf.shape), str(leaf.dtype)) if _is_array(leaf) else _describe(leaf)
+        (tuple(leaf.shape), str(leaf.dtype)) if _is_param(leaf) else _describe(leaf)
         for leaf in leaves
     ]
     blob = json.dumps(
@@ -342,7 +342,7 @@ def _cached(
 
 def _cached_zoo(
     factory: Callable[..., Any],
-    config: TrainConfig,
+    config: TrainConfig | None,
     name: str,
     progress: bool,
     verbose: bool,

@@ -250,6 +250,19 @@ METHODS += [
 ]
 
 
+def counting(model: eqx.Module, traces: list) -> eqx.Module:
+    """The model, appending to `traces` each time it is traced."""
+
+    class Counting(eqx.Module):
+        inner: eqx.Module
+
+        def __call__(self, x):
+            traces.append(1)
+            return self.inner(x)
+
+    return Counting(model)
+
+
 @functools.cache
 def small_cnn(seed: int = 0) -> eqx.Module:
     # Built once per seed and process (modules are immutable), as one compiled

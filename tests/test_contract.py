@@ -18,6 +18,7 @@ from .helpers import (
     METHODS,
     NOT_ON_SMALL_CNN,
     MethodSpec,
+    counting,
     digit_like,
     small_cnn,
 )
@@ -34,19 +35,6 @@ def _expected_shape(spec: MethodSpec, x):
     return x.shape if spec.output == "input" else x.shape[-2:]
 
 
-def _counting(model: eqx.Module, traces: list) -> eqx.Module:
-    """The model, appending to `traces` each time it is traced."""
-
-    class Counting(eqx.Module):
-        inner: eqx.Module
-
-        def __call__(self, x):
-            traces.append(1)
-            return self.inner(x)
-
-    return Counting(model)
-
-
 # One test per method shares its compiled programs between the checks (compiling
 # is most of what they cost): the jitted single call serves the retrace count, the
 # loops that the two vmaps are compared with, and the float32 reference of the
@@ -56,7 +44,7 @@ def test_jit_vmap_and_dtypes(spec):
     traces: list = []
     model = small_cnn()
     before = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
-    method = spec.build(_counting(model, traces))
+    method = spec.build(counting(model, traces))
     one = eqx.filter_jit(lambda x, t, k: _call(spec, method, x, t, k))
     xs = jax.random.uniform(jax.random.key(7), (3, 1, 28, 28))
     ts = jnp.array([1, 5, 9])

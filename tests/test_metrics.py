@@ -8,7 +8,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import digit_like, jcall, jmetric, small_cnn
+from .helpers import counting, digit_like, jcall, jmetric, small_cnn
 
 M = xa.metrics
 W = jnp.array([[[1.0, 2.0], [3.0, 4.0]]])  # class 1's weights on a 1x2x2 image
@@ -200,7 +200,7 @@ def test_mprt_and_random_logit():
 
 @pytest.mark.parametrize("mode", ["cascading", "independent"])
 def test_mprt_curve_is_each_step_by_its_definition(mode):
-    # The curve, traced once over its steps, equals the definition step by step:
+    # The curve (one jitted call serves every step) equals the definition:
     # the layers from the top down (all those above too, when cascading) redrawn
     # with `randomise_layers`, explained, and compared with the original map.
     from eqx_attr.metrics._randomisation import randomise_layers, similarity
@@ -230,15 +230,7 @@ def test_mprt_traces_the_method_once_whatever_the_depth():
     # The randomised methods differ in values only: one jitted call serves every
     # step, so the model is traced as often as for one explanation, not 6 times.
     traces = []
-
-    class Counting(eqx.Module):
-        inner: eqx.Module
-
-        def __call__(self, x):
-            traces.append(1)
-            return self.inner(x)
-
-    method = xa.Gradients(Counting(small_cnn()))
+    method = xa.Gradients(counting(small_cnn(), traces))
     jax.make_jaxpr(lambda x: method(x, 2))(digit_like())
     once = len(traces)
     traces.clear()
