@@ -309,6 +309,10 @@ def test_captum_loses_the_rule_of_a_module_right_after_another():
         torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2), torch.nn.Flatten(),
         torch.nn.Linear(16, 3),
     )  # fmt: skip
+    kw, kc = jax.random.split(jax.random.key(9))
+    with torch.no_grad():  # fixed weights: torch's own initialisation is unseeded
+        twin[3].weight.copy_(torch.tensor(np.asarray(jax.random.normal(kw, (3, 16)))))
+        twin[3].bias.copy_(torch.tensor(np.asarray(jax.random.normal(kc, (3,)))))
     x = torch.tensor(np.asarray(jax.random.normal(jax.random.key(10), (1, 1, 8, 8))))
     b = 0.3 * torch.tensor(np.asarray(jax.random.normal(jax.random.key(11), x.shape)))
     _, captum_delta = captum.attr.DeepLift(twin).attribute(

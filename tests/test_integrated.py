@@ -198,6 +198,20 @@ def test_parts_split_the_points_and_agree():
     assert sizes[:5] == sorted(set(sizes[:5]))
     assert sizes[5] == sizes[4]
 
+    # With chunks (scanned or unrolled), each chunk's points are split the same
+    # way: up to one slice per point of a chunk (15 points: 3 chunks of 5).
+    for unroll in (False, True):
+        sizes = []
+        for parts in (1, 2, 5, 9):
+            ig = xa.IntegratedGradients(
+                f, n_steps=5, baseline=draws, chunk_size=5, unroll_chunks=unroll,
+                parts=parts,
+            )  # fmt: skip
+            sizes.append(len(str(jax.make_jaxpr(lambda x: ig(x, 2))(x))))
+            np.testing.assert_allclose(jcall(ig, x, 2), full, rtol=1e-5, atol=1e-6)
+        assert sizes[:3] == sorted(set(sizes[:3]))
+        assert sizes[3] == sizes[2]
+
 
 def _primitives(jaxpr) -> set[str]:
     """Every primitive of a closed jaxpr, nested bodies included."""
@@ -217,9 +231,10 @@ def test_unrolled_chunks_are_sequenced_and_bounded():
     draws = xa.baselines.Custom(jnp.stack([x * 0, x * 0.5, 1 - x]), draws=True)
 
     def ig(n_steps, chunk, unroll):
+        # One slice per chunk (`parts=1`): what is measured is the chunks' order.
         return xa.IntegratedGradients(
             model, n_steps=n_steps, baseline=draws, chunk_size=chunk,
-            unroll_chunks=unroll,
+            unroll_chunks=unroll, parts=1,
         )  # fmt: skip
 
     scan = jax.make_jaxpr(lambda x: ig(8, 5, False)(x, 3))(x)
