@@ -53,10 +53,8 @@ class Sizes:
     # take minutes per call on a 2-core CPU, so the default set uses fewer.
     cnn_ig_steps: tuple[int, ...] = (50,)
     large_ig_steps: tuple[int, ...] = (4,)
-    # No chunking by default: on XLA:CPU a convolution inside a loop body (the
-    # `lax.scan` that `chunk_size` uses) misses the fast convolution kernels and
-    # runs ~10x slower (see docs/benchmarks.md); the CNN rows of `ig-chunk` measure it.
-    large_ig_chunk: int | None = None
+    # IG's `chunk_size` on the 224x224 models: the library's default ("auto").
+    large_ig_chunk: int | str | None = "auto"
     sg_samples: int = 25
     chunk_steps: tuple[int, ...] = (32, 128, 512)
     chunk_size: int = 64
@@ -73,7 +71,7 @@ QUICK = Sizes(
     ig_steps=(8,),
     cnn_ig_steps=(8,),
     large_ig_steps=(2,),
-    large_ig_chunk=None,
+    large_ig_chunk="auto",
     sg_samples=4,
     chunk_steps=(8, 32),
     chunk_size=8,
@@ -265,21 +263,27 @@ def _ig_case(
     b: Bench,
     n: int,
     method: str,
-    chunk: int | None = None,
+    chunk: int | str | None = "auto",
     kind: str = "peer",
     unroll: bool = False,
 ) -> H.Case:
+    """IG against Captum's. `chunk`: ours, the library's default `"auto"` (Captum
+    then runs its default, every point at once), `None` (every point at once on
+    both sides) or a chunk size."""
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(b.twin)
     # Captum's internal_batch_size counts path points over the whole batch; ours
     # counts them per example (under vmap), so the same memory bound is B * chunk.
-    ibs = None if chunk is None else chunk * len(b.xs)
+    ibs = chunk * len(b.xs) if isinstance(chunk, int) else None
     ours = xa.IntegratedGradients(
         b.model, n_steps=n, method=method, chunk_size=chunk, unroll_chunks=unroll
     )
     short = {"gausslegendre": "gl", "riemann_trapezoid": "trapezoid"}[method]
-    name = f"{b.name}/ig-{short}-{n}" + (f"-chunk{chunk}" if chunk else "")
+    suffix = (
+        "" if chunk == "auto" else "-unchunked" if chunk is None else f"-chunk{chunk}"
+    )
+    name = f"{b.name}/ig-{short}-{n}" + suffix
     name += "-unrolled" if unroll else ""
     transform, note = None, ""
     if method == "riemann_trapezoid":
@@ -291,7 +295,7 @@ def _ig_case(
     return H.Case(
         name,
         b.name,
-        f"IntegratedGradients({method}, n_steps={n}, chunk_size={chunk}"
+        f"IntegratedGradients({method}, n_steps={n}, chunk_size={chunk!r}"
         + (", unroll_chunks=True)" if unroll else ")"),
         len(b.xs),
         _ours(ours, b),
@@ -308,9 +312,9 @@ def _ig_case(
 
 def case_ig(b: Bench, s: Sizes) -> list[H.Case]:
     if b.name == "mlp":
-        steps, chunk = s.ig_steps, None
+        steps, chunk = s.ig_steps, "auto"
     elif b.name == "cnn":
-        steps, chunk = s.cnn_ig_steps, None
+        steps, chunk = s.cnn_ig_steps, "auto"
     else:
         steps, chunk = s.large_ig_steps, s.large_ig_chunk
     cases = [_ig_case(b, n, "gausslegendre", chunk) for n in steps]
@@ -318,6 +322,9 @@ def case_ig(b: Bench, s: Sizes) -> list[H.Case]:
     # too on the small models, at the first step count.
     if b.name in ("mlp", "cnn"):
         cases.append(_ig_case(b, steps[0], "riemann_trapezoid", chunk))
+    if chunk == "auto":
+        # Every point at once (`chunk_size=None`), what "auto" replaces on CPU.
+        cases.append(_ig_case(b, steps[0], "gausslegendre", None))
     return cases
 
 

@@ -117,7 +117,7 @@ def _entries() -> tuple[MethodEntry, ...]:
             c.model,
             n_steps=c.option("n_steps", 32),
             baseline=c.baseline if c.baseline is not None else 0.0,
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         )
 
     def cam(cls: type, **fixed: Any) -> Callable[[BuildContext], Any]:

@@ -38,7 +38,9 @@ def test_benchmark_smoke(tmp_path):
     results += run.run(["cnn"], ["gradcam"], sizes, settings, log=lines.append)
 
     names = [r.name for r in results]
-    assert names == ["mlp/ig-gl-4", "mlp/ig-trapezoid-4", "cnn/gradcam"]
+    assert names == [
+        "mlp/ig-gl-4", "mlp/ig-trapezoid-4", "mlp/ig-gl-4-unchunked", "cnn/gradcam"
+    ]  # fmt: skip
     assert len(lines) == len(results)
     for r in results:
         assert r.repeats == 1 and len(r.ours_times_s) == 1
@@ -68,7 +70,7 @@ def test_benchmark_smoke(tmp_path):
     md = pathlib.Path(md_path).read_text()
     header = [line for line in md.splitlines() if line.startswith("| scenario")][0]
     n_cols = header.count("|")
-    rows = [line for line in md.splitlines() if line.startswith("| mlp/ig-gl-4")]
+    rows = [line for line in md.splitlines() if line.startswith("| mlp/ig-gl-4 ")]
     assert len(rows) == 1 and rows[0].count("|") == n_cols
     assert "cnn/gradcam" in md and "DISAGREE" not in md
 

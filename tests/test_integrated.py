@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._gradient._integrated import QUADRATURES, quadrature
+from eqx_attr._gradient._integrated import QUADRATURES, auto_chunk_size, quadrature
 
 from .helpers import jcall, tree_allclose
 
@@ -179,6 +179,49 @@ def test_chunked_equals_unchunked():
                 f, n_steps=10, chunk_size=chunk, unroll_chunks=unroll
             )
             np.testing.assert_allclose(jcall(ig, x, 2), full, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_chunks_hold_about_32_digits_over_the_batch(monkeypatch):
+    # "auto" (the default) on CPU: under vmap, chunks of about 32 MNIST digits
+    # over the whole batch, at least one point per example; outside a vmap, on
+    # other backends, or when one chunk would hold every point: all at once.
+    digit = jnp.zeros((1, 28, 28))
+
+    def chunk(batch, n_points=50, x=digit):
+        got = []
+        jax.vmap(lambda v: got.append(auto_chunk_size(v, n_points)) or v)(
+            jnp.stack([x] * batch)
+        )
+        return got[0]
+
+    assert [chunk(b) for b in (2, 8, 16, 32, 64, 256)] == [16, 4, 2, 1, 1, 1]
+    assert chunk(16, n_points=2) is None and chunk(1) is None
+    assert auto_chunk_size(digit, 50) is None  # no vmap
+    assert chunk(8, x=jnp.zeros((3, 224, 224))) == 1
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunk(16) is None
+
+
+def test_auto_chunks_agree_and_scan_only_under_vmap():
+    model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
+    xs = jax.random.uniform(jax.random.key(1), (16, 1, 28, 28))  # chunks of 2
+    ts = jnp.arange(16) % 10
+    run = eqx.filter_jit(
+        lambda ig, xs, ts: eqx.filter_vmap(lambda x, t: ig(x, t))(xs, ts)
+    )
+    auto = xa.IntegratedGradients(model, n_steps=6)
+    assert auto.chunk_size == "auto"
+    whole = xa.IntegratedGradients(model, n_steps=6, chunk_size=None)
+    np.testing.assert_allclose(
+        run(auto, xs, ts), run(whole, xs, ts), rtol=1e-5, atol=1e-7
+    )
+    batched = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: auto(x, 3))(xs))(xs)
+    assert "scan" in _primitives(batched.jaxpr)
+    one = jax.make_jaxpr(lambda x: auto(x, 3))(xs[0])
+    assert "scan" not in _primitives(one.jaxpr)
+    # Caught by the beartype check in the test run (a TypeError), else by ours.
+    with pytest.raises((ValueError, TypeError), match="chunk_size"):
+        xa.IntegratedGradients(model, chunk_size="fast")  # pyright: ignore
 
 
 def test_parts_split_the_points_and_agree():

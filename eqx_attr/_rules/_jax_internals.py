@@ -171,6 +171,28 @@ def is_tracer(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 
 
+def vmapped_size() -> int:
+    """How many copies of the code being traced run at once: the product of the
+    sizes of every `jax.vmap` around this point of tracing (1 outside any; a
+    `jax.jit` called under a vmap counts it too, since its program is batched).
+
+    Only a performance hint (the chunking of IG's path points on CPU): it reads
+    JAX's current trace, which has no public API, and answers 1 where that fails.
+    """
+    try:
+        from jax._src import core
+        from jax._src.interpreters import batching
+
+        size, level = 1, core.trace_ctx.trace
+        while level is not None:
+            if isinstance(level, batching.BatchTrace):
+                size *= int(level.axis_data.size)
+            level = getattr(level, "parent_trace", None)
+        return size
+    except (ImportError, AttributeError, TypeError):
+        return 1
+
+
 def self_check() -> None:
     """Raise `RuntimeError` if this JAX no longer matches what the engine assumes."""
 
@@ -209,6 +231,13 @@ def self_check() -> None:
     out = bind(closed.jaxpr.eqns[0], [jnp.ones((3, 3)), jnp.ones(3)])
     if len(out) != 1 or out[0].shape != (3,):
         raise problem("re-binding an equation with its params failed")
+
+    sizes = []
+    jax.jit(jax.vmap(jax.vmap(lambda z: sizes.append(vmapped_size()) or z)))(
+        jnp.ones((3, 4))
+    )
+    if sizes != [12] or vmapped_size() != 1:
+        raise problem(f"the sizes of enclosing vmaps are no longer found ({sizes})")
 
     def scoped_fn(z):
         with jax.named_scope("eqx.nn.BatchNorm"):
