@@ -181,37 +181,72 @@ def test_chunked_equals_unchunked():
             np.testing.assert_allclose(jcall(ig, x, 2), full, rtol=1e-5, atol=1e-6)
 
 
+def _conv_scores(groups: int = 1, wrap=lambda f: f):
+    """A one-convolution "model" for any `(C, H, W)` input: 4 scores."""
+
+    def model(v):
+        w = jnp.ones((4, v.shape[0] // groups, 3, 3), v.dtype)
+        conv = lambda v: jax.lax.conv_general_dilated(
+            v[None], w, (1, 1), "SAME", feature_group_count=groups
+        )
+        return wrap(conv)(v).mean(axis=(2, 3))[0]
+
+    return model
+
+
 def test_auto_chunks_hold_about_32_digits_over_the_batch(monkeypatch):
     # "auto" (the default) on CPU: under vmap, chunks of about 32 MNIST digits
     # over the whole batch, at least one point per example; outside a vmap, on
     # other backends, or when one chunk would hold every point: all at once.
     digit = jnp.zeros((1, 28, 28))
 
-    def chunk(batch, n_points=50, x=digit):
+    conv = _conv_scores()
+
+    def chunk(batch, n_points=50, x=digit, model=conv, parts=1):
         got = []
-        jax.vmap(lambda v: got.append(auto_chunk_size(v, n_points)) or v)(
+        jax.vmap(lambda v: got.append(auto_chunk_size(model, v, n_points, parts)) or v)(
             jnp.stack([x] * batch)
         )
         return got[0]
 
     assert [chunk(b) for b in (2, 8, 16, 32, 64, 256)] == [16, 4, 2, 1, 1, 1]
     assert chunk(16, n_points=2) is None and chunk(1) is None
-    assert auto_chunk_size(digit, 50) is None  # no vmap
-    assert chunk(8, x=jnp.zeros((3, 224, 224))) == 1
+    assert auto_chunk_size(_conv_scores(), digit, 50) is None  # no vmap
+    # One point per example over the batch at most 256 digits' worth: not 512
+    # digits, nor eight 224x224 RGB images.
+    assert chunk(512) is None and chunk(8, x=jnp.zeros((3, 224, 224))) is None
+    # A chunk must hold fewer points than each of the `parts` slices of every
+    # point at once: 50 points in 4 slices hold 12 or 13 each.
+    assert [chunk(b, parts=4) for b in (2, 4, 8, 64)] == [None, 8, 4, 1]
+    image = jnp.zeros((3, 64, 64))
+    assert chunk(8, n_points=4, x=image, parts=4) is None
+    assert chunk(8, n_points=8, x=image, parts=4) == 1
+    # Convolutions inside `jax.jit` are computed as matrix products in the scan.
+    assert chunk(16, model=_conv_scores(wrap=jax.jit)) == 2
+    # Only models whose every convolution the loop body rewrites are chunked:
+    # not dense ones (one large matrix product is fastest), nor ones with a
+    # grouped convolution or a convolution inside a checkpoint (XLA's own
+    # convolution then runs in the loop body, several times slower).
+    dense = lambda v: v.reshape(-1)[:10] * 2.0
+    assert chunk(16, model=dense) is None
+    assert chunk(16, x=jnp.zeros((2, 28, 28)), model=_conv_scores(groups=2)) is None
+    assert chunk(16, model=_conv_scores(wrap=jax.checkpoint)) is None
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert chunk(16) is None
 
 
 def test_auto_chunks_agree_and_scan_only_under_vmap():
     model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
-    xs = jax.random.uniform(jax.random.key(1), (16, 1, 28, 28))  # chunks of 2
+    xs = jax.random.uniform(
+        jax.random.key(1), (16, 1, 28, 28)
+    )  # chunks of 2 (< 12 / 4 parts)
     ts = jnp.arange(16) % 10
     run = eqx.filter_jit(
         lambda ig, xs, ts: eqx.filter_vmap(lambda x, t: ig(x, t))(xs, ts)
     )
-    auto = xa.IntegratedGradients(model, n_steps=6)
+    auto = xa.IntegratedGradients(model, n_steps=12)
     assert auto.chunk_size == "auto"
-    whole = xa.IntegratedGradients(model, n_steps=6, chunk_size=None)
+    whole = xa.IntegratedGradients(model, n_steps=12, chunk_size=None)
     np.testing.assert_allclose(
         run(auto, xs, ts), run(whole, xs, ts), rtol=1e-5, atol=1e-7
     )
@@ -219,6 +254,9 @@ def test_auto_chunks_agree_and_scan_only_under_vmap():
     assert "scan" in _primitives(batched.jaxpr)
     one = jax.make_jaxpr(lambda x: auto(x, 3))(xs[0])
     assert "scan" not in _primitives(one.jaxpr)
+    mlp = xa.IntegratedGradients(xa.models.MLP(key=jax.random.key(0)), n_steps=12)
+    dense = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: mlp(x, 3))(xs))(xs)
+    assert "scan" not in _primitives(dense.jaxpr)
     # Caught by the beartype check in the test run (a TypeError), else by ours.
     with pytest.raises((ValueError, TypeError), match="chunk_size"):
         xa.IntegratedGradients(model, chunk_size="fast")  # pyright: ignore

@@ -22,7 +22,7 @@ from .._attribution import (
     check_positive_int,
     scalar_function,
 )
-from .._rules import _jax_internals as ji
+from .._rules import _fast_conv, _jax_internals as ji
 from .._rules._fast_derivatives import loop_body
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
@@ -85,16 +85,23 @@ class IntegratedGradients(AbstractAttribution):
         same vectorised pass).
     - `chunk_size`: evaluate at most this many path points at a time (bounded
         memory, via `jax.lax.scan`); `None` evaluates all at once. `"auto"`
-        (default): on CPU, under `jax.vmap` (a batch of examples), chunks that
-        hold about 32 MNIST digits' worth of input (25,088 elements) over the
-        whole batch, at least one point per example: 2 points per example for
-        16 digits, 1 for 64 digits or for 224x224 images; all at once on other
-        backends, outside a vmap, or when one chunk would hold every point.
-        XLA:CPU runs such small chunks faster than one large batch (their
-        buffers stay in cache, and the library computes convolutions in loop
-        bodies as matrix products): on a 2-core AMD EPYC, SmallCNN IG (50 steps)
-        took 0.56x the time for 16 digits and 0.70x for 64, ResNet-18 and
-        ViT-Tiny IG (8 images, 8 steps) 0.82x and 0.57x; an MLP's within noise.
+        (default) chunks only where that is faster: on CPU, under `jax.vmap` (a
+        batch of examples), for models that convolve, chunks that hold about 32
+        MNIST digits' worth of input (25,088 elements) over the whole batch, at
+        least one point per example (2 per example for 16 digits, 1 for 64).
+        XLA:CPU runs such chunks faster than one large batch: their buffers stay
+        in cache, and the library computes convolutions in loop bodies as matrix
+        products (SmallCNN IG, 50 steps, 2-core AMD EPYC: about 0.9x the time
+        of all at once for 16 to 256 digits, with a fraction of the memory, but
+        about 2 s longer to compile). Every point at once elsewhere: on other
+        backends; outside a vmap; for models without convolutions (dense layers
+        run fastest as one large matrix product: an MLP's IG over 64 digits took
+        1.6x as long in chunks of one point); for models with a convolution the
+        loop body cannot rewrite (grouped, input-dilated, or inside a checkpoint
+        or custom derivative); when one point per example over the batch is
+        more than 256 digits' worth (eight 224x224 images: ResNet-18 IG ran as
+        fast or slower in chunks); and when a chunk would hold as many points as
+        one of the `parts` slices.
     - `unroll_chunks`: with an integer `chunk_size`, write the chunks out one
         after another (sequenced with `jax.lax.optimization_barrier`) instead of
         scanning them, so the model's program is not in a loop body. Compile time
@@ -164,7 +171,9 @@ class IntegratedGradients(AbstractAttribution):
         b = draw_baselines(self.baseline, x, key)
         chunk, unroll = self.chunk_size, self.unroll_chunks
         if chunk == "auto":
-            chunk, unroll = auto_chunk_size(x, b.shape[0] * self.n_steps), False
+            n_points = b.shape[0] * self.n_steps
+            chunk = auto_chunk_size(self.model, x, n_points, self.parts)
+            unroll = False
         mean_grads = path_mean_gradients(
             f, x, b, self.method, self.n_steps, chunk, unroll, self.parts
         )
@@ -178,18 +187,32 @@ class IntegratedGradients(AbstractAttribution):
 # What `chunk_size="auto"` holds per chunk on CPU, over the whole batch: the input
 # elements of 32 MNIST digits (see `IntegratedGradients.chunk_size`).
 AUTO_CHUNK_ELEMENTS = 32 * 28 * 28
+# Beyond this many per point (over the batch), `"auto"` does not chunk: 256 digits.
+AUTO_MAX_ELEMENTS = 8 * AUTO_CHUNK_ELEMENTS
 
 
-def auto_chunk_size(x: Array, n_points: int) -> int | None:
-    """The chunk size `"auto"` means for one example `x` with `n_points` path
-    points (draws x steps), traced now: see `IntegratedGradients.chunk_size`."""
+def auto_chunk_size(
+    model: Callable, x: Array, n_points: int, parts: int = 1
+) -> int | None:
+    """The chunk size `"auto"` means for `model` on one example `x` with
+    `n_points` path points (draws x steps) in `parts` slices, traced now: see
+    `IntegratedGradients.chunk_size`."""
     if jax.default_backend() != "cpu":
         return None
     batch = ji.vmapped_size()
     if batch < 2:
         return None
-    chunk = max(1, AUTO_CHUNK_ELEMENTS // (batch * max(x.size, 1)))
-    return None if chunk >= n_points else chunk
+    per_point = batch * max(x.size, 1)
+    if per_point > AUTO_MAX_ELEMENTS:
+        return None  # even one point per example is far too large for the cache
+    chunk = max(1, AUTO_CHUNK_ELEMENTS // per_point)
+    # A chunk as large as one of the slices that every point at once is split into
+    # keeps no more in cache, and loses the slices' concurrency.
+    if chunk * min(parts, n_points) >= n_points:
+        return None
+    # Only conv nets gain: dense layers run fastest as one large matrix product.
+    program = jax.make_jaxpr(model)(x).jaxpr
+    return chunk if _fast_conv.convolves_fast_in_loops(program) else None
 
 
 def _weighted_gradients(
