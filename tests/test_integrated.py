@@ -237,19 +237,25 @@ def test_auto_chunks_hold_about_32_digits_over_the_batch(monkeypatch):
 
 def test_auto_chunks_agree_and_scan_only_under_vmap():
     model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
-    xs = jax.random.uniform(
-        jax.random.key(1), (16, 1, 28, 28)
-    )  # chunks of 2 (< 12 / 4 parts)
+    # 16 digits: chunks of 2 points per digit (fewer than 12 / 4 parts).
+    xs = jax.random.uniform(jax.random.key(1), (16, 1, 28, 28))
     ts = jnp.arange(16) % 10
     run = eqx.filter_jit(
         lambda ig, xs, ts: eqx.filter_vmap(lambda x, t: ig(x, t))(xs, ts)
     )
     auto = xa.IntegratedGradients(model, n_steps=12)
     assert auto.chunk_size == "auto"
+    # The same program as chunks of 2. (Chunked against unchunked conv IG differ
+    # by rounding: the loop body's convolutions are im2col products, and a ReLU
+    # within an ulp of 0 may flip; `test_chunked_equals_unchunked` and
+    # tests/test_fast_conv.py check those equalities where they are exact.)
+    two = xa.IntegratedGradients(model, n_steps=12, chunk_size=2)
+    np.testing.assert_allclose(run(auto, xs, ts), run(two, xs, ts), rtol=1e-6)
     whole = xa.IntegratedGradients(model, n_steps=12, chunk_size=None)
-    np.testing.assert_allclose(
-        run(auto, xs, ts), run(whole, xs, ts), rtol=1e-5, atol=1e-7
-    )
+    a, b = np.asarray(run(auto, xs, ts)), np.asarray(run(whole, xs, ts))
+    # Equal up to rounding, but for the few pixels a flipped ReLU may touch.
+    close = np.isclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    assert close.mean() > 0.999, close.mean()
     batched = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: auto(x, 3))(xs))(xs)
     assert "scan" in _primitives(batched.jaxpr)
     one = jax.make_jaxpr(lambda x: auto(x, 3))(xs[0])
