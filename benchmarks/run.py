@@ -597,9 +597,6 @@ def evaluate_targets(
         status = "n/a" if ok is None else ("met" if ok else "MISSED")
         out.append({"target": target, "measured": measured, "status": status})
 
-    def default_chunks(r: H.Result) -> bool:
-        return r.extra.get("chunk_size", "auto") == "auto" and r.kind == "peer"
-
     if device == "gpu":
         peer = [r for r in results if r.kind == "peer"]
         worst = max(peer, key=lambda r: r.ratio, default=None)
@@ -612,19 +609,15 @@ def evaluate_targets(
         one = threads == 1
         where = "CPU, 1 thread" if one else f"CPU, {threads or 'all'} threads"
         for r in results:
-            if "/ig-" not in r.name or not default_chunks(r):
+            # IG with the default chunks against Captum's.
+            if "/ig-" not in r.name or r.kind != "peer":
+                continue
+            if r.extra.get("chunk_size", "auto") != "auto":
                 continue
             limit = {"mlp": 0.7, "cnn": 1.0 if one else 0.8}.get(r.model)
-            add(
-                f"{where}: {r.name}, batch {r.batch}, "
-                + (
-                    "as close to Captum as possible"
-                    if limit is None
-                    else f"<= {limit}x Captum"
-                ),
-                f"{r.ratio:.2f}x",
-                None if limit is None else r.ratio <= limit,
-            )
+            goal = f"<= {limit}x Captum" if limit else "as close to Captum as possible"
+            ok = None if limit is None else r.ratio <= limit
+            add(f"{where}: {r.name}, batch {r.batch}, {goal}", f"{r.ratio:.2f}x", ok)
         for r in results:
             if one and r.name == "cnn/gradients":
                 add(
@@ -656,8 +649,8 @@ def evaluate_targets(
             )
     conv = [r for r in results if r.model == "cnn" and r.kind == "memory"]
     whole = next((r for r in conv if r.extra.get("chunk_size") is None), None)
-    for r in conv:
-        if whole is not None and isinstance(r.extra.get("chunk_size"), int):
+    for r in conv if whole is not None else []:
+        if isinstance(r.extra.get("chunk_size"), int):
             add(
                 f"{r.name}: chunked conv IG <= 1.3x the unchunked time",
                 f"{r.ours_s / whole.ours_s:.2f}x ({r.ours_s * 1e3:.1f} vs "

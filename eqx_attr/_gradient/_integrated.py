@@ -22,8 +22,8 @@ from .._attribution import (
     check_positive_int,
     scalar_function,
 )
-from .._rules import _fast_conv, _jax_internals as ji
-from .._rules._fast_derivatives import loop_body
+from .._rules import _jax_internals as ji
+from .._rules._fast_derivatives import convolves_fast_in_loops, loop_body
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
 QUADRATURES = (
@@ -91,17 +91,18 @@ class IntegratedGradients(AbstractAttribution):
         least one point per example (2 per example for 16 digits, 1 for 64).
         XLA:CPU runs such chunks faster than one large batch: their buffers stay
         in cache, and the library computes convolutions in loop bodies as matrix
-        products (SmallCNN IG, 50 steps, 2-core AMD EPYC: about 0.9x the time
-        of all at once for 16 to 256 digits, with a fraction of the memory, but
-        about 2 s longer to compile). Every point at once elsewhere: on other
-        backends; outside a vmap; for models without convolutions (dense layers
-        run fastest as one large matrix product: an MLP's IG over 64 digits took
-        1.6x as long in chunks of one point); for models with a convolution the
-        loop body cannot rewrite (grouped, input-dilated, or inside a checkpoint
-        or custom derivative); when one point per example over the batch is
-        more than 256 digits' worth (eight 224x224 images: ResNet-18 IG ran as
-        fast or slower in chunks); and when a chunk would hold as many points as
-        one of the `parts` slices.
+        products (SmallCNN IG, 50 steps, 2-core AMD EPYC: 0.86-0.92x the time
+        of all at once for 16, 64 and 256 digits, within noise for 128, with a
+        fraction of the memory, but about 1 s longer to compile). Every point
+        at once elsewhere: on other backends; outside a vmap; for models
+        without convolutions (dense layers run fastest as one large matrix
+        product: an MLP's IG over 64 digits took 1.6x as long in chunks of one
+        point); for models with a convolution the loop body cannot rewrite
+        (grouped, input-dilated, or inside a checkpoint or custom derivative);
+        when one point per example over the batch is more than 256 digits'
+        worth (eight 224x224 images: ResNet-18 IG ran as fast or slower in
+        chunks); and when a chunk would hold as many points as one of the
+        `parts` slices.
     - `unroll_chunks`: with an integer `chunk_size`, write the chunks out one
         after another (sequenced with `jax.lax.optimization_barrier`) instead of
         scanning them, so the model's program is not in a loop body. Compile time
@@ -211,8 +212,7 @@ def auto_chunk_size(
     if chunk * min(parts, n_points) >= n_points:
         return None
     # Only conv nets gain: dense layers run fastest as one large matrix product.
-    program = jax.make_jaxpr(model)(x).jaxpr
-    return chunk if _fast_conv.convolves_fast_in_loops(program) else None
+    return chunk if convolves_fast_in_loops(model, x) else None
 
 
 def _weighted_gradients(

@@ -81,27 +81,6 @@ def replaceable(eqn: Any, loop: bool = False) -> bool:
     return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS)
 
 
-def _loop_convs(jaxpr: Any, reached: bool = True) -> list[bool]:
-    """For each convolution in `jaxpr` (and its sub-jaxprs): whether it is
-    computed as a matrix product in a loop body. `jax.jit` bodies are rewritten
-    too; checkpoint, custom-derivative and loop bodies are bound unchanged."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == CONV:
-            found.append(reached and replaceable(eqn, loop=True))
-        for sub, _ in ji.sub_jaxprs(eqn):
-            found += _loop_convs(sub, reached and eqn.primitive.name in ji.JIT)
-    return found
-
-
-def convolves_fast_in_loops(jaxpr: Any) -> bool:
-    """Whether `jaxpr` has convolutions and every one of them is computed as a
-    matrix product in the library's loop bodies: then chunks of a batch, scanned,
-    run faster on CPU than the whole batch at once (IG's `chunk_size="auto"`)."""
-    convs = _loop_convs(jaxpr)
-    return bool(convs) and all(convs)
-
-
 def _layouts(eqn: Any):
     """For `eqn`: the weights as `(O, I, *kernel)`; the output's layout from
     `(N, O, *spatial)`; and `taps(x, w, last)`: the strided view of the padded

@@ -76,6 +76,27 @@ def _replaces_some(jaxpr: Any, mode: str) -> bool:
     return False
 
 
+def _loop_convs(jaxpr: Any, reached: bool = True) -> list[bool]:
+    """For each convolution in `jaxpr` and its sub-jaxprs: whether the pass
+    replaces it in a loop body (`jax.jit` bodies are evaluated with the same
+    table; checkpoint, custom-derivative and loop bodies are bound unchanged)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == _fast_conv.CONV:
+            found.append(reached and _fast_conv.replaceable(eqn, loop=True))
+        for sub, _ in ji.sub_jaxprs(eqn):
+            found += _loop_convs(sub, reached and eqn.primitive.name in ji.JIT)
+    return found
+
+
+def convolves_fast_in_loops(fn: Callable[..., Any], *args: Any) -> bool:
+    """Whether `fn(*args)` has convolutions and, traced in a [`loop_body`][], all
+    of them become matrix products: then chunks of a batch, scanned, run faster on
+    CPU than the whole batch at once (IG's `chunk_size="auto"`)."""
+    convs = _loop_convs(trace(fn, *args).closed.jaxpr)
+    return bool(convs) and all(convs)
+
+
 def fast_derivatives(fn: Callable[..., Any], *, convs: bool = True) -> Callable:
     """`fn` with the same values and derivatives, computed faster (see above).
 
