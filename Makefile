@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 FILTER := 2>&1 | grep -v "is ignored: it is neither" || true
 
-.PHONY: demo test lint bench docs venv clean
+.PHONY: demo test test-isa lint bench docs venv clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+
+# The whole suite again as XLA:CPU compiles it for other CPUs: vector width, and so
+# summation order and fusions, follow the instruction set (tests/conftest.py adds
+# these flags to its own; tests/helpers.py holds the one tolerance policy).
+ISAS ?= AVX2 SSE4_2
+test-isa: $(STAMP)
+	set -e; for isa in $(ISAS); do \
+	  echo "== the suite under --xla_cpu_max_isa=$$isa"; \
+	  XLA_FLAGS="--xla_cpu_max_isa=$$isa" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check eqx_attr tests benchmarks

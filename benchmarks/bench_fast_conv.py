@@ -1,7 +1,7 @@
 """The convolution rewrite of the gradient methods, off and on, side by side.
 
 Every gradient method differentiates the model through one pass
-(`eqx_attr/_rules/_fast_derivatives.py`) that replaces max pools and, on CPU,
+(`eqx_attr/_engine/_fast_derivatives.py`) that replaces max pools and, on CPU,
 thin convolutions and the convolutions of loop bodies (`_fast_conv.py`). This
 script builds each method twice on SmallCNN (width 16, random weights), once with
 the convolutions left to XLA (`convs=False`, max pools still replaced) and once as
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import eqx_attr as xa
-from eqx_attr import _attribution, _layer_tap
-from eqx_attr._rules import _fast_derivatives
+from eqx_attr import _attribution
+from eqx_attr._engine import _fast_derivatives
+from eqx_attr._layers import _tap as _layer_tap
 from eqx_attr.models import SmallCNN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

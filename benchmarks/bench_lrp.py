@@ -121,28 +121,32 @@ def main() -> None:
         f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
         f"intra_op_parallelism_threads={args.threads}",
     )
-    import equinox as eqx
-    import jax
-    import numpy as np
     import torch
     from _torchvision_stub import install
 
-    import eqx_attr as xa
-    from eqx_attr.torch_twins import to_torch
-
-    install()
-    import captum.attr
-    import zennit.composites as zcomp
-    from zennit.torchvision import ResNetCanonizer
-
+    install()  # before Zennit and Captum are imported
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     batch = 4 if args.quick else args.batch
     repeats = 2 if args.quick else args.repeats
-    width_mlp, width_cnn = (16, 4) if args.quick else (256, 16)
+    models = build_models(args)
+    rows = []
+    for name, (make_twins, model, shape, n_classes) in models.items():
+        data = inputs(batch, shape, n_classes)
+        for method, peer, f_ours, f_peer in pairs(name, make_twins, model, data):
+            rows.append(compare(name, method, peer, f_ours, f_peer, repeats))
+    lines = report(args, models, rows, batch, repeats, load0)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+def pooled_cnn(twin):
+    """SmallCNN's twin with its mean as a module, so Zennit and Captum see it."""
+    import torch
 
     class PooledCNN(torch.nn.Module):
-        # SmallCNN's twin with its mean as a module, so Zennit and Captum see it.
         def __init__(self, twin):
             super().__init__()
             self.conv1, self.conv2, self.fc = twin.conv1, twin.conv2, twin.fc
@@ -151,6 +155,17 @@ def main() -> None:
         def forward(self, x):
             return self.fc(self.pool(self.conv2(self.conv1(x))).flatten(1))
 
+    return PooledCNN(twin)
+
+
+def build_models(args: argparse.Namespace) -> dict:
+    """Name -> (make twins, model, input shape, classes) for `--models`."""
+    import jax
+
+    import eqx_attr as xa
+    from eqx_attr.torch_twins import to_torch
+
+    width_mlp, width_cnn = (16, 4) if args.quick else (256, 16)
     key = jax.random.key(0)
     models = {}
     if "mlp" in args.models:
@@ -159,7 +174,7 @@ def main() -> None:
     if "smallcnn" in args.models:
         cnn = xa.models.SmallCNN(width=width_cnn, key=key)
         models["SmallCNN"] = (
-            lambda m: (PooledCNN(to_torch(m)),) * 2,
+            lambda m: (pooled_cnn(to_torch(m)),) * 2,
             cnn,
             (1, 28, 28),
             10,
@@ -169,75 +184,92 @@ def main() -> None:
         r18 = xa.models.resnet18(width=8 if args.quick else 64, key=key)
         r18 = random_batch_norms(r18, jax.random.key(4))
         models["ResNet-18"] = (resnet_twins, r18, (3, side, side), 1000)
+    return models
 
-    def inputs(shape, n_classes):
-        xs = jax.random.uniform(jax.random.key(1), (batch, *shape))
-        ts = jax.random.randint(jax.random.key(2), (batch,), 0, n_classes)
-        xt = torch.tensor(np.asarray(xs))
-        tt = torch.tensor(np.asarray(ts), dtype=torch.long)
-        return xs, ts, xt, tt
+
+def inputs(batch: int, shape: tuple, n_classes: int) -> tuple:
+    """`(xs, ts, xt, tt)`: a random batch and targets, in JAX and in torch."""
+    import jax
+    import numpy as np
+    import torch
+
+    xs = jax.random.uniform(jax.random.key(1), (batch, *shape))
+    ts = jax.random.randint(jax.random.key(2), (batch,), 0, n_classes)
+    xt = torch.tensor(np.asarray(xs))
+    tt = torch.tensor(np.asarray(ts), dtype=torch.long)
+    return xs, ts, xt, tt
+
+
+def pairs(name: str, make_twins, model, data: tuple) -> list[tuple]:
+    """`(method, peer, ours, theirs)`: EpsilonPlusFlat against Zennit, Epsilon
+    against Captum's LRP; `ours` and `theirs` are zero-argument calls."""
+    import captum.attr
+    import equinox as eqx
+    import jax
+    import torch
+    import zennit.composites as zcomp
+    from zennit.torchvision import ResNetCanonizer
+
+    import eqx_attr as xa
+
+    xs, ts, xt, tt = data
+    zennit_twin, captum_twin = (t.eval() for t in make_twins(model))
+    canonizers = [ResNetCanonizer()] if name == "ResNet-18" else None
 
     def ours(method):
         f = eqx.filter_jit(eqx.filter_vmap(method))
         return lambda: jax.block_until_ready(f(xs, ts))
 
-    def zennit(twin, canonizers):
-        comp = zcomp.EpsilonPlusFlat(canonizers=canonizers)
+    comp = zcomp.EpsilonPlusFlat(canonizers=canonizers)
 
-        def run():
-            x = xt.clone().requires_grad_(True)
-            with comp.context(twin) as m:
-                out = m(x)
-                mask = torch.nn.functional.one_hot(tt, out.shape[1]).to(out)
-                (g,) = torch.autograd.grad(out, x, grad_outputs=out * mask)
-            return g
+    def zennit():
+        x = xt.clone().requires_grad_(True)
+        with comp.context(zennit_twin) as m:
+            out = m(x)
+            mask = torch.nn.functional.one_hot(tt, out.shape[1]).to(out)
+            (g,) = torch.autograd.grad(out, x, grad_outputs=out * mask)
+        return g
 
-        return run
+    lrp = captum.attr.LRP(captum_twin)
+    return [
+        ("EpsilonPlusFlat", "Zennit", ours(xa.LRP(model)), zennit),
+        (
+            "Epsilon (Captum's rules)",
+            "Captum LRP",
+            ours(xa.LRP(model, rule=xa.lrp.Epsilon(1e-9))),
+            lambda: lrp.attribute(xt.clone(), target=tt),
+        ),
+    ]
 
-    def captum_lrp(twin):
-        lrp = captum.attr.LRP(twin)
-        return lambda: lrp.attribute(xt.clone(), target=tt)
 
-    def timed(fn):
-        t = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t, out
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
 
-    rows = []
-    for name, (make_twins, model, shape, n_classes) in models.items():
-        xs, ts, xt, tt = inputs(shape, n_classes)
-        zennit_twin, captum_twin = (t.eval() for t in make_twins(model))
-        canonizers = [ResNetCanonizer()] if name == "ResNet-18" else None
-        pairs = [
-            (
-                "EpsilonPlusFlat",
-                "Zennit",
-                ours(xa.LRP(model)),
-                zennit(zennit_twin, canonizers),
-            ),
-            (
-                "Epsilon (Captum's rules)",
-                "Captum LRP",
-                ours(xa.LRP(model, rule=xa.lrp.Epsilon(1e-9))),
-                captum_lrp(captum_twin),
-            ),
-        ]
-        for method, peer, f_ours, f_peer in pairs:
-            first, a = timed(f_ours)
-            _, b = timed(f_peer)
-            t_ours, t_peer = [], []
-            for _ in range(repeats):
-                t_ours.append(timed(f_ours)[0])
-                t_peer.append(timed(f_peer)[0])
-            diff = float(np.abs(np.asarray(a) - b.detach().numpy()).max())
-            ref = float(np.abs(b.detach().numpy()).max())
-            mo, mp = statistics.median(t_ours), statistics.median(t_peer)
-            rows.append((name, method, peer, mo, mp, mo / mp, first, diff, ref))
-            print(f"{name:9s} {method:26s} vs {peer:10s} ours {mo * 1e3:8.1f} ms "
-                  f"peer {mp * 1e3:8.1f} ms ratio {mo / mp:5.2f} "
-                  f"max|diff| {diff:.1e} (max|ref| {ref:.1e}) "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
+def compare(name, method, peer, f_ours, f_peer, repeats) -> tuple:
+    """Time both sides interleaved (after a warm-up) and compare their outputs."""
+    import numpy as np
+
+    first, a = timed(f_ours)
+    _, b = timed(f_peer)
+    t_ours, t_peer = [], []
+    for _ in range(repeats):
+        t_ours.append(timed(f_ours)[0])
+        t_peer.append(timed(f_peer)[0])
+    diff = float(np.abs(np.asarray(a) - b.detach().numpy()).max())
+    ref = float(np.abs(b.detach().numpy()).max())
+    mo, mp = statistics.median(t_ours), statistics.median(t_peer)
+    print(f"{name:9s} {method:26s} vs {peer:10s} ours {mo * 1e3:8.1f} ms "
+          f"peer {mp * 1e3:8.1f} ms ratio {mo / mp:5.2f} "
+          f"max|diff| {diff:.1e} (max|ref| {ref:.1e}) "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    return (name, method, peer, mo, mp, mo / mp, first, diff, ref)
+
+
+def report(args, models, rows, batch, repeats, load0) -> list[str]:
+    """The Markdown report's lines."""
     lines = [
         "# LRP vs Zennit and Captum (CPU)",
         "",
@@ -272,10 +304,7 @@ def main() -> None:
             f"| {name} | {method} | {peer} | {mo * 1e3:.1f} | {mp * 1e3:.1f} | "
             f"{ratio:.2f} | {first:.1f} | {diff:.1e} | {ref:.1e} |"
         )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    return lines
 
 
 if __name__ == "__main__":

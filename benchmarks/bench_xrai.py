@@ -23,7 +23,7 @@ import saliency.core as sc
 from skimage import data, transform
 
 import eqx_attr as xa
-from eqx_attr._pair import _xrai_regions
+from eqx_attr._region import _xrai_regions
 
 
 def _time(fn, repeats, before=lambda: None):
@@ -71,7 +71,7 @@ def main():
     for label, channels, side in setups:
         model = xa.models.SmallCNN(in_channels=channels, key=jax.random.key(0))
         x = _photo(channels, side)
-        method = eqx.filter_jit(xa.XRAI(model, n_steps=args.steps, return_ranks=True))
+        method = eqx.filter_jit(xa.XRAI(model, n_steps=args.steps).heat_and_ranks)
         xj = jnp.asarray(x)
         ours = lambda: jax.block_until_ready(method(xj, target))  # noqa: E731
         call = _pair_call(model, target)

@@ -2,8 +2,10 @@
 
 A name is public when its module lists it in `__all__`, or, for a module without
 `__all__`, when it is defined there (a top-level `def`, `class` or assignment whose
-name has no leading underscore) or re-exported with a redundant alias
-(`from ._x import Y as Y`, the Equinox convention). `eqx_attr` also exports the
+name has no leading underscore), re-exported with a redundant alias
+(`from ._x import Y as Y`, the Equinox convention) or star-imported from a module
+that is public by these rules (`from ._gradient import *`: each method family
+exports its modules' `__all__`). `eqx_attr` also exports the
 submodules of its `_LAZY` table.
 """
 
@@ -32,11 +34,9 @@ SUBMODULES = (
 def _names_from_source(path: pathlib.Path) -> list[str]:
     tree = ast.parse(path.read_text())
     names: list[str] = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
-        ):
-            return [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
+    exported = _dunder_all(tree)
+    if exported is not None:
+        return exported
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             names.append(node.name)
@@ -44,6 +44,8 @@ def _names_from_source(path: pathlib.Path) -> list[str]:
             names += [t.id for t in node.targets if isinstance(t, ast.Name)]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append(node.target.id)
+        elif isinstance(node, ast.ImportFrom) and [a.name for a in node.names] == ["*"]:
+            names += _names_from_source(_relative_file(path, node))
         elif isinstance(node, ast.ImportFrom):
             names += [a.asname for a in node.names if a.asname == a.name]
         elif isinstance(node, ast.Import):
@@ -51,14 +53,44 @@ def _names_from_source(path: pathlib.Path) -> list[str]:
     return [n for n in dict.fromkeys(names) if not n.startswith("_")]
 
 
-def _module_file(module: str) -> pathlib.Path:
+def _dunder_all(tree: ast.Module) -> list[str] | None:
+    # `__all__ = [...]`, and `__all__ += [...]` after it; None without `__all__`.
+    names: list[str] | None = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            names = list(ast.literal_eval(node.value))
+        elif (
+            isinstance(node, ast.AugAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == "__all__"
+            and names is not None
+        ):
+            names += list(ast.literal_eval(node.value))
+    return names
+
+
+def _relative_file(path: pathlib.Path, node: ast.ImportFrom) -> pathlib.Path:
+    # `from ._family import *` (the families export their methods this way).
+    if node.level == 0 or node.module is None:
+        raise AssertionError(f"{path}: only relative star imports are read")
+    package = path.parent
+    for _ in range(node.level - 1):
+        package = package.parent
+    rel = package.joinpath(*node.module.split("."))
+    init = rel / "__init__.py"
+    return init if init.exists() else rel.with_suffix(".py")
+
+
+def _module_file(module: str, root: pathlib.Path = ROOT) -> pathlib.Path:
     rel = pathlib.Path(*module.split("."))
-    package = ROOT / rel / "__init__.py"
-    return package if package.exists() else ROOT / rel.with_suffix(".py")
+    package = root / rel / "__init__.py"
+    return package if package.exists() else root / rel.with_suffix(".py")
 
 
-def _lazy_names() -> list[str]:
-    tree = ast.parse(_module_file("eqx_attr").read_text())
+def _lazy_names(root: pathlib.Path = ROOT) -> list[str]:
+    tree = ast.parse(_module_file("eqx_attr", root).read_text())
     for node in tree.body:
         if (
             isinstance(node, ast.AnnAssign)
@@ -68,24 +100,34 @@ def _lazy_names() -> list[str]:
     raise AssertionError("eqx_attr/__init__.py has no `_LAZY` table")
 
 
-def public_names() -> dict[str, list[str]]:
+def public_names(root: pathlib.Path = ROOT) -> dict[str, list[str]]:
     """Every public name, by module: `{"eqx_attr": [...], "eqx_attr.models": [...]}`.
+
+    **Arguments:**
+
+    - `root`: the folder holding the `eqx_attr` sources (default: this checkout).
 
     **Returns:** a dict from module path to the list of its public names.
     """
-    out = {"eqx_attr": _names_from_source(_module_file("eqx_attr"))}
-    out["eqx_attr"] += [n for n in _lazy_names() if n not in out["eqx_attr"]]
+    out = {"eqx_attr": _names_from_source(_module_file("eqx_attr", root))}
+    out["eqx_attr"] += [n for n in _lazy_names(root) if n not in out["eqx_attr"]]
     for sub in SUBMODULES:
-        out[f"eqx_attr.{sub}"] = _names_from_source(_module_file(f"eqx_attr.{sub}"))
+        path = _module_file(f"eqx_attr.{sub}", root)
+        out[f"eqx_attr.{sub}"] = _names_from_source(path)
     return out
 
 
-def public_paths() -> list[str]:
+def public_paths(root: pathlib.Path = ROOT) -> list[str]:
     """Every public name as its import path, e.g. `eqx_attr.metrics.Deletion`.
+
+    **Arguments:**
+
+    - `root`: the folder holding the `eqx_attr` sources (default: this checkout).
 
     **Returns:** a sorted list of dotted paths.
     """
-    return sorted(f"{mod}.{n}" for mod, names in public_names().items() for n in names)
+    by_module = public_names(root)
+    return sorted(f"{mod}.{n}" for mod, names in by_module.items() for n in names)
 
 
 def docstring_problems() -> list[str]:

@@ -10,28 +10,6 @@ from typing import Any as _Any
 
 from . import baselines as baselines, lrp as lrp, masks as masks, models as models
 from ._attribution import AbstractAttribution as AbstractAttribution
-from ._cam import (
-    CAM as CAM,
-    AblationCAM as AblationCAM,
-    AbstractCAM as AbstractCAM,
-    AbstractChannelScoreCAM as AbstractChannelScoreCAM,
-    AbstractGradientCAM as AbstractGradientCAM,
-    EigenCAM as EigenCAM,
-    GradCAM as GradCAM,
-    GradCAMPlusPlus as GradCAMPlusPlus,
-    GuidedGradCAM as GuidedGradCAM,
-    HiResCAM as HiResCAM,
-    LayerCAM as LayerCAM,
-    LayerSpec as LayerSpec,
-    ScoreCAM as ScoreCAM,
-    XGradCAM as XGradCAM,
-)
-from ._gradient import (
-    Gradients as Gradients,
-    GradientsXInput as GradientsXInput,
-    IntegratedGradients as IntegratedGradients,
-    SmoothGrad as SmoothGrad,
-)
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,
@@ -40,42 +18,19 @@ from ._layers import (
     layers_activation_and_gradient as layers_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
-from ._pair._blur_ig import BlurIG as BlurIG
-from ._pair._guided_ig import GuidedIG as GuidedIG
-from ._pair._xrai import XRAI as XRAI
-from ._perturbation._ablation import FeatureAblation as FeatureAblation
-from ._perturbation._kernel_shap import KernelShap as KernelShap
-from ._perturbation._lime import Lime as Lime
-from ._perturbation._occlusion import Occlusion as Occlusion
-from ._perturbation._rise import RISE as RISE
-from ._perturbation._shapley import (
-    ShapleyValues as ShapleyValues,
-    ShapleyValueSampling as ShapleyValueSampling,
-)
-from ._rules._deeplift import (
-    AbstractDeepLift as AbstractDeepLift,
-    DeepLift as DeepLift,
-    DeepLiftShap as DeepLiftShap,
-)
-from ._rules._gradient_shap import GradientShap as GradientShap
-from ._rules._guided import (
-    Deconvolution as Deconvolution,
-    GuidedBackprop as GuidedBackprop,
-)
-from ._rules._lrp import LRP as LRP
-from ._rules._relu import (
-    deconvnet_relu as deconvnet_relu,
-    guided_relu as guided_relu,
-)
-from ._rules._swap import ReLUSwapped as ReLUSwapped, swap_relu as swap_relu
 from ._runner._evaluate import evaluate_dataset as evaluate_dataset
 from ._runner._explain import explain_dataset as explain_dataset
-from ._transformer._chefer import CheferRelevance as CheferRelevance
-from ._transformer._cplrp import (
-    ConservativeLRP as ConservativeLRP,
-    conservative_model as conservative_model,
-)
-from ._transformer._rollout import AttentionRollout as AttentionRollout
+from ._version import __version__ as __version__
+
+# isort: split
+# The method families: each exports its classes (each module's `__all__`), so a
+# new method needs no line here.
+from ._cam import *  # noqa: F403
+from ._gradient import *  # noqa: F403
+from ._perturbation import *  # noqa: F403
+from ._region import *  # noqa: F403
+from ._rules import *  # noqa: F403
+from ._transformer import *  # noqa: F403
 
 # Public names whose modules pull optional dependencies (matplotlib, optax, tqdm,
 # torch, zarr, ...): name -> (module, attribute or None for the module itself).
@@ -90,12 +45,6 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 
 def __getattr__(name: str) -> _Any:
-    if name == "__version__":
-        from importlib.metadata import version
-
-        # Reading the installed metadata costs ~5 ms; every data-set run asks.
-        globals()["__version__"] = value = version("eqx_attr")
-        return value
     if name in _LAZY:
         module_name, attribute = _LAZY[name]
         module = _importlib.import_module(module_name, __name__)
@@ -106,4 +55,4 @@ def __getattr__(name: str) -> _Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "__version__"})
+    return sorted({*globals(), *_LAZY})

@@ -1,6 +1,7 @@
 """The attribution interface and the target handling every method shares."""
 
 import abc
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
-from ._rules._fast_derivatives import fast_derivatives, loop_body
+from ._engine._fast_derivatives import fast_derivatives, loop_body
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
@@ -39,6 +40,15 @@ class AbstractAttribution(eqx.Module):
 
     **Call:** `method(x, target, *, key=None)`, one example in, one attribution out.
     Batches and many targets are `eqx.filter_vmap` / `jax.vmap` over this call.
+
+    **Protected protocol (for the tools, not for users):**
+    `_attribution_and_scores(x, target, key) -> (attribution, scores or None)`.
+    The data-set runner ([`eqx_attr.explain_dataset`][]) calls it by name on every
+    method, instead of `__call__`, to store each example's target score too: a
+    method whose own forward pass gives the model's output on `x` (the gradient
+    CAMs) overrides it to return those scores, saving the runner a forward pass;
+    the default returns `(self(x, target, key=key), None)`. An override must
+    return exactly what `__call__` returns as its first element.
     """
 
     model: eqx.AbstractVar[Callable[..., Any]]
@@ -292,7 +302,7 @@ def scalar_function(
     methods differentiate. Its max pools are differentiated without XLA's
     select-and-scatter (same values, same derivatives, far less memory), and on
     CPU its thin convolutions (first layers) are computed in faster forms, equal
-    up to rounding; see `eqx_attr/_rules/_fast_derivatives.py`.
+    up to rounding; see `eqx_attr/_engine/_fast_derivatives.py`.
     """
     objective = resolve_target(model, x, target)
     call = fast_derivatives(model)
@@ -327,6 +337,126 @@ def batched_map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:
         return jax.vmap(fn)(xs)
     with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
         return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+def check_chunk_size(chunk_size: Any, *, allow_auto: bool = False) -> None:
+    """Trace-time check of an optional `chunk_size`: `None` (everything at once), an
+    int >= 1, or, where `allow_auto`, `"auto"` (the method picks it)."""
+    if chunk_size is None or (allow_auto and chunk_size == "auto"):
+        return
+    if allow_auto and isinstance(chunk_size, str):
+        raise ValueError(
+            f"`chunk_size` must be an integer >= 1, None (everything at once) or "
+            f'"auto", got {chunk_size!r}.'
+        )
+    check_positive_int(chunk_size, "chunk_size")
+
+
+def token_grid(
+    n_tokens: int, n_prefix_tokens: int, grid: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The `(h, w)` grid that the tokens after the `n_prefix_tokens` class/register
+    tokens fold into (`grid`, else the square one), or an error saying what to pass.
+    """
+    m = n_tokens - n_prefix_tokens
+    if m < 1:
+        raise ValueError(
+            f"`n_prefix_tokens={n_prefix_tokens}` leaves no patch tokens of the "
+            f"{n_tokens} tokens; it counts the class/register tokens before the "
+            "patch grid (1 for a ViT with a class token)."
+        )
+    if grid is not None:
+        h, w = grid
+        if h * w != m:
+            raise ValueError(
+                f"`grid={tuple(grid)}` has {h * w} cells but there are {m} patch "
+                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
+                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
+            )
+        return int(h), int(w)
+    side = math.isqrt(m)
+    if side * side == m:
+        return side, side
+    hint = ""
+    for k in range(1, min(n_tokens, 9)):
+        r = math.isqrt(n_tokens - k)
+        if r * r == n_tokens - k and k != n_prefix_tokens:
+            hint = f" With {k} leading class/register token(s) the rest is a "
+            hint += f"{r}x{r} grid: pass `n_prefix_tokens={k}`."
+            break
+    raise ValueError(
+        f"There are {m} patch tokens ({n_tokens} tokens minus `n_prefix_tokens="
+        f"{n_prefix_tokens}`), which is not a square grid.{hint} Count the "
+        "class/register tokens in `n_prefix_tokens`, or pass `grid=(h, w)` for a "
+        "non-square patch grid."
+    )
+
+
+def index_target(model: Callable, x: Array, target: Target) -> Target:
+    """The target as a compiled call takes it, after the trace-time checks.
+
+    `target` is checked against the model's output on `x` (`resolve_target`); a
+    Python int then becomes a 0-d int32 array, so one compilation serves every
+    class. Any other target is returned as it is.
+    """
+    resolve_target(model, x, target)
+    if _is_int_like(target):
+        return jnp.asarray(target, jnp.int32)
+    return target
+
+
+@eqx.filter_jit
+def call_compiled(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` as one compiled program (`eqx.filter_jit`).
+
+    `fn` may be a method of a Module (`method.attribute`): a bound method is a
+    PyTree whose arrays are traced, so every instance of a class with the same
+    static options shares the compilation. Inside a caller's `jit` it is inlined.
+    """
+    return fn(*args)
+
+
+class AbstractCompiledAttribution(AbstractAttribution):
+    """Base of methods that trace once and call through `eqx.filter_jit`.
+
+    For methods that expand one example into many (perturbations, path methods,
+    XRAI) or interpret the whole model (DeepLIFT, LRP): even an eager call
+    compiles the whole computation once instead of dispatching it operation by
+    operation. A concrete method implements `attribute(x, target, key)`;
+    `__call__` checks `x` and the target (`index_target`: an int becomes a 0-d
+    array) and runs `attribute` through `call_compiled`. A second output
+    (DeepLIFT's delta, XRAI's ranks) gets its own method, compiled the same way
+    by `_compiled`; `__call__` always returns what `attribute` does.
+    """
+
+    @abc.abstractmethod
+    def attribute(self, x: Array, target: Target, key: PRNGKeyArray | None) -> Any:
+        """What `__call__` returns for one checked `x` (an int target arrives as a
+        0-d array), traced inside the compiled call."""
+
+    def __call__(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> Any:
+        return self._compiled(self.attribute, x, target, key)
+
+    def _compiled(
+        self,
+        fn: Callable[[Array, Target, PRNGKeyArray | None], Any],
+        x: Image,
+        target: Target,
+        key: PRNGKeyArray | None,
+    ) -> Any:
+        """`fn(x, target, key)` (a method of `self`) after the call's checks, as
+        one compiled program."""
+        x = check_input(x)
+        return call_compiled(fn, x, self._checked_target(x, target), key)
+
+    def _checked_target(self, x: Array, target: Target) -> Target:
+        """The trace-time checks of a call; the target as `attribute` takes it.
+
+        Override to add checks of the model (LRP's batch norms), then call this.
+        """
+        return index_target(self.model, x, target)
 
 
 __all__ = [

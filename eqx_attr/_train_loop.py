@@ -129,7 +129,7 @@ def random_shift(
     return jnp.einsum("bij,bcjk,blk->bcil", sy, xs, sx)
 
 
-def _make_step(config: TrainConfig, optimizer, static, n_classes: int):
+def make_step(config: TrainConfig, optimizer, static, n_classes: int):
     """One jitted optimisation step on a minibatch.
 
     The epoch is a Python loop over this step rather than one `lax.scan`: on XLA's
@@ -160,7 +160,7 @@ def _make_step(config: TrainConfig, optimizer, static, n_classes: int):
     return step
 
 
-def _training_data(
+def training_data(
     model: Any, data: tuple[Any, Any], config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """`(images, labels, n_classes)`, checked against the model and the config."""
@@ -184,7 +184,7 @@ def _training_data(
     return xs, ys, out.shape[0]
 
 
-def _optimizer(config: TrainConfig, total: int) -> Any:
+def make_optimizer(config: TrainConfig, total: int) -> Any:
     """AdamW with a one-cycle (warm-up, cosine decay) schedule over `total` steps."""
     import optax
 

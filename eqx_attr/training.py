@@ -46,10 +46,10 @@ from jaxtyping import Array, Float, Int
 from ._train_loop import (
     TrainConfig as TrainConfig,
     TrainResult as TrainResult,
-    _make_step,
-    _optimizer,
-    _training_data,
+    make_optimizer,
+    make_step,
     random_shift as random_shift,
+    training_data,
 )
 
 # Library code never prints: messages go to this logger (shown once the
@@ -106,14 +106,14 @@ def train(
     ```
     """
     config = TrainConfig() if config is None else config
-    xs, ys, n_classes = _training_data(model, data, config)
+    xs, ys, n_classes = training_data(model, data, config)
     n = xs.shape[0]
     steps_per_epoch = n // config.batch_size
     total = steps_per_epoch * config.epochs
-    optimizer = _optimizer(config, total)
+    optimizer = make_optimizer(config, total)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
-    step = _make_step(config, optimizer, static, n_classes)
+    step = make_step(config, optimizer, static, n_classes)
 
     from tqdm.auto import tqdm
 
@@ -224,11 +224,11 @@ def _fingerprint(model: Any, config: TrainConfig, extra: dict) -> str:
 
     Arrays and their shape placeholders (`eqx.filter_eval_shape`) hash alike.
     """
-    from .models._weights import _is_param
+    from .models._weights import is_param
 
     leaves, treedef = jax.tree_util.tree_flatten(model)
     shapes = [
-        (tuple(leaf.shape), str(leaf.dtype)) if _is_param(leaf) else _describe(leaf)
+        (tuple(leaf.shape), str(leaf.dtype)) if is_param(leaf) else _describe(leaf)
         for leaf in leaves
     ]
     blob = json.dumps(

@@ -368,6 +368,56 @@ def _draw_input(ax: Any, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _draw_cell(
+    ax: Any,
+    a: np.ndarray,
+    image: np.ndarray,
+    name: str,
+    *,
+    overlay: bool | Mapping[str, bool] | None,
+    signed: bool | Mapping[str, bool] | None,
+    abs: bool | Mapping[str, bool],
+    percentile: float | int,
+    alpha: float | int,
+    reduce: str,
+) -> None:
+    """One map of `grid`, with the options given for its method `name`."""
+    over = _per_method(overlay, name, None)
+    # By default, overlay exactly the non-negative (H, W) heat maps.
+    over = (a.ndim == 2 and bool(np.all(a >= 0))) if over is None else over
+    _draw_map(
+        ax,
+        a,
+        image=image if over else None,
+        signed=_per_method(signed, name, None),
+        abs=bool(_per_method(abs, name, False)),
+        percentile=percentile,
+        alpha=alpha,
+        reduce=reduce,
+    )
+
+
+def _label_cell(
+    ax: Any,
+    i: int,
+    j: int,
+    name: str,
+    row_labels: Sequence[str] | None,
+    transpose: bool,
+) -> None:
+    """`grid`'s labels: method names head the columns (or label the rows when
+    transposed), and the images' labels the other way."""
+    if i == 0 and not transpose:
+        ax.set_title(name, fontsize=9)
+    if i == 0 and transpose:
+        ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+    if row_labels is not None:
+        if not transpose and j == 0:
+            ax.set_ylabel(row_labels[i], fontsize=8)
+        if transpose and j == 0:
+            ax.set_title(row_labels[i], fontsize=8)
+
+
 def grid(
     images: Any,
     attributions: Mapping[str, Any],
@@ -421,36 +471,18 @@ def grid(
     n_rows, n_cols = (len(columns), n) if transpose else (n, len(columns))
     fig = Figure(figsize=(cell * n_cols + 0.8, cell * n_rows + 0.6), dpi=100)
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
+    style = dict(
+        overlay=overlay, signed=signed, abs=abs, percentile=percentile, alpha=alpha,
+        reduce=reduce,
+    )  # fmt: skip
     for i in range(n):
         for j, name in enumerate(columns):
             ax = axes[j, i] if transpose else axes[i, j]
             if name == "input":
                 _draw_input(ax, imgs[i])
             else:
-                a = maps[name][i]
-                over = _per_method(overlay, name, None)
-                # By default, overlay exactly the non-negative (H, W) heat maps.
-                over = (a.ndim == 2 and bool(np.all(a >= 0))) if over is None else over
-                _draw_map(
-                    ax,
-                    a,
-                    image=imgs[i] if over else None,
-                    signed=_per_method(signed, name, None),
-                    abs=bool(_per_method(abs, name, False)),
-                    percentile=percentile,
-                    alpha=alpha,
-                    reduce=reduce,
-                )
-            # Method names head the columns (or label the rows when transposed).
-            if i == 0 and not transpose:
-                ax.set_title(name, fontsize=9)
-            if i == 0 and transpose:
-                ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
-            if row_labels is not None:
-                if not transpose and j == 0:
-                    ax.set_ylabel(row_labels[i], fontsize=8)
-                if transpose and j == 0:
-                    ax.set_title(row_labels[i], fontsize=8)
+                _draw_cell(ax, maps[name][i], imgs[i], name, **style)
+            _label_cell(ax, i, j, name, row_labels, transpose)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

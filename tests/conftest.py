@@ -23,7 +23,11 @@ FAST_XLA = (
     "--xla_cpu_use_fusion_emitters=false "
     "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 )
-os.environ.setdefault("XLA_FLAGS", FAST_XLA)
+# Flags already in XLA_FLAGS come last, so they win: `make test-isa` runs the suite
+# under `--xla_cpu_max_isa=AVX2` / `SSE4_2` with the cheap compiles above.
+# (xdist workers inherit the combined value and leave it as it is.)
+if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{FAST_XLA} {os.environ.get('XLA_FLAGS', '')}".strip()
 # One thread for the other numerical libraries too (torch, OpenBLAS, MKL): with a
 # thread per core in each of the two workers, their OpenMP threads spin-wait for
 # a core the other worker holds (the Zennit and Captum comparisons ran 2x slower,

@@ -19,15 +19,122 @@ import numpy as np
 import eqx_attr as xa
 from eqx_attr._registry import BuildContext, MethodEntry, methods
 
+# ------------------------------------------------------------------------------
+# The one tolerance policy.
+#
+# Two different programs that compute the same mathematics (batched and looped,
+# jitted and eager, chunked and whole, ours and Captum's) agree only up to
+# rounding, and XLA:CPU rounds differently from one CPU to the next: it picks its
+# vector width (SSE, AVX2, AVX-512) and so its summation order and fusions from
+# the machine. An element's rounding error is relative to the size of the terms
+# that produced it, not to the element itself: an attribution pixel of 1e-5
+# next to pixels of 1 may be a sum of terms of size 1 that cancelled, and carries
+# their absolute error. So every comparison allows
+#
+#     |actual - desired| <= rtol * |desired| + rtol * scale + atol,
+#
+# with `rtol` the dtype's rounding tolerance (RTOL: about 80 ulps of float32,
+# which covers the reassociation of a few thousand-term sums and a deep net's
+# accumulated rounding), `scale` the magnitude of the compared values (default
+# max |desired|, the size of the largest term), and `atol` zero unless the two
+# sides differ by more than rounding: a quadrature or sampling error that the
+# mathematics bounds, said in a comment where it is passed. A comparison against
+# an exactly-zero expectation must name its `scale` (the size of the quantities
+# that cancelled), because max |desired| is then 0.
+#
+# Comparisons that stay exact (`assert_array_equal`, `==`) say in a comment why
+# they are exact on every CPU: the same compiled program on the same inputs,
+# integer or boolean results, a power-of-two rescale, values copied not computed.
+RTOL = {
+    np.dtype(np.float64): 1e-12,
+    np.dtype(np.float32): 1e-5,
+    np.dtype(jnp.bfloat16): 4e-2,
+    np.dtype(np.float16): 5e-3,
+}
 
-def tree_allclose(a, b, *, rtol=1e-5, atol=1e-6) -> bool:
-    """True when two PyTrees have the same structure and allclose leaves."""
+
+def _working_dtype(*arrays) -> np.dtype:
+    # The least precise floating dtype among the sides: a float32 program checked
+    # against a float64 hand value is only as exact as float32.
+    dts = [np.dtype(a.dtype) for a in arrays if np.issubdtype(a.dtype, np.inexact)]
+    if not dts:
+        return np.dtype(np.float64)
+    return max(dts, key=lambda d: RTOL.get(d, 1e-5))
+
+
+def close_mask(actual, desired, *, dtype=None, rtol=None, scale=None, atol=0.0):
+    """Elementwise: where `actual` equals `desired` under the tolerance policy."""
+    a = np.asarray(actual)
+    d = np.asarray(desired)
+    if dtype is None:
+        dtype = _working_dtype(a, d)
+    if rtol is None:
+        rtol = RTOL[np.dtype(dtype)]
+    a64, d64 = a.astype(np.float64), d.astype(np.float64)
+    if scale is None:
+        # All-zero `desired`: the floor is 0 and only exact zeros pass, unless the
+        # caller names the size of the terms that cancelled (`scale=`).
+        scale = float(np.max(np.abs(d64))) if d64.size else 0.0
+    return np.abs(a64 - d64) <= rtol * np.abs(d64) + rtol * scale + atol
+
+
+def assert_close(
+    actual, desired, *, dtype=None, rtol=None, scale=None, atol=0.0, err_msg=""
+):
+    """Assert `actual` equals `desired` up to rounding, under the policy above.
+
+    **Arguments:**
+
+    - `actual`, `desired`: arrays (or PyTrees of arrays) of the same shape.
+    - `dtype`: the precision both were computed in; default the least precise
+      floating dtype among the two.
+    - `rtol`: the relative tolerance; default `RTOL[dtype]`. Pass a larger one
+      only with a comment saying what amplifies rounding (a division by a small
+      stabiliser, a long recurrence).
+    - `scale`: the magnitude that the rounding floor is relative to; default
+      `max |desired|`.
+    - `atol`: an extra absolute tolerance for an error the mathematics bounds
+      (quadrature, sampling); zero for pure rounding.
+    """
+    la, ta = jax.tree_util.tree_flatten(actual)
+    ld, td = jax.tree_util.tree_flatten(desired)
+    assert ta == td, f"structures differ: {ta} vs {td}"
+    for a, d in zip(la, ld, strict=True):
+        a, d = np.asarray(a), np.asarray(d)
+        assert a.shape == d.shape or d.shape == () or a.shape == (), (
+            f"shapes differ: {a.shape} vs {d.shape}"
+        )
+        dt = np.dtype(dtype) if dtype is not None else _working_dtype(a, d)
+        rt = RTOL[dt] if rtol is None else rtol
+        ok = close_mask(a, d, dtype=dt, rtol=rt, scale=scale, atol=atol)
+        if not np.all(ok):
+            if scale is None and atol == 0.0 and not np.any(d):
+                err_msg += (
+                    "\n`desired` is all zeros, so the rounding floor rtol * max"
+                    "|desired| is 0: pass scale= (the size of the terms that "
+                    "cancelled) or atol= (a bound the mathematics gives)."
+                )
+            bad = np.argwhere(
+                ~np.broadcast_to(ok, np.broadcast_shapes(a.shape, d.shape))
+            )
+            diff = np.abs(a.astype(np.float64) - d.astype(np.float64))
+            raise AssertionError(
+                f"{err_msg}\n{(~ok).sum()} of {ok.size} elements differ beyond the "
+                f"tolerance policy (dtype={dt}, rtol={rt}, scale={scale}, "
+                f"atol={atol}); max |diff| {diff.max():.3g}, max |desired| "
+                f"{np.abs(d).max():.3g}; first at {tuple(bad[0])}"
+            )
+
+
+def tree_allclose(a, b, **tolerances) -> bool:
+    """True when two PyTrees have the same structure and leaves equal under the
+    tolerance policy (`assert_close`'s keywords)."""
     la, ta = jax.tree_util.tree_flatten(a)
     lb, tb = jax.tree_util.tree_flatten(b)
     if ta != tb:
         return False
     return all(
-        np.allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol, atol)
+        bool(np.all(close_mask(x, y, **tolerances)))
         for x, y in zip(la, lb, strict=True)
     )
 
@@ -46,6 +153,10 @@ class MethodSpec:
     # Methods whose options depend on the input's size (perturbation masks and
     # windows): `sized(model, input_shape)`; `build` then means the 28x28 digits.
     sized: Callable[[eqx.Module, tuple[int, ...]], xa.AbstractAttribution] | None = None
+    # Rounding tolerance of two programs computing this method (batched and
+    # looped): None is the policy's default for the dtype; a larger one comes
+    # with what amplifies rounding.
+    rtol: float | None = None
 
     def make(self, model: eqx.Module, shape: tuple[int, ...]):
         """The method for inputs of `shape`."""
@@ -211,7 +322,10 @@ METHODS: list[MethodSpec] = [
             lambda m, s: xa.RISE(m, n_masks=8, cell_size=max(1, s[-1] // 4)),
         ),
     ),
-    MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4)),
+    # BlurIG's path derivative is a forward difference in sigma with step 0.01:
+    # the blurred images' rounding (relative 1e-7 of pixels of size 1) is divided
+    # by 0.01, so two programs agree to 100x the float32 default.
+    MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4), rtol=1e-3),
     MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),
 ]
 
@@ -241,13 +355,20 @@ def _registry_spec(entry: MethodEntry) -> MethodSpec:
     return MethodSpec(entry.cls.__name__, build, entry.output, entry.random)
 
 
+def registry_specs(
+    entries: tuple[MethodEntry, ...], named: set[str]
+) -> list[MethodSpec]:
+    """A spec per registry entry SmallCNN can run, unless `named` (the hand-written
+    specs' names) already has its class."""
+    return [
+        _registry_spec(e)
+        for e in entries
+        if e.needs <= _OFFERED and e.cls.__name__ not in named
+    ]
+
+
 NOT_ON_SMALL_CNN: list[str] = [e.name for e in methods() if not e.needs <= _OFFERED]
-_NAMED = {spec.name for spec in METHODS}
-METHODS += [
-    _registry_spec(e)
-    for e in methods()
-    if e.needs <= _OFFERED and e.cls.__name__ not in _NAMED
-]
+METHODS += registry_specs(methods(), {spec.name for spec in METHODS})
 
 
 def counting(model: eqx.Module, traces: list) -> eqx.Module:

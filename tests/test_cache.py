@@ -94,6 +94,8 @@ def test_truncated_cache_file_is_retrained_with_a_warning(
         assert "unreadable cache file" in caplog.text and str(path) in caplog.text
         caplog.clear()
         rewritten = _arrays(xa.models.load(path, _like()))  # rewritten whole
+        # Exact here and below: weights are filled, saved and loaded (copied, not
+        # computed).
         assert all(np.all(a == 1.0) for a in rewritten)
         pairs = zip(_arrays(first), _arrays(again), strict=True)
         assert all(np.array_equal(a, b) for a, b in pairs)
@@ -134,6 +136,7 @@ def test_read_only_cache_folder_returns_the_model_with_a_warning(
             model = _cached()
         assert "cannot write the weights cache" in caplog.text
         assert "EQX_ATTR_CACHE" in caplog.text and str(folder) in caplog.text
+        # Exact: the fake training fills the weights with 1.0 (copied, not computed).
         assert all(
             np.all(a == 1.0) for a in _arrays(eqx.filter(model, eqx.is_inexact_array))
         )
@@ -195,6 +198,7 @@ def test_two_processes_writing_at_once_never_leave_a_partial_file(tmp_path):
     seen = set()
     # Read while both write: every read is one process's whole model, never a
     # mixture and never a partial file.
+    # Exact comparisons: every weight is a filled constant, copied through files.
     while any(w.poll() is None for w in workers):
         if shared.exists():
             arrays = _arrays(xa.models.load(shared, like))

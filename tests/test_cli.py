@@ -14,7 +14,7 @@ import eqx_attr as xa  # noqa: E402
 from eqx_attr._cli import main  # noqa: E402
 from eqx_attr._registry import methods as registry_methods  # noqa: E402
 
-from .helpers import jcall, tree_allclose  # noqa: E402
+from .helpers import assert_close, jcall  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,7 +81,7 @@ def test_explain_small_cnn_gradcam_matches_the_library(capsys, files):
     printed = [int(s.split(" (")[0]) for s in out.splitlines()[0][7:].split(", ")]
     assert printed == list(top5)
     expected = jcall(xa.GradCAM(files["cnn"], lambda m: m.conv2), x, int(top5[0]))
-    assert tree_allclose(np.load(arr), expected, rtol=1e-4, atol=1e-6)
+    assert_close(np.load(arr), expected)
 
 
 def test_explain_ig_with_target_and_normalisation(capsys, files):
@@ -96,7 +96,7 @@ def test_explain_ig_with_target_and_normalisation(capsys, files):
     x = (jnp.asarray(files["digit"], jnp.float32)[None] / 255.0 - 0.5) / 0.25
     black = jnp.full_like(x, (0.0 - 0.5) / 0.25)  # black pixels, normalised
     ig = xa.IntegratedGradients(files["cnn"], n_steps=16, baseline=black)
-    assert tree_allclose(np.load(d / "ig.npy"), jcall(ig, x, 7), rtol=1e-4, atol=1e-6)
+    assert_close(np.load(d / "ig.npy"), jcall(ig, x, 7))
 
 
 def test_explain_resnet_rgb_resize_and_crop(capsys, files):
@@ -225,9 +225,13 @@ def test_demo_builds_every_method_runs_a_subset_and_reports(capsys, tmp_path):
     table = "\n".join(lines)
     assert all(name in table for name in ranked) and "evaluation took" in table
     assert (tmp_path / "deletion_curves.png").read_bytes()[:8] == PNG_MAGIC
-    # The ViT panel: every transformer method timed, one picture.
+    # The ViT panel: every transformer method of the registry timed, and the
+    # input gradients, IG (black baseline) and Grad-CAM beside them; one picture.
     assert (tmp_path / "vit_attributions.png").read_bytes()[:8] == PNG_MAGIC
-    for name in ("Attention rollout", "Chefer relevance", "CP-LRP"):
+    vit_columns = [e.name for e in registry_methods("transformer")] + [
+        "gradients", "gradients_x_input", "integrated_gradients (black)", "gradcam",
+    ]  # fmt: skip
+    for name in vit_columns:
         assert f"{name} s" in result["vit"]
         assert any(line.startswith(f"ViT {name}:") for line in lines), name
 
@@ -270,7 +274,7 @@ def test_explain_loads_the_demo_cnn(capsys, tmp_path, files):
     x = jnp.asarray(files["digit"], jnp.float32)[None] / 255.0
     t = int(jnp.argmax(cnn(x)))
     expected = jcall(xa.CAM(cnn, lambda m: m.conv2, classifier=lambda m: m.fc), x, t)
-    assert tree_allclose(np.load(tmp_path / "cam.npy"), expected, rtol=1e-4, atol=1e-6)
+    assert_close(np.load(tmp_path / "cam.npy"), expected)
 
 
 def test_leaderboard_methods_default_all_and_named():

@@ -1,8 +1,11 @@
 """The call contract, for every method of the registry (`tests/helpers.METHODS`).
 
 Shape and dtype (float32 and bfloat16); one compile for repeated calls; vmap over
-inputs and over targets equals the loop; the caller's model is untouched; bad
-target, shape and dtype raise at trace time, naming the argument.
+inputs and over targets equals the loop (batch-size invariance, to the suite's one
+tolerance policy: `tests/helpers.assert_close`); the caller's model is untouched;
+bad target, shape and dtype raise at trace time, naming the argument. The
+transformer entries, which SmallCNN cannot run, get the same batch checks on a
+tiny ViT.
 """
 
 import equinox as eqx
@@ -12,12 +15,14 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._registry import methods
+from eqx_attr._registry import BuildContext, get, methods
 
+from ._vit_reference import tiny_vit
 from .helpers import (
     METHODS,
     NOT_ON_SMALL_CNN,
     MethodSpec,
+    assert_close,
     counting,
     digit_like,
     small_cnn,
@@ -71,20 +76,22 @@ def test_jit_vmap_and_dtypes(spec):
     batched = eqx.filter_jit(eqx.filter_vmap(one))(xs, ts, keys)
     assert batched.shape == (3, *_expected_shape(spec, xs[0]))
     for i in range(3):
-        np.testing.assert_allclose(batched[i], singles[i], rtol=2e-4, atol=1e-6)
+        assert_close(
+            batched[i], singles[i], rtol=spec.rtol, err_msg=f"vmap over inputs, row {i}"
+        )
 
     # vmap over targets (one input, one key) equals the loop over classes.
     per_class = eqx.filter_jit(
         eqx.filter_vmap(one, in_axes=(None, 0, None))
     )(xs[0], jnp.arange(10), keys[0])  # fmt: skip
     for t in (0, 4, 9):
-        np.testing.assert_allclose(
-            per_class[t],
-            one(xs[0], jnp.asarray(t, jnp.int32), keys[0]),
-            rtol=2e-4,
-            atol=1e-6,
+        want = one(xs[0], jnp.asarray(t, jnp.int32), keys[0])
+        assert_close(
+            per_class[t], want, rtol=spec.rtol, err_msg=f"vmap over targets, class {t}"
         )
-    np.testing.assert_allclose(per_class[1], singles[0], rtol=2e-4, atol=1e-6)
+    assert_close(
+        per_class[1], singles[0], rtol=spec.rtol, err_msg="vmap over targets, class 1"
+    )
 
     # A bfloat16 image goes with a bfloat16 model (mixed dtypes are the model's
     # business: a conv refuses them); same shape, bfloat16 out, close to float32.
@@ -106,6 +113,39 @@ def test_jit_vmap_and_dtypes(spec):
     if np.linalg.norm(b) > 0:
         cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
         assert cos > 0.9
+
+
+_ATTENTION = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
+
+
+@pytest.mark.parametrize("name", NOT_ON_SMALL_CNN)
+def test_transformer_entries_batch_like_the_loop(name):
+    # The entries SmallCNN cannot run, on a tiny ViT: vmap over inputs and over
+    # targets equals the loop, one compile for repeated calls, float32 out.
+    entry = get(name)
+    vit = tiny_vit(2)
+    ctx = BuildContext(vit, attention=_ATTENTION, n_prefix_tokens=1)
+    method = entry.build(ctx)
+    traces: list = []
+
+    @eqx.filter_jit
+    def one(x, t):
+        traces.append(1)
+        return method(x, t)
+
+    xs = jax.random.uniform(jax.random.key(3), (3, 1, 8, 8))
+    ts = jnp.array([1, 3, 4])
+    singles = [one(xs[i], ts[i]) for i in range(3)]
+    assert len(traces) == 1
+    shape = xs[0].shape if entry.output == "input" else xs[0].shape[-2:]
+    assert all(s.shape == shape and s.dtype == jnp.float32 for s in singles)
+    batched = eqx.filter_jit(jax.vmap(one))(xs, ts)
+    for i in range(3):
+        assert_close(batched[i], singles[i], err_msg=f"vmap over inputs, row {i}")
+    per_class = eqx.filter_jit(jax.vmap(one, in_axes=(None, 0)))(xs[0], jnp.arange(5))
+    for t in (0, 1, 4):
+        want = one(xs[0], jnp.asarray(t, jnp.int32))
+        assert_close(per_class[t], want, err_msg=f"vmap over targets, class {t}")
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=repr)

@@ -10,6 +10,8 @@ import pytest
 import eqx_attr as xa
 from eqx_attr import datasets
 
+from .helpers import assert_close
+
 
 def _row_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha1(im.tobytes()).hexdigest() for im in images]
@@ -20,11 +22,14 @@ def test_shapes_dtypes_ranges():
     assert d.x_train.shape == (4000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
     assert d.y_train.shape == (4000,) and d.y_test.shape == (1000,)
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    # Exact: 0 / 255 and 255 / 255 are exact in float32.
     assert 0.0 == d.x_train.min() and d.x_train.max() == 1.0
-    # 8-bit pixels divided by 255: every value is k / 255.
+    # 8-bit pixels divided by 255: every value is k / 255. Stored in float32,
+    # 255 * fl(k / 255) is within 255 * 2^-24 = 1.5e-5 of k: that bound, with
+    # rtol=0 (a relative floor of 1e-5 * 255 would pass non-integers).
     k = d.x_test * 255.0
-    assert np.allclose(k, np.round(k), atol=1e-4)
-    # Stratified: 400 training and 100 test digits of every class.
+    assert_close(k, np.round(k), rtol=0.0, atol=1e-4)
+    # Stratified: 400 training and 100 test digits of every class (integers).
     assert np.array_equal(np.bincount(d.y_train), np.full(10, 400))
     assert np.array_equal(np.bincount(d.y_test), np.full(10, 100))
 
@@ -32,7 +37,7 @@ def test_shapes_dtypes_ranges():
 def test_split_is_fixed_disjoint_and_complete():
     a, b = xa.datasets.mnist(), xa.datasets.mnist()
     for u, v in zip(a, b, strict=True):
-        assert np.array_equal(u, v)
+        assert np.array_equal(u, v)  # the same file, read twice: exact
     images, labels = datasets.load_mnist_5k()
     train, test = _row_hashes(a.x_train), _row_hashes(a.x_test)
     everything = _row_hashes(images)
@@ -59,7 +64,7 @@ def test_digits_are_real_mnist():
     xte = d.x_test.reshape(1000, -1)
     dist = ((xte[:, None, :] - means[None]) ** 2).sum(-1)
     assert np.mean(dist.argmin(1) == d.y_test) > 0.75
-    assert d.x_train[:, :, 0, :].max() == 0.0
+    assert d.x_train[:, :, 0, :].max() == 0.0  # exact: stored zeros
     assert d.x_train[:, :, :, 12:16].mean() > 3 * d.x_train[:, :, :, :4].mean()
 
 

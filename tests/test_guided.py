@@ -10,6 +10,8 @@ import torch
 
 import eqx_attr as xa
 
+from .helpers import assert_close, tree_allclose
+
 # ---------------------------------------------------------------------------------
 # A tiny net with hand-derived attributions:
 #   x (1, 4, 4) -> 3x3 conv with bias, no padding -> (1, 2, 2) -> ReLU -> flatten
@@ -76,6 +78,7 @@ def test_tiny_net_hand_values_three_spellings(target):
     results = {}
     for spelling in ("pytree", "relu", "maximum"):
         model = tiny(spelling)
+        # Exact: small integers, every partial sum exact in float32.
         np.testing.assert_array_equal(model(x), [1.0, 0.0])
         results[spelling] = {
             "guided": xa.GuidedBackprop(model)(x, target),
@@ -155,10 +158,10 @@ def test_deconvolution_equals_explicit_deconvnet():
     targets = jnp.array([0, 3, 4])
     want = eqx.filter_jit(jax.vmap(deconvnet, in_axes=(None, 0, 0)))(NET, XS, targets)
     got = eqx.filter_vmap(eqx.filter_jit(xa.Deconvolution(NET)))(XS, targets)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_close(got, want)
     # ... and it is not the gradient.
     plain = eqx.filter_vmap(eqx.filter_jit(xa.Gradients(NET)))(XS, targets)
-    assert not np.allclose(got, plain, atol=1e-3)
+    assert not tree_allclose(got, plain, atol=1e-3)
 
 
 def _torch_twin(net: ConvNet) -> torch.nn.Module:
@@ -186,9 +189,7 @@ def _torch_twin(net: ConvNet) -> torch.nn.Module:
 def test_matches_captum_on_a_torch_twin():
     twin = _torch_twin(NET)
     xt = torch.tensor(np.asarray(XS))
-    np.testing.assert_allclose(
-        twin(xt).detach().numpy(), jax.vmap(NET)(XS), rtol=1e-5, atol=1e-5
-    )
+    assert_close(twin(xt).detach().numpy(), jax.vmap(NET)(XS))
     targets = jnp.array([0, 2, 4])
     tt = torch.tensor(np.asarray(targets))
     for ours, theirs in (
@@ -197,10 +198,7 @@ def test_matches_captum_on_a_torch_twin():
     ):
         want = theirs.attribute(xt.clone().requires_grad_(), target=tt)
         got = eqx.filter_vmap(eqx.filter_jit(ours))(XS, targets)
-        scale = float(np.abs(got).max())
-        np.testing.assert_allclose(
-            got, want.detach().numpy(), rtol=1e-5, atol=1e-5 * scale
-        )
+        assert_close(got, want.detach().numpy())
 
 
 # ---------------------------------------------------------------------------------
@@ -225,16 +223,16 @@ def test_jit_does_not_retrace_and_vmaps():
         n = len(traces)
         refs = [method(x, t) for x in XS for t in jnp.arange(5)]
         assert len(traces) == n  # same shapes, new values: no new trace
-        np.testing.assert_allclose(first, cls(model)(XS[0], 1), rtol=1e-6, atol=1e-8)
+        assert_close(first, cls(model)(XS[0], 1))
         # A batch, and every class of one example.
         targets = jnp.array([0, 3, 4])
         batch = eqx.filter_vmap(method)(XS, targets)
         per_class = jax.vmap(lambda t, m=method: m(XS[0], t))(jnp.arange(5))
         for i in range(3):
             want = refs[5 * i + int(targets[i])]
-            np.testing.assert_allclose(batch[i], want, rtol=1e-5, atol=1e-7)
+            assert_close(batch[i], want)
         for t in range(5):
-            np.testing.assert_allclose(per_class[t], refs[t], rtol=1e-5, atol=1e-7)
+            assert_close(per_class[t], refs[t])
 
 
 @eqx.filter_jit
@@ -250,8 +248,10 @@ def test_guided_differs_from_gradient_unless_every_signal_is_positive():
     cnn = xa.models.SmallCNN(width=4, key=jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (1, 8, 8))
     plain, guided, deconv = _three(cnn, x)
-    assert not np.allclose(guided, plain, atol=1e-6 * float(jnp.abs(plain).max()))
-    assert not np.allclose(deconv, plain, atol=1e-6 * float(jnp.abs(plain).max()))
+    # (`tree_allclose` allows rounding relative to max |plain|: the maps must
+    # differ by more)
+    assert not tree_allclose(guided, plain)
+    assert not tree_allclose(deconv, plain)
     # Positive weights and biases on a positive input: every ReLU is on and every
     # backward signal positive, so all three rules coincide with the gradient.
     positive = jax.tree_util.tree_map(
@@ -259,8 +259,8 @@ def test_guided_differs_from_gradient_unless_every_signal_is_positive():
     )
     plain, guided, deconv = _three(positive, x)
     assert float(jnp.min(plain)) > 0
-    np.testing.assert_allclose(guided, plain, rtol=1e-5)
-    np.testing.assert_allclose(deconv, plain, rtol=1e-5)
+    assert_close(guided, plain)
+    assert_close(deconv, plain)
 
 
 def test_callable_target_and_input_checks():
@@ -270,7 +270,7 @@ def test_callable_target_and_input_checks():
     got = eqx.filter_jit(xa.GuidedBackprop(NET))(x, target)
     swapped = xa.swap_relu(NET, "guided")
     want = eqx.filter_jit(jax.grad(lambda v: target(swapped(v))))(x)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert_close(got, want)
     with pytest.raises(ValueError, match="out of range"):
         xa.GuidedBackprop(NET)(x, 7)
     with pytest.raises(TypeError, match="floating"):

@@ -10,7 +10,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import digit_like, small_cnn, tree_allclose
+from .helpers import assert_close, digit_like, small_cnn
 
 
 def _reference(model, x, t):
@@ -28,7 +28,7 @@ def test_conv2_matches_manual_split():
     act, grad = xa.layer_activation_and_gradient(m, lambda m: m.conv2, x, 3)
     a, g = _reference(m, x, 3)
     assert act.shape == (32, 7, 7)  # 4 * width channels at 28 / 4
-    assert tree_allclose((act, grad), (a, g))
+    assert_close((act, grad), (a, g))
     assert not np.allclose(grad, 0)
 
 
@@ -44,8 +44,8 @@ def test_inner_layer_of_sequential():
         h = m.conv1[5](jax.nn.relu(m.conv1[3](m.conv1[2](h))))
         return m.fc(jnp.mean(m.conv2(h), axis=(1, 2)))[7]
 
-    assert tree_allclose(act, h)
-    assert tree_allclose(grad, jax.grad(rest)(h), rtol=1e-4, atol=1e-7)
+    assert_close(act, h)
+    assert_close(grad, jax.grad(rest)(h))
     # the caller's model is unchanged and still a plain SmallCNN
     assert isinstance(m.conv1[1], eqx.nn.Lambda)
 
@@ -56,8 +56,8 @@ def test_callable_target_and_activation_only():
     act, grad = xa.layer_activation_and_gradient(m, lambda m: m.conv2, x, target)
     a = m.features(x)
     g = jax.grad(lambda a: target(m.fc(jnp.mean(a, axis=(1, 2)))))(a)
-    assert tree_allclose((act, grad), (a, g))
-    assert tree_allclose(xa.layer_activation(m, lambda m: m.conv2, x), a)
+    assert_close((act, grad), (a, g))
+    assert_close(xa.layer_activation(m, lambda m: m.conv2, x), a)
 
 
 def test_jit_vmap_batch_and_targets():
@@ -68,12 +68,12 @@ def test_jit_vmap_batch_and_targets():
     acts, grads = jax.jit(jax.vmap(read))(xs, ts)
     for i in range(3):
         a, g = _reference(m, xs[i], int(ts[i]))
-        assert tree_allclose((acts[i], grads[i]), (a, g))
+        assert_close((acts[i], grads[i]), (a, g))
     # many targets, one example
     acts, grads = jax.vmap(lambda t: read(xs[0], t))(jnp.arange(10))
     for t in (0, 4, 9):
         a, g = _reference(m, xs[0], t)
-        assert tree_allclose((acts[t], grads[t]), (a, g))
+        assert_close((acts[t], grads[t]), (a, g))
 
 
 def test_grad_through_layer_access():
@@ -91,7 +91,7 @@ def test_grad_through_layer_access():
         return jnp.sum(jnp.mean(g, axis=(1, 2)).reshape(-1, 1, 1) * a * ramp)
 
     g1, g2 = jax.grad(via_layers)(x), jax.grad(by_hand)(x)
-    assert tree_allclose(g1, g2, rtol=1e-4, atol=1e-8)
+    assert_close(g1, g2)
     assert float(jnp.max(jnp.abs(g2))) > 0
 
 
@@ -166,7 +166,7 @@ def test_vmap_over_targets_shares_the_forward_pass():
     unbatched = [s for s in many if not batched(s)]
     # conv1[3], conv2[0], conv2[2]: the forward pass (conv1[0], one input channel,
     # is a thin convolution: on CPU it is computed without one, see
-    # `_rules/_fast_conv.py`)
+    # `_engine/_fast_conv.py`)
     assert len(unbatched) == 3
     assert all(s[0][0] == 1 for s in unbatched)  # Equinox's batch-of-one
     assert len(many) - len(unbatched) >= 1  # the batched backward pass
@@ -244,9 +244,9 @@ def test_layer_called_twice_and_call_index():
     a0, g0 = xa.layer_activation_and_gradient(m, lambda m: m.block, x, 1, call_index=0)
     a1, g1 = xa.layer_activation_and_gradient(m, lambda m: m.block, x, 1, call_index=1)
     tail = lambda z: m.head(jnp.tanh(z))[1]
-    assert tree_allclose((a0, a1), (z1, z2))
-    assert tree_allclose(g1, jax.grad(tail)(z2))
-    assert tree_allclose(g0, jax.grad(lambda z: tail(m.block(jnp.tanh(z))))(z1))
+    assert_close((a0, a1), (z1, z2))
+    assert_close(g1, jax.grad(tail)(z2))
+    assert_close(g0, jax.grad(lambda z: tail(m.block(jnp.tanh(z))))(z1))
 
 
 def test_activation_field_called_twice_inside_a_vmap():
@@ -357,13 +357,13 @@ def test_replace_layer_output():
     m, x = small_cnn(), digit_like()
     value = jax.random.normal(jax.random.key(5), (32, 7, 7))
     m2 = xa.replace_layer_output(m, lambda m: m.conv2, value)
-    assert tree_allclose(m2(x), m.fc(jnp.mean(value, axis=(1, 2))), rtol=1e-5)
+    assert_close(m2(x), m.fc(jnp.mean(value, axis=(1, 2))))
     # vmap over values: one forward of the rest of the network per value
     values = jnp.stack([value, 2 * value])
     outs = jax.vmap(lambda v: xa.replace_layer_output(m, lambda m: m.conv2, v)(x))(
         values
     )
-    assert tree_allclose(outs[1], m.fc(jnp.mean(2 * value, axis=(1, 2))), rtol=1e-5)
+    assert_close(outs[1], m.fc(jnp.mean(2 * value, axis=(1, 2))))
     with pytest.raises(ValueError, match="shape"):
         xa.replace_layer_output(m, lambda m: m.conv2, value[:3])(x)
     t = _Twice(jax.random.key(0))
@@ -372,4 +372,4 @@ def test_replace_layer_output():
     with pytest.raises(ValueError, match="never calls"):
         xa.replace_layer_output(t, lambda m: m.unused, jnp.zeros(4))(_x4())
     second = xa.replace_layer_output(t, lambda m: m.block, jnp.ones(4), call_index=1)
-    assert tree_allclose(second(_x4()), t.head(jnp.tanh(jnp.ones(4))))
+    assert_close(second(_x4()), t.head(jnp.tanh(jnp.ones(4))))

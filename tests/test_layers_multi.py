@@ -3,13 +3,12 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import eqx_attr as xa
 
 from ._vit_reference import attention_and_gradients, tiny_vit
-from .helpers import digit_like, small_cnn, tree_allclose
+from .helpers import assert_close, digit_like, small_cnn
 
 ATTN = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
 
@@ -24,10 +23,11 @@ def test_every_attention_and_gradient_of_a_vit():
 
     (acts, grads), only, out = read(x)
     ref_a, ref_g, scores = attention_and_gradients(vit, x, 3)
-    assert tree_allclose(out, scores, atol=1e-5)  # the reference is the model
+    assert_close(out, scores)  # the reference is the model
     assert [a.shape for a in acts] == [(2, 17, 17)] * 2
-    assert tree_allclose(acts, ref_a) and tree_allclose(grads, ref_g, atol=1e-6)
-    assert tree_allclose(only, ref_a)
+    assert_close(acts, ref_a)
+    assert_close(grads, ref_g)
+    assert_close(only, ref_a)
 
 
 def test_layers_of_different_shapes_match_single_reads():
@@ -44,7 +44,7 @@ def test_layers_of_different_shapes_match_single_reads():
 
     (acts, grads), ones = read(x)
     for i, (a, g) in enumerate(ones):
-        assert tree_allclose((acts[i], grads[i]), (a, g))
+        assert_close((acts[i], grads[i]), (a, g))
 
 
 def test_vmap_over_targets_and_inputs_under_jit():
@@ -53,11 +53,11 @@ def test_vmap_over_targets_and_inputs_under_jit():
     read = lambda x, t: xa.layers_activation_and_gradient(vit, ATTN, x, t)  # noqa: E731
     acts, grads = jax.jit(jax.vmap(read))(xs, jnp.array([0, 4]))
     _, g, _ = attention_and_gradients(vit, xs[1], 4)
-    assert tree_allclose([a[1] for a in grads], g, atol=1e-6)
+    assert_close([a[1] for a in grads], g)
     acts, grads = jax.jit(jax.vmap(lambda t: read(xs[0], t)))(jnp.arange(5))
     _, g, _ = attention_and_gradients(vit, xs[0], 2)
-    assert tree_allclose([a[2] for a in grads], g, atol=1e-6)
-    assert np.allclose(acts[0][0], acts[0][4])  # the forward pass is shared
+    assert_close([a[2] for a in grads], g)
+    assert_close(acts[0][0], acts[0][4])  # the forward pass is shared
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from torch import nn
 import eqx_attr as xa
 
 from ._torchvision_stub import install
-from .helpers import jcall
+from .helpers import assert_close, jcall
 
 install()
 
@@ -137,7 +137,7 @@ def test_batch_norm_merged_equals_hand_folded(net):
     model, state = net
     hand = folded(model, state)
     x = jax.random.uniform(jax.random.key(2), (1, 10, 10), minval=-1.0, maxval=1.0)
-    np.testing.assert_allclose(model(x, state)[0], hand(x), rtol=1e-5, atol=1e-5)
+    assert_close(model(x, state)[0], hand(x))
     scores = hand(x)
     target = int(jnp.argmax(scores))
     for name, (ours, _) in COMPOSITES.items():
@@ -145,10 +145,7 @@ def test_batch_norm_merged_equals_hand_folded(net):
         merged = xa.LRP(lambda z: model(z, state)[0], composite=ours)
         got = np.asarray(jcall(merged, x, target))
         assert np.abs(want).max() > 1e-7, name  # a relevance that could differ
-        scale = np.abs(want).max()
-        np.testing.assert_allclose(
-            got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=name
-        )
+        assert_close(got, want, err_msg=name)
 
 
 def test_batch_norm_module_holding_its_state(net):
@@ -166,13 +163,11 @@ def test_batch_norm_module_holding_its_state(net):
     wrapped = WithState(model, state)
     got = xa.LRP(wrapped)(x, 1)
     want = xa.LRP(folded(model, state))(x, 1)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert_close(got, want)
     # jit / vmap over a batch, as every method.
     xs = jax.random.uniform(jax.random.key(4), (3, 1, 9, 9))
     batched = eqx.filter_jit(eqx.filter_vmap(lambda a: xa.LRP(wrapped)(a, 1)))(xs)
-    np.testing.assert_allclose(
-        batched[1], xa.LRP(wrapped)(xs[1], 1), rtol=1e-5, atol=1e-7
-    )
+    assert_close(batched[1], xa.LRP(wrapped)(xs[1], 1))
 
 
 def twins(key):
@@ -237,17 +232,17 @@ def test_batch_norm_merged_equals_zennit():
     f = lambda z: model(z, state)[0]
     with torch.no_grad():
         torch_out = twin(torch.tensor(np.asarray(x)[None]))[0].numpy()
-    np.testing.assert_allclose(f(x), torch_out, rtol=1e-5, atol=1e-5)
+    assert_close(f(x), torch_out)
     target = int(np.argmax(torch_out))
     for name, (ours, theirs) in COMPOSITES.items():
         canon = [zcanon.SequentialMergeBatchNorm()]
         want, _ = zennit_relevance(twin, theirs(canonizers=canon), x, target)
         got = np.asarray(jcall(xa.LRP(f, composite=ours), x, target))
-        scale = np.abs(want).max()
-        assert scale > 1e-4, name
-        np.testing.assert_allclose(
-            got, want, rtol=1e-3, atol=1e-4 * scale, err_msg=name
-        )
+        assert np.abs(want).max() > 1e-4, name
+        # rtol 10x the policy's: Zennit runs float32 torch convolutions (another
+        # summation order) on weights it folds itself, and the rules' divisions
+        # by small stabilised denominators amplify that rounding.
+        assert_close(got, want, rtol=1e-4, err_msg=name)
 
 
 def test_training_mode_batch_norm_raises_naming_it():

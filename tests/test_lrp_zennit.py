@@ -12,7 +12,7 @@ import eqx_attr as xa
 from eqx_attr.torch_twins import to_torch
 
 from ._torchvision_stub import install
-from .helpers import jcall
+from .helpers import assert_close, jcall
 
 install()
 
@@ -109,10 +109,11 @@ def test_composites_equal_zennit_on_zoo_twins(arch):
     for name, (ours, theirs) in COMPOSITES.items():
         expected = zennit_relevance(twin, theirs(canonizers=canonizers()), x, target)
         got = np.asarray(jcall(xa.LRP(model, composite=ours), x, target))
-        scale = np.abs(expected).max()
-        np.testing.assert_allclose(
-            got, expected, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{arch} {name}"
-        )
+        # rtol 10x the policy's: 8 to 20 layers of float32 torch convolutions
+        # (another summation order), batch norms folded by Zennit's canonizers,
+        # and every layer's rule divides by a stabilised denominator, which
+        # amplifies the rounding that accumulates over the depth.
+        assert_close(got, expected, rtol=1e-4, err_msg=f"{arch} {name}")
 
 
 class TorchSmallCNN(nn.Module):
@@ -169,8 +170,7 @@ def test_each_rule_on_every_layer_equals_zennit(name):
     ours, theirs = RULES[name]
     expected = zennit_relevance(twin, single_rule(theirs()), x, 7)
     got = np.asarray(jcall(xa.LRP(model, rule=ours), x, 7))
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale)
+    assert_close(got, expected)
 
 
 def test_mlp_composites_equal_zennit():
@@ -180,10 +180,7 @@ def test_mlp_composites_equal_zennit():
     for name, (ours, theirs) in COMPOSITES.items():
         expected = zennit_relevance(twin, theirs(canonizers=None), x, 1)
         got = np.asarray(xa.LRP(model, composite=ours)(x, 1))
-        scale = np.abs(expected).max()
-        np.testing.assert_allclose(
-            got, expected, rtol=1e-3, atol=1e-4 * scale, err_msg=name
-        )
+        assert_close(got, expected, err_msg=name)
 
 
 def test_inline_relu_mean_model_equals_zennit_with_modules():
@@ -212,7 +209,4 @@ def test_inline_relu_mean_model_equals_zennit_with_modules():
     for name, (ours, theirs) in COMPOSITES.items():
         expected = zennit_relevance(twin, theirs(canonizers=None), x, 3)
         got = np.asarray(xa.LRP(inline, composite=ours)(x, 3))
-        scale = np.abs(expected).max()
-        np.testing.assert_allclose(
-            got, expected, rtol=1e-3, atol=1e-4 * scale, err_msg=name
-        )
+        assert_close(got, expected, err_msg=name)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._rules._fast_derivatives import fast_derivatives
+from eqx_attr._engine._fast_derivatives import fast_derivatives
 
 from ._vit_reference import attention_and_gradients, tiny_vit
-from .helpers import digit_like, jcall
+from .helpers import assert_close, digit_like, jcall, tree_allclose
 
 ATTN = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
 
@@ -55,7 +55,7 @@ def test_rollout_matches_reference(how, ratio):
     attentions, _, _ = _reference(vit, x, jnp.int32(0))
     ref = rollout_reference(attentions, how, ratio).reshape(4, 4)
     assert h.shape == (4, 4)
-    np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-7)
+    assert_close(h, ref)  # float32 against float64 from the same attentions
 
 
 def test_chefer_matches_reference_for_every_target():
@@ -66,8 +66,8 @@ def test_chefer_matches_reference_for_every_target():
     for t in (0, 3):
         attentions, gradients, _ = _reference(vit, x, jnp.int32(t))
         ref = chefer_reference(attentions, gradients).reshape(4, 4)
-        np.testing.assert_allclose(maps[t], ref, rtol=1e-4, atol=1e-7)
-    assert not np.allclose(maps[0], maps[3])
+        assert_close(maps[t], ref)
+    assert not tree_allclose(maps[0], maps[3])
 
 
 def test_resize_jit_once_vmap_inputs_purity():
@@ -90,14 +90,13 @@ def test_resize_jit_once_vmap_inputs_purity():
     rollout, small, chefer, grid = outs[0]
     assert rollout.shape == chefer.shape == (8, 8)
     # nearest-neighbour resize by an integer factor repeats every patch's value
-    np.testing.assert_allclose(rollout, np.kron(grid, np.ones((2, 2))), rtol=1e-6)
-    np.testing.assert_allclose(
-        chefer, jax.image.resize(small, (8, 8), "bilinear"), rtol=1e-6
-    )
+    # (rollout and grid: two rollouts in one program, which XLA may fuse apart.)
+    assert_close(rollout, np.kron(grid, np.ones((2, 2), np.float32)))
+    assert_close(chefer, jax.image.resize(small, (8, 8), "bilinear"))
     batched = jax.vmap(both)(xs, jnp.arange(3))
     for i in range(3):
         for got, want in zip(batched, outs[i], strict=True):
-            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-7)
+            assert_close(got[i], want)
     assert all(
         a is b for a, b in zip(before, jax.tree_util.tree_leaves(vit), strict=True)
     )
@@ -117,8 +116,10 @@ def test_bfloat16():
     for full, low in zip(maps(vit, x), maps(half, x.astype(jnp.bfloat16)), strict=True):
         assert low.dtype == jnp.bfloat16 and low.shape == (8, 8)
         assert np.all(np.isfinite(np.asarray(low, np.float32)))
-        scale = float(jnp.max(jnp.abs(full)))
-        np.testing.assert_allclose(np.asarray(low, np.float32), full, atol=0.1 * scale)
+        # bfloat16's rounding (RTOL: ~5 ulps of its 8-bit mantissa) compounds
+        # over the blocks' attention, the backward pass and the rollout's matrix
+        # products: rtol 5e-2 (the former bound, 0.1 * max |full|, at most).
+        assert_close(low, full, dtype=jnp.bfloat16, rtol=5e-2)
 
 
 # --- a user's ViT with its own module names and a non-square patch grid ----------
@@ -167,9 +168,7 @@ def test_user_vit_with_a_non_square_grid():
             t = t + a[0] @ t
         return attentions
 
-    np.testing.assert_allclose(
-        h, rollout_reference(attentions(x)).reshape(2, 3), rtol=1e-5
-    )
+    assert_close(h, rollout_reference(attentions(x)).reshape(2, 3))
     assert jcall(xa.CheferRelevance(m, USER_ATTN, grid=[2, 3]), x, 1).shape == (4, 6)
     with pytest.raises(ValueError, match="not a square grid.*grid=\\(h, w\\)"):
         xa.AttentionRollout(m, USER_ATTN)(x)

@@ -24,11 +24,12 @@ from .._attribution import (
     Target,
     batched_map,
     check_bool,
+    check_chunk_size,
     check_input,
-    check_positive_int,
     make_objective,
 )
 from .._layers import LayerInfo
+from .._method_entry import BuildContext
 from ._spec import LayerSpec, as_layer_spec
 
 RESIZES = ("bilinear", "nearest")
@@ -211,8 +212,7 @@ class AbstractChannelScoreCAM(AbstractCAM):
         self.chunk_size = chunk_size
 
     def __check_init__(self):
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
 
     @abc.abstractmethod
     def _channel_score(
@@ -241,3 +241,14 @@ class AbstractChannelScoreCAM(AbstractCAM):
         scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
         weights = self._weights(as_float(scores), as_float(y))
         return weighted_sum(weights, a)
+
+
+def layer_build(cls: type, chunked: bool = False) -> Callable[[BuildContext], Any]:
+    """A registry row's build of a CAM class: the context's layer and its layout
+    options (and, if `chunked`, its `chunk_size` option, default 32)."""
+
+    def build(c: BuildContext) -> Any:
+        chunk = {"chunk_size": c.option("chunk_size", 32)} if chunked else {}
+        return cls(c.model, c.layer, **chunk, **c.layer_options)
+
+    return build

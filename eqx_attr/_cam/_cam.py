@@ -26,15 +26,19 @@ from .._attribution import (
     make_objective,
 )
 from .._layers import resolve_layer
+from .._method_entry import MethodEntry
 from .._rules._guided import GuidedBackprop
 from ._base import (
     AbstractCAM,
     AbstractGradientCAM,
     as_float,
     check_resize,
+    layer_build,
     weighted_sum,
 )
 from ._spec import LayerSpec, as_layer_spec
+
+__all__ = ["CAM", "GradCAM", "GuidedGradCAM"]
 
 
 def gradcam_map(a: Array, g: Array) -> Array:
@@ -267,3 +271,43 @@ class GuidedGradCAM(AbstractAttribution):
         guided = GuidedBackprop(self.model, self.other_activations)(x, target)
         h = h.reshape((1,) * (x.ndim - 2) + h.shape)
         return (h * guided).astype(guided.dtype)
+
+
+_LAYER = frozenset({"layer"})
+
+ROWS = (
+    MethodEntry(
+        "cam",
+        CAM,
+        "cam",
+        "Class Activation Mapping (global average pooling + linear models)",
+        lambda c: CAM(
+            c.model,
+            c.need("layer"),
+            classifier=c.need("classifier"),
+            **c.layer_options,
+        ),
+        needs=frozenset({"layer", "classifier"}),
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no CAM"),
+    ),
+    MethodEntry(
+        "gradcam",
+        GradCAM,
+        "cam",
+        "Grad-CAM",
+        layer_build(GradCAM),
+        needs=_LAYER,
+        output="map",
+        benchmark=("run.py", "Captum LayerGradCam (--methods gradcam)"),
+    ),
+    MethodEntry(
+        "guided_gradcam",
+        GuidedGradCAM,
+        "cam",
+        "Guided Grad-CAM",
+        layer_build(GuidedGradCAM),
+        needs=_LAYER,
+        benchmark=("run.py", "Captum GuidedGradCam (--methods guided-gradcam)"),
+    ),
+)

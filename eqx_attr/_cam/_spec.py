@@ -7,7 +7,6 @@ A [`LayerSpec`][] says which call of which sub-module to read (`layer`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._attribution import check_choice, check_index, check_where
+from .._attribution import check_choice, check_index, check_where, token_grid
 from .._layers import LayerInfo, inspect_layer, read_layer
 
 LAYOUTS = ("chw", "hwc", "tokens")
@@ -145,37 +144,3 @@ def as_layer_spec(layer: Any, **options: Any) -> LayerSpec:
             )
         return layer
     return LayerSpec(layer, **options)
-
-
-def token_grid(n_tokens: int, n_prefix_tokens: int, grid: tuple | None) -> tuple:
-    """The `(h, w)` grid that the tokens after the prefix are folded into."""
-    m = n_tokens - n_prefix_tokens
-    if m < 1:
-        raise ValueError(
-            f"`n_prefix_tokens={n_prefix_tokens}` leaves no tokens of the layer's "
-            f"{n_tokens}; it counts the class/register tokens before the patch grid."
-        )
-    if grid is not None:
-        h, w = grid
-        if h * w != m:
-            raise ValueError(
-                f"`grid={tuple(grid)}` has {h * w} cells but the layer has {m} patch "
-                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
-                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
-            )
-        return int(h), int(w)
-    side = math.isqrt(m)
-    if side * side == m:
-        return side, side
-    hint = ""
-    for k in range(1, min(n_tokens, 9)):
-        r = math.isqrt(n_tokens - k)
-        if r * r == n_tokens - k and k != n_prefix_tokens:
-            hint = f" With {k} leading class/register token(s) the rest is a "
-            hint += f"{r}x{r} grid: pass `n_prefix_tokens={k}`."
-            break
-    raise ValueError(
-        f"The layer has {m} patch tokens ({n_tokens} minus `n_prefix_tokens="
-        f"{n_prefix_tokens}`), which is not a square grid.{hint} For a "
-        "non-square grid pass `grid=(h, w)`."
-    )

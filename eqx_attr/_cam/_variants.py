@@ -17,15 +17,27 @@ from jaxtyping import Array
 
 from .._attribution import make_objective
 from .._layers import replace_layer_output
+from .._method_entry import MethodEntry
 from ._base import (
     AbstractCAM,
     AbstractChannelScoreCAM,
     AbstractGradientCAM,
     as_float,
+    layer_build,
     spatial_size,
     weighted_sum,
 )
 from ._spec import LayerSpec
+
+__all__ = [
+    "AblationCAM",
+    "EigenCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "XGradCAM",
+]
 
 
 def _safe_divide(num: Array, den: Array) -> Array:
@@ -301,3 +313,80 @@ class AblationCAM(AbstractChannelScoreCAM):
 
     def _weights(self, scores, y):
         return (y - scores) / y
+
+
+_LAYER = frozenset({"layer"})
+
+ROWS = (
+    MethodEntry(
+        "gradcam_plus_plus",
+        GradCAMPlusPlus,
+        "cam",
+        "Grad-CAM++",
+        layer_build(GradCAMPlusPlus),
+        aliases=("gradcampp", "gradcam++"),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no Grad-CAM++"),
+    ),
+    MethodEntry(
+        "xgradcam",
+        XGradCAM,
+        "cam",
+        "XGrad-CAM",
+        layer_build(XGradCAM),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no XGrad-CAM"),
+    ),
+    MethodEntry(
+        "hirescam",
+        HiResCAM,
+        "cam",
+        "HiRes-CAM",
+        layer_build(HiResCAM),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no HiRes-CAM"),
+    ),
+    MethodEntry(
+        "layercam",
+        LayerCAM,
+        "cam",
+        "Layer-CAM",
+        layer_build(LayerCAM),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no Layer-CAM"),
+    ),
+    MethodEntry(
+        "eigencam",
+        EigenCAM,
+        "cam",
+        "Eigen-CAM",
+        layer_build(EigenCAM),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no Eigen-CAM"),
+    ),
+    MethodEntry(
+        "scorecam",
+        ScoreCAM,
+        "cam",
+        "Score-CAM (chunk_size)",
+        layer_build(ScoreCAM, chunked=True),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no Score-CAM"),
+    ),
+    MethodEntry(
+        "ablationcam",
+        AblationCAM,
+        "cam",
+        "Ablation-CAM (chunk_size)",
+        layer_build(AblationCAM, chunked=True),
+        needs=_LAYER,
+        output="map",
+        benchmark=(None, "no installable peer: Captum has no Ablation-CAM"),
+    ),
+)

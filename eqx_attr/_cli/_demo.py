@@ -12,9 +12,7 @@ with the MNIST ViT's methods (`demo_out/vit_attributions.png`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,122 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._batch import batched, time_call
-from .._registry import BuildContext, MethodEntry, methods
-from ..models import spec_of
-from ._explain import feature_cells
-
-# What the demo CNN offers a method; entries needing anything else (a
-# transformer's attention) are listed as skipped, never silently dropped.
-_OFFERED = frozenset({"layer", "classifier", "key", "baseline", "mask"})
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoColumn:
-    """One column of the demo: a display name, its registry entry, a context."""
-
-    name: str
-    entry: MethodEntry
-    context: BuildContext
-
-    def build(self) -> Any:
-        return self.entry.build(self.context)
-
-
-def _baselines(data: Any) -> dict[str, Any]:
-    from .. import baselines as b
-
-    return {
-        "black": 0.0,
-        "blur": b.Blur(sigma=3.0),
-        "noise": b.UniformNoise(n_draws=8),
-        "mean": b.DatasetMean.from_data(data.x_train),
-    }
-
-
-DEMO_OPTIONS = {"n_steps": 32, "n_samples": 32, "chunk_size": 32}
-
-
-def demo_columns(
-    model: Any, data: Any, options: Mapping[str, Any] | None = None
-) -> tuple[list[DemoColumn], list[str]]:
-    """`(columns, skipped)`: every registered method as the demo shows it.
-
-    `options` override the methods' demo options (`DEMO_OPTIONS`: `n_steps`,
-    `n_samples`, `chunk_size`; also `n_permutations`, `n_masks`, ...). `skipped`
-    names the entries the demo CNN cannot run, with what they need.
-    """
-    spec = spec_of(model)
-    base = BuildContext(
-        model=model,
-        layer=spec.layer(),
-        classifier=spec.classifier_where(),
-        mask=feature_cells(tuple(data.x_test.shape[1:]), 7),
-        options={**DEMO_OPTIONS, **(options or {})},
-        input_shape=tuple(data.x_test.shape[1:]),
-    )
-    columns: list[DemoColumn] = []
-    skipped: list[str] = []
-    for entry in methods():
-        missing = entry.needs - _OFFERED
-        if missing:
-            skipped.append(f"{entry.name} (needs {', '.join(sorted(missing))})")
-        elif "baseline" in entry.needs:
-            for label, value in _baselines(data).items():
-                many = getattr(value, "n_draws", 1) > 1
-                if (entry.baselines == "one" and many) or (
-                    entry.baselines == "many" and not many
-                ):
-                    continue
-                context = dataclasses.replace(base, baseline=value)
-                columns.append(DemoColumn(f"{entry.name} ({label})", entry, context))
-        else:
-            columns.append(DemoColumn(entry.name, entry, base))
-    return columns, skipped
-
-
-def select_columns(columns: list[DemoColumn], names: Sequence[str]) -> list[DemoColumn]:
-    """The columns of the registry methods `names` (every baseline of each)."""
-    _check_names(names, {c.entry.name for c in columns})
-    return [c for c in columns if c.entry.name in set(names)]
-
-
-def _check_names(names: Sequence[str], known: set[str]) -> None:
-    unknown = sorted(set(names) - known)
-    if unknown or not names:
-        raise ValueError(
-            f"methods: {unknown or 'none'} names no demo method; choose from "
-            f"{sorted(known)} (`python -m eqx_attr methods` lists them)."
-        )
-
-
-def choose_digits(ys: np.ndarray, n: int = 8) -> np.ndarray:
-    """Indices of `n` examples: the first example of classes 0, 1, 2, ... in turn.
-
-    One per class while classes last; with `n > n_classes` it cycles.
-    """
-    ys = np.asarray(ys)
-    classes = np.unique(ys)
-    picked: list[int] = []
-    taken: set[int] = set()
-    while len(picked) < n:
-        before = len(picked)
-        for c in classes:
-            if len(picked) == n:
-                break
-            for i in np.flatnonzero(ys == c):
-                if int(i) not in taken:
-                    picked.append(int(i))
-                    taken.add(int(i))
-                    break
-        if len(picked) == before:
-            raise ValueError(f"Only {len(picked)} examples; cannot pick {n}.")
-    return np.asarray(picked)
-
-
-def slug(name: str) -> str:
-    """A file-name-safe version of a display name: `"IG (black)"` -> `ig_black`."""
-    s = name.lower().replace("×", "x").replace("+", "p")
-    return re.sub(r"[^a-z0-9]+", "_", s).strip("_")
+from ._columns import (
+    DEMO_OPTIONS as DEMO_OPTIONS,
+    DemoColumn as DemoColumn,
+    check_names,
+    choose_digits as choose_digits,
+    demo_columns as demo_columns,
+    select_columns as select_columns,
+    slug as slug,
+)
+from ._vit_demo import run_vit_demo
 
 
 def completeness_error(column: DemoColumn, xs, ts, keys, attrs=None) -> float:
@@ -164,12 +56,12 @@ def _batched_metric(metric, xs, ts, attrs, keys):
 
 
 def _write_pngs(out_dir, xs, maps, labels, preds) -> str:
-    from .. import viz
+    from ..viz import grid
 
     grid_path = os.path.join(out_dir, "attributions.png")
-    viz.grid(xs, maps, row_labels=labels, path=grid_path)
+    grid(xs, maps, row_labels=labels, path=grid_path)
     for name, m in maps.items():
-        viz.grid(
+        grid(
             xs,
             {name: m},
             row_labels=[str(t) for t in preds],
@@ -256,7 +148,8 @@ def run_demo(
       `"all"` ranks every method; a list of column names ranks those; `False`
       skips it.
     - `vit`: `True` explains the digits with the cached MNIST ViT too (training
-      it once); an `eqx_attr.models.ViT` uses that model; `False` skips it.
+      it once; the registry's transformer methods, see
+      `_vit_demo`); an `eqx_attr.models.ViT` uses that model; `False` skips it.
     - `options`: override the methods' demo options (see `demo_columns`).
     - `methods`: registry names (`python -m eqx_attr methods`) of the methods to
       run, all of their columns (every demo baseline); `None` runs every method.
@@ -264,78 +157,39 @@ def run_demo(
     **Returns:** `{"accuracy", "maps", "timings", "completeness", "skipped",
     "grid_path", "leaderboard", "vit"}` (the last two `None` when skipped).
     """
-    from .. import datasets, training
     from .._registry import methods as registry
+    from ..datasets import mnist
+    from ..training import accuracy, predict, pretrained_small_cnn
 
     if methods is not None:  # before training: a typo costs no minute
-        _check_names(methods, {e.name for e in registry()})
-    data = datasets.mnist()
+        check_names(methods, {e.name for e in registry()})
+    data = mnist()
     if model is None:
-        model = training.pretrained_small_cnn(progress=progress)
-    acc = training.accuracy(model, data.x_test, data.y_test)
+        model = pretrained_small_cnn(progress=progress)
+    acc = accuracy(model, data.x_test, data.y_test)
     print_fn(f"test accuracy: {acc:.3f}")
     idx = choose_digits(data.y_test, n_digits)
     xs = jnp.asarray(data.x_test[idx])
-    preds = training.predict(model, xs)
+    preds = predict(model, xs)
     ts = jnp.asarray(preds, jnp.int32)  # explain what the model predicted
     keys = jax.random.split(jax.random.key(0), xs.shape[0])
-    columns, skipped = demo_columns(model, data, options)
-    if methods is not None:
-        columns = select_columns(columns, methods)
-    if skipped:
-        print_fn("methods the demo CNN cannot run: " + ", ".join(skipped))
-
+    columns, skipped = _columns(model, data, options, methods, print_fn)
     os.makedirs(out_dir, exist_ok=True)
-    maps: dict[str, np.ndarray] = {}
-    timings: dict[str, tuple[float, float]] = {}
-    width = max(len(c.name) for c in columns)
-    print_fn(f"{'method':<{width}}  compile [s]  steady [ms / {xs.shape[0]} digits]")
-    for column in columns:
-        out, compile_s, steady_s = time_call(batched(column.build()), xs, ts, keys)
-        maps[column.name] = np.asarray(out)
-        timings[column.name] = (compile_s, steady_s)
-        print_fn(f"{column.name:<{width}}  {compile_s:11.2f}  {1e3 * steady_s:10.1f}")
+    maps, timings = _time_columns(columns, xs, ts, keys, print_fn)
     labels = [
         f"label {y}, pred {t}" for y, t in zip(data.y_test[idx], preds, strict=True)
     ]
     grid_path = _write_pngs(out_dir, xs, maps, labels, preds)
-
-    deltas: dict[str, float] = {}
-    for column in columns:
-        if "completeness" in column.entry.axioms:
-            err = completeness_error(column, xs, ts, keys, maps[column.name])
-            deltas[column.name] = err
-            print_fn(
-                f"completeness, {column.name}: max |delta| / |f(x) - f(b)| = {err:.2e}"
-            )
+    deltas = _completeness_errors(columns, xs, ts, keys, maps, print_fn)
     print_fn(f"wrote {grid_path} and {len(maps)} per-method PNGs in {out_dir}/")
-
-    board = None
-    if leaderboard is not False:
-        from ..metrics import demo_leaderboard
-
-        if leaderboard is True:
-            names = None
-            print_fn(
-                "leaderboard leaves out (costly; --leaderboard-all ranks them): "
-                + ", ".join(sorted(SLOW_TO_RANK))
-            )
-        else:
-            names = "all" if leaderboard == "all" else list(leaderboard)
-        ranked = leaderboard_methods(columns, names)
-        board = demo_leaderboard(model, ranked, xs, ts, out_dir, print_fn=print_fn)
+    board = _rank(leaderboard, columns, model, xs, ts, out_dir, print_fn)
     vit_report = None
     if vit is not False:
-        from .._transformer._demo import run_vit_demo
-
+        vit = None if vit is True else vit
         vit_report = run_vit_demo(
-            str(out_dir), n_digits, vit=None if vit is True else vit, progress=progress
-        )
-        print_fn(f"ViT held-out accuracy: {vit_report['accuracy']:.3f}")
-        for key, seconds in vit_report.items():
-            if key.endswith(" s"):
-                print_fn(f"ViT {key[:-2]}: {1e3 * seconds:.1f} ms / {n_digits} digits")
-        print_fn(f"wrote {os.path.join(str(out_dir), 'vit_attributions.png')}")
+            out_dir, n_digits, vit=vit, progress=progress, options=options,
+            print_fn=print_fn,
+        )  # fmt: skip
     return {
         "accuracy": acc,
         "maps": maps,
@@ -346,3 +200,76 @@ def run_demo(
         "leaderboard": board,
         "vit": vit_report,
     }
+
+
+def _columns(
+    model: Any,
+    data: Any,
+    options: Mapping[str, Any] | None,
+    methods: Sequence[str] | None,
+    print_fn: Callable[[str], None],
+) -> tuple[list[DemoColumn], list[str]]:
+    """The demo columns (of `methods` only, if given) and the skipped methods."""
+    columns, skipped = demo_columns(model, data, options)
+    if methods is not None:
+        columns = select_columns(columns, methods)
+    if skipped:
+        print_fn("methods the demo CNN cannot run: " + ", ".join(skipped))
+    return columns, skipped
+
+
+def _time_columns(
+    columns: list[DemoColumn], xs, ts, keys, print_fn: Callable[[str], None]
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    """Every column's maps of `xs`, and its compile and steady-state times."""
+    maps: dict[str, np.ndarray] = {}
+    timings: dict[str, tuple[float, float]] = {}
+    width = max(len(c.name) for c in columns)
+    print_fn(f"{'method':<{width}}  compile [s]  steady [ms / {xs.shape[0]} digits]")
+    for column in columns:
+        out, compile_s, steady_s = time_call(batched(column.build()), xs, ts, keys)
+        maps[column.name] = np.asarray(out)
+        timings[column.name] = (compile_s, steady_s)
+        print_fn(f"{column.name:<{width}}  {compile_s:11.2f}  {1e3 * steady_s:10.1f}")
+    return maps, timings
+
+
+def _completeness_errors(
+    columns: list[DemoColumn], xs, ts, keys, maps, print_fn: Callable[[str], None]
+) -> dict[str, float]:
+    """The completeness error of every column whose method satisfies it."""
+    deltas: dict[str, float] = {}
+    for column in columns:
+        if "completeness" in column.entry.axioms:
+            err = completeness_error(column, xs, ts, keys, maps[column.name])
+            deltas[column.name] = err
+            print_fn(
+                f"completeness, {column.name}: max |delta| / |f(x) - f(b)| = {err:.2e}"
+            )
+    return deltas
+
+
+def _rank(
+    leaderboard: bool | str | Sequence[str],
+    columns: list[DemoColumn],
+    model: Any,
+    xs,
+    ts,
+    out_dir: str | os.PathLike,
+    print_fn: Callable[[str], None],
+) -> Any:
+    """The leaderboard of `run_demo`'s `leaderboard` argument (`None`: skipped)."""
+    if leaderboard is False:
+        return None
+    from ..metrics import demo_leaderboard
+
+    if leaderboard is True:
+        names = None
+        print_fn(
+            "leaderboard leaves out (costly; --leaderboard-all ranks them): "
+            + ", ".join(sorted(SLOW_TO_RANK))
+        )
+    else:
+        names = "all" if leaderboard == "all" else list(leaderboard)
+    ranked = leaderboard_methods(columns, names)
+    return demo_leaderboard(model, ranked, xs, ts, out_dir, print_fn=print_fn)

@@ -161,7 +161,7 @@ def _pixels(args: argparse.Namespace, spec: ModelSpec, model: Any):
 def _baseline(name: str, pixels: np.ndarray, mean, std) -> Any:
     import jax.numpy as jnp
 
-    from .. import baselines
+    from ..baselines import Blur, Zeros
 
     def pixel_value(value: float):
         return jnp.asarray((np.full_like(pixels, value) - mean) / std, jnp.float32)
@@ -169,8 +169,8 @@ def _baseline(name: str, pixels: np.ndarray, mean, std) -> Any:
     choices: dict[str, Callable[[], Any]] = {
         "black": lambda: pixel_value(0.0),
         "white": lambda: pixel_value(1.0),
-        "zeros": lambda: baselines.Zeros(),
-        "blur": lambda: baselines.Blur(sigma=max(1.0, pixels.shape[-1] / 32)),
+        "zeros": lambda: Zeros(),
+        "blur": lambda: Blur(sigma=max(1.0, pixels.shape[-1] / 32)),
     }
     return choices[name]()
 
@@ -205,7 +205,7 @@ def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) ->
     import jax
     import jax.numpy as jnp
 
-    from .. import viz
+    from ..viz import grid
 
     x = jnp.asarray((pixels - mean) / std, jnp.float32)
     target = _predict(model, x, args.target, out)
@@ -221,7 +221,7 @@ def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) ->
     if args.save_array:
         np.save(args.save_array, attr, allow_pickle=False)
     title = f"{entry.name}, class {target}" + (f" ({path})" if path else "")
-    viz.grid(
+    grid(
         pixels[None],
         {title: attr[None]},
         overlay=attr.ndim == 2,

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "methods":
             return cmd_methods()
         if args.command == "explain-dataset":
-            from .._runner._cli import run
+            from ._explain_dataset import run
 
             return run(args)
         return cmd_explain(args)

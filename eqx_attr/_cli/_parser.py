@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from .._registry import methods
+from .._version import __version__
 from ..models._zoo import MODEL_SPECS
+from ._explain_dataset import add_parser as add_explain_dataset
 
 _EXAMPLES = """\
 examples:
@@ -41,8 +43,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(
         prog="python -m eqx_attr",
         description=(
@@ -59,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(sub)
     _add_explain(sub)
-    from .._runner import _cli as runner_cli
-
-    runner_cli.add_parser(sub)
+    add_explain_dataset(sub)
     sub.add_parser(
         "methods",
         help="list the methods and the model names",

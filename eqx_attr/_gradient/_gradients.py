@@ -17,6 +17,9 @@ from .._attribution import (
     check_input,
     scalar_function,
 )
+from .._method_entry import MethodEntry
+
+__all__ = ["Gradients", "GradientsXInput"]
 
 
 def input_gradient(model: Callable, x: Image, target: Target) -> Attribution:
@@ -78,3 +81,25 @@ class GradientsXInput(AbstractAttribution):
     ) -> Attribution:
         g = input_gradient(self.model, x, target)
         return jnp.asarray(x, g.dtype) * g
+
+
+ROWS = (
+    MethodEntry(
+        "gradients",
+        Gradients,
+        "gradient",
+        "gradient of the score (saliency)",
+        lambda c: Gradients(c.model),
+        aliases=("saliency",),
+        benchmark=("run.py", "Captum Saliency (--methods grad)"),
+    ),
+    MethodEntry(
+        "gradients_x_input",
+        GradientsXInput,
+        "gradient",
+        "input times gradient",
+        lambda c: GradientsXInput(c.model),
+        aliases=("gxi",),
+        benchmark=("run.py", "Captum InputXGradient (--methods gxi)"),
+    ),
+)

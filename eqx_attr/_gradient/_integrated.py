@@ -18,13 +18,17 @@ from .._attribution import (
     Target,
     check_bool,
     check_choice,
+    check_chunk_size,
     check_input,
     check_positive_int,
     scalar_function,
 )
-from .._rules import _jax_internals as ji
-from .._rules._fast_derivatives import convolves_fast_in_loops, loop_body
+from .._engine import vmapped_size
+from .._engine._fast_derivatives import convolves_fast_in_loops, loop_body
+from .._method_entry import BuildContext, MethodEntry
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
+
+__all__ = ["IntegratedGradients"]
 
 QUADRATURES = (
     "gausslegendre",
@@ -85,42 +89,15 @@ class IntegratedGradients(AbstractAttribution):
         same vectorised pass).
     - `chunk_size`: evaluate at most this many path points at a time (bounded
         memory, via `jax.lax.scan`); `None` evaluates all at once. `"auto"`
-        (default) chunks only where that is faster: on CPU, under `jax.vmap` (a
-        batch of examples), for models that convolve, chunks that hold about 32
-        MNIST digits' worth of input (25,088 elements) over the whole batch, at
-        least one point per example (2 per example for 16 digits, 1 for 64).
-        XLA:CPU runs such chunks faster than one large batch: their buffers stay
-        in cache, and the library computes convolutions in loop bodies as matrix
-        products (SmallCNN IG, 50 steps, 2-core AMD EPYC: 0.86-0.92x the time
-        of all at once for 16, 64 and 256 digits, within noise for 128, with a
-        fraction of the memory, but about 1 s longer to compile). Every point
-        at once elsewhere: on other backends; outside a vmap; for models
-        without convolutions (dense layers run fastest as one large matrix
-        product: an MLP's IG over 64 digits took 1.6x as long in chunks of one
-        point); for models with a convolution the loop body cannot rewrite
-        (grouped, input-dilated, or inside a checkpoint or custom derivative);
-        when one point per example over the batch is more than 256 digits'
-        worth (eight 224x224 images: ResNet-18 IG ran as fast or slower in
-        chunks); and when a chunk would hold as many points as one of the
-        `parts` slices.
+        (default) chunks only where that is faster: on CPU, under `jax.vmap`,
+        for models whose convolutions the loop body can rewrite, in chunks of
+        about 32 MNIST digits' worth of input over the whole batch.
     - `unroll_chunks`: with an integer `chunk_size`, write the chunks out one
-        after another (sequenced with `jax.lax.optimization_barrier`) instead of
-        scanning them, so the model's program is not in a loop body. Compile time
-        grows with the number of chunks, and on CPU the memory stays bounded by
-        one chunk only with XLA's concurrency-optimised scheduler off
-        (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; with
-        it on, XLA keeps every chunk's buffers). On CPU the scan is as fast since
-        the library rewrites loop bodies' convolutions (SmallCNN, 8 digits, 32
-        steps, chunks of 16: 1.0x); this is for backends where loops are slow.
-        Default `False`.
+        after another instead of scanning them (for backends where loops are
+        slow; compile time grows with the number of chunks). Default `False`.
     - `parts`: the path points (with `chunk_size`, each chunk's) go through the
-        model in this many independent slices (static). XLA:CPU runs a
-        convolution over a large batch on about one core but runs independent
-        operations concurrently, and smaller slices stay in cache: on SmallCNN
-        (64 digits, 50 steps, 2 cores) 4 parts take 0.6-0.75x the time of 1, and
-        chunks of 16 steps (8 digits) 0.85x, with no more memory; MLPs are
-        unaffected. Attributions agree to float rounding (the sum is split).
-        Default 4.
+        model in this many independent slices (static), which XLA:CPU runs
+        concurrently; attributions agree to float rounding. Default 4.
     - `return_delta`: if `True`, `__call__` returns `(attribution, delta)`.
 
     **Returns:** an array shaped like `x` (or `(attr, delta)`, see above).
@@ -130,6 +107,9 @@ class IntegratedGradients(AbstractAttribution):
     a = ig(x, target=3)
     a, delta = ig.attribute_with_delta(x, target=3)  # delta = sum(a) - (f(x) - f(b))
     ```
+
+    The timings behind these defaults: `docs/benchmarks.md`, "Integrated Gradients:
+    `chunk_size`, `parts` and `unroll_chunks`".
     """
 
     model: Callable[..., Any]
@@ -143,13 +123,7 @@ class IntegratedGradients(AbstractAttribution):
 
     def __check_init__(self):
         quadrature(self.method, self.n_steps)  # validates method and n_steps
-        if self.chunk_size is not None and self.chunk_size != "auto":
-            if isinstance(self.chunk_size, str):
-                raise ValueError(
-                    f"`chunk_size` must be an integer >= 1, None (every path point "
-                    f'at once) or "auto", got {self.chunk_size!r}.'
-                )
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size, allow_auto=True)
         check_bool(self.unroll_chunks, "unroll_chunks")
         check_positive_int(self.parts, "parts")
 
@@ -200,7 +174,7 @@ def auto_chunk_size(
     `IntegratedGradients.chunk_size`."""
     if jax.default_backend() != "cpu":
         return None
-    batch = ji.vmapped_size()
+    batch = vmapped_size()
     if batch < 2:
         return None
     per_point = batch * max(x.size, 1)
@@ -312,3 +286,31 @@ def path_mean_gradients(
     with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
         acc, _ = jax.lax.scan(lambda acc, c: (chunk_sum(acc, x, *c), None), acc, xs)
     return acc
+
+
+def _build(c: BuildContext) -> IntegratedGradients:
+    return IntegratedGradients(
+        c.model,
+        n_steps=c.option("n_steps", 32),
+        baseline=c.baseline if c.baseline is not None else 0.0,
+        chunk_size=c.option("chunk_size", "auto"),
+    )
+
+
+ROWS = (
+    MethodEntry(
+        "integrated_gradients",
+        IntegratedGradients,
+        "gradient",
+        "Integrated Gradients (n_steps, baseline)",
+        _build,
+        aliases=("ig",),
+        needs=frozenset({"baseline"}),
+        axioms=frozenset({"completeness"}),
+        benchmark=(
+            "run.py",
+            "Captum IntegratedGradients (--methods ig,ig-chunk,ig-overhead,"
+            "all-targets)",
+        ),
+    ),
+)

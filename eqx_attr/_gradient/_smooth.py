@@ -16,11 +16,16 @@ from .._attribution import (
     Image,
     Target,
     check_choice,
+    check_chunk_size,
     check_input,
     check_key,
     check_positive_int,
 )
-from .._rules._fast_derivatives import loop_body
+from .._engine._fast_derivatives import loop_body
+from .._method_entry import MethodEntry
+from ._gradients import Gradients
+
+__all__ = ["SmoothGrad"]
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 NOISE = ("relative", "absolute")
@@ -92,8 +97,7 @@ class SmoothGrad(AbstractAttribution):
         check_positive_int(self.n_samples, "n_samples")
         check_choice(self.kind, "kind", KINDS)
         check_choice(self.noise, "noise", NOISE)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
         if isinstance(self.stdev, (int, float)) and self.stdev < 0:
             raise ValueError(f"`stdev` must be >= 0, got {self.stdev}.")
 
@@ -174,3 +178,20 @@ def _chunked_moments(
     with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
         (s1, s2), _ = jax.lax.scan(body, (zero, zero), xs)
     return s1 / n, s2 / n
+
+
+ROWS = (
+    MethodEntry(
+        "smoothgrad",
+        SmoothGrad,
+        "gradient",
+        "SmoothGrad of the gradient (n_samples, stdev)",
+        lambda c: SmoothGrad(
+            Gradients(c.model),
+            n_samples=c.option("n_samples", 32),
+            stdev=c.option("stdev", 0.15),
+        ),
+        needs=frozenset({"key"}),
+        benchmark=("run.py", "Captum NoiseTunnel(Saliency) (--methods smoothgrad)"),
+    ),
+)

@@ -10,8 +10,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import Target
+from .._method_entry import MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask, score, scored
+from ._defaults import baseline_or_zero, default_mask
+
+__all__ = ["FeatureAblation"]
 
 
 class FeatureAblation(AbstractMaskedPerturbation):
@@ -68,3 +72,19 @@ class FeatureAblation(AbstractMaskedPerturbation):
         )
         drops = score(self.model, x, target) - values
         return drops[mask].astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "feature_ablation",
+        FeatureAblation,
+        "perturbation",
+        "Feature ablation: score drop per masked feature",
+        lambda c: FeatureAblation(
+            c.model, default_mask(c), baseline_or_zero(c), c.options.get("chunk_size")
+        ),
+        aliases=("ablation",),
+        needs=frozenset({"mask"}),
+        benchmark=("bench_perturbation.py", "Captum FeatureAblation"),
+    ),
+)

@@ -10,7 +10,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._attribution import Target
+from .._attribution import Target, check_chunk_size
 from ._common import (
     AbstractPerturbation,
     Baseline,
@@ -18,7 +18,6 @@ from ._common import (
     as_baseline_array,
     broadcast_baseline,
     broadcast_mask,
-    check_chunk,
     relabel_mask,
     scored,
 )
@@ -79,7 +78,7 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
         self.chunk_size = chunk_size
 
     def __check_init__(self):
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
 
     def _broadcast(self, x: Array) -> tuple[Array, Array]:
         """The mask and the baseline, broadcast to `x`."""

@@ -10,23 +10,18 @@ pass.
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+from jaxtyping import Array, Float, Shaped
 
 from .._attribution import (
-    AbstractAttribution,
-    Image,
+    AbstractCompiledAttribution,
     Target,
     batched_map,
-    check_input,
-    check_positive_int,
     resolve_target,
 )
 
@@ -106,11 +101,6 @@ def broadcast_baseline(baseline: Array, x: Array) -> Array:
         ) from None
 
 
-def check_chunk(chunk_size: Any) -> None:
-    if chunk_size is not None:
-        check_positive_int(chunk_size, "chunk_size")
-
-
 def scored(
     model: Callable,
     x: Array,
@@ -134,34 +124,10 @@ def score(model: Callable, x: Array, target: Target) -> Array:
     return resolve_target(model, x, target)(model(x)).astype(jnp.float32)
 
 
-class AbstractPerturbation(AbstractAttribution):
-    """Base of methods that expand one input into many: checks, then one compilation.
+class AbstractPerturbation(AbstractCompiledAttribution):
+    """Base of methods that only evaluate the model, on perturbed copies of `x`.
 
-    Used by the perturbation family and PAIR's path methods.
-
-    A concrete method implements `attribute(x, target, key)`. `__call__` runs it
-    under `eqx.filter_jit` (inlined when the caller already jits), so even an eager
-    call compiles the whole batch of perturbations once instead of dispatching it
-    operation by operation. A Python int target is checked against the model and
-    then passed as an array, so other class indices reuse the compilation.
+    A concrete method implements `attribute(x, target, key)`; `__call__` is the
+    compiled call of `AbstractCompiledAttribution` (the whole batch of
+    perturbations compiled once, other class indices reusing the compilation).
     """
-
-    @abc.abstractmethod
-    def attribute(
-        self, x: Array, target: Target, key: PRNGKeyArray | None
-    ) -> Float[Array, "..."]:
-        """The attribution of one checked input (see the class docstring)."""
-
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Float[Array, "..."]:
-        x = check_input(x)
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            resolve_target(self.model, x, target)  # the trace-time range check
-            target = jnp.asarray(target, jnp.int32)
-        return _attribute_jit(self, x, target, key)
-
-
-@eqx.filter_jit
-def _attribute_jit(method, x, target, key):
-    return method.attribute(x, target, key)

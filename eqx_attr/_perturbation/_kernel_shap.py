@@ -16,9 +16,13 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
+from .._method_entry import MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
+from ._defaults import baseline_or_zero, default_mask
 from ._linear import lstsq_sum_constrained
+
+__all__ = ["KernelShap"]
 
 
 def kernel_shap_coalitions(key: PRNGKeyArray, n_features: int, n: int) -> Array:
@@ -110,3 +114,23 @@ class KernelShap(AbstractMaskedPerturbation):
         else:
             phi = lstsq_sum_constrained(z[2:].astype(jnp.float32), v[2:] - v[1], total)
         return phi[mask].astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "kernel_shap",
+        KernelShap,
+        "perturbation",
+        "KernelSHAP: Shapley-kernel weighted regression (n_samples)",
+        lambda c: KernelShap(
+            c.model,
+            default_mask(c),
+            c.option("n_samples", 128),
+            baseline_or_zero(c),
+            c.options.get("chunk_size"),
+        ),
+        aliases=("kernelshap",),
+        needs=frozenset({"mask", "key"}),
+        benchmark=("bench_perturbation.py", "Captum KernelShap"),
+    ),
+)

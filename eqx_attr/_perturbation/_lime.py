@@ -15,9 +15,13 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
+from .._method_entry import MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
+from ._defaults import baseline_or_zero, default_mask
 from ._linear import weighted_lasso, weighted_lstsq
+
+__all__ = ["Lime"]
 
 
 def cosine_kernel(
@@ -129,3 +133,26 @@ class Lime(AbstractMaskedPerturbation):
         else:
             coef, _ = weighted_lasso(zf, v, w, self.alpha, self.n_sweeps)
         return coef[mask].astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "lime",
+        Lime,
+        "perturbation",
+        "LIME: lasso surrogate on random coalitions (n_samples)",
+        lambda c: Lime(
+            c.model,
+            default_mask(c),
+            n_samples=c.option("n_samples", 128),
+            baseline=baseline_or_zero(c),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        needs=frozenset({"mask", "key"}),
+        benchmark=(
+            None,
+            "not timed: the same coalition batch as KernelShap (timed) plus a "
+            "lasso solve; equality with Captum's Lime is tested",
+        ),
+    ),
+)

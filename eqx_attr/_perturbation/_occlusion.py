@@ -11,16 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Target
+from .._attribution import Target, check_chunk_size
+from .._method_entry import MethodEntry
 from ._common import (
     AbstractPerturbation,
     Baseline,
     as_baseline_array,
     broadcast_baseline,
-    check_chunk,
     score,
     scored,
 )
+from ._defaults import baseline_or_zero, default_window
+
+__all__ = ["Occlusion"]
 
 
 def _as_tuple(value: Any, name: str) -> tuple[int, ...]:
@@ -119,7 +122,7 @@ class Occlusion(AbstractPerturbation):
         self.chunk_size = chunk_size
 
     def __check_init__(self):
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
 
     def attribute(
         self, x: Array, target: Target, key: PRNGKeyArray | None
@@ -154,3 +157,20 @@ class Occlusion(AbstractPerturbation):
 def _outer(m: Array, v: Array) -> Array:
     """The outer product of an n-d array with a vector: shape `(*m.shape, len(v))`."""
     return m.reshape(*m.shape, 1) * v.reshape(*(1,) * m.ndim, -1)
+
+
+ROWS = (
+    MethodEntry(
+        "occlusion",
+        Occlusion,
+        "perturbation",
+        "Occlusion: score drop under a sliding baseline window",
+        lambda c: Occlusion(
+            c.model,
+            *default_window(c),
+            baseline_or_zero(c),
+            c.options.get("chunk_size"),
+        ),
+        benchmark=("bench_perturbation.py", "Captum Occlusion"),
+    ),
+)

@@ -14,10 +14,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
     Target,
+    check_chunk_size,
     check_key,
     check_positive_int,
 )
-from ._common import AbstractPerturbation, check_chunk, scored
+from .._method_entry import MethodEntry
+from ._common import AbstractPerturbation, scored
+
+__all__ = ["RISE"]
 
 
 def upsample_matrix(n_cells: int, out: int) -> np.ndarray:
@@ -126,7 +130,7 @@ class RISE(AbstractPerturbation):
     def __check_init__(self):
         check_positive_int(self.n_masks, "n_masks")
         check_positive_int(self.cell_size, "cell_size")
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
         if not 0.0 < self.p <= 1.0:
             raise ValueError(f"`p` must lie in (0, 1], got {self.p}.")
 
@@ -180,3 +184,26 @@ def _weighted_mask_sum(
 
     acc, _ = jax.lax.scan(body, jnp.zeros(hw, jnp.float32), xs)
     return acc
+
+
+ROWS = (
+    MethodEntry(
+        "rise",
+        RISE,
+        "perturbation",
+        "RISE: score-weighted random smooth masks (n_masks, cell_size)",
+        lambda c: RISE(
+            c.model,
+            n_masks=c.option("n_masks", 500),
+            cell_size=c.option("cell_size", 4),
+            p=c.option("p", 0.5),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        needs=frozenset({"key"}),
+        output="map",
+        benchmark=(
+            None,
+            "no installable peer: RISE's reference code is not on PyPI",
+        ),
+    ),
+)

@@ -17,8 +17,12 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
+from .._method_entry import MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
+from ._defaults import baseline_or_zero, default_mask, exact_mask
+
+__all__ = ["ShapleyValueSampling", "ShapleyValues"]
 
 MAX_EXACT_FEATURES = 14
 """`ShapleyValues` evaluates all 2**F coalitions; above this F it refuses."""
@@ -184,3 +188,39 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
         gains = path[:, 1:] - path[:, :-1]  # gains[p, j]: j-th feature of order p
         phi = jnp.mean(jnp.take_along_axis(gains, rank, axis=1), axis=0)
         return phi[mask].astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "shapley_values",
+        ShapleyValues,
+        "perturbation",
+        "exact Shapley values over all coalitions (the given mask when it has "
+        "<= 14 features, else a 2 x 2 grid)",
+        lambda c: ShapleyValues(
+            c.model, exact_mask(c), baseline_or_zero(c), c.options.get("chunk_size")
+        ),
+        needs=frozenset({"mask"}),
+        benchmark=(
+            None,
+            "not timed: 2**F forwards, the same batch as FeatureAblation's per "
+            "coalition; equality with Captum's ShapleyValues is tested",
+        ),
+    ),
+    MethodEntry(
+        "shapley_value_sampling",
+        ShapleyValueSampling,
+        "perturbation",
+        "Shapley values from random permutations (n_permutations)",
+        lambda c: ShapleyValueSampling(
+            c.model,
+            default_mask(c),
+            c.option("n_permutations", 8),
+            baseline_or_zero(c),
+            c.options.get("chunk_size"),
+        ),
+        aliases=("svs",),
+        needs=frozenset({"mask", "key"}),
+        benchmark=("bench_perturbation.py", "Captum ShapleyValueSampling"),
+    ),
+)

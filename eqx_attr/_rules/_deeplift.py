@@ -7,33 +7,31 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
+    AbstractCompiledAttribution,
     Attribution,
     Image,
     Target,
     batched_map,
-    check_input,
-    check_positive_int,
-    forward_shape,
+    check_chunk_size,
     make_objective,
 )
-from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
-from . import _interpreter as it
+from .._engine import _interpreter as it
+from .._method_entry import MethodEntry
+from ..baselines import (
+    AbstractBaseline,
+    UniformNoise,
+    Zeros,
+    as_baseline,
+    draw_baselines,
+)
 from ._deeplift_rules import DeepLiftRules
 
+__all__ = ["AbstractDeepLift", "DeepLift", "DeepLiftShap"]
+
 Delta = Float[Array, ""]
-
-
-def as_array_target(target: Target) -> Target:
-    """A Python int target as a 0-d array, so one compile serves every class
-    (it has been range-checked at trace time already)."""
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        return jnp.asarray(target, jnp.int32)
-    return target
 
 
 def _score(model: Callable, target: Target, x: Array) -> Array:
@@ -70,12 +68,10 @@ def deeplift_multipliers(
     return grads, scores
 
 
-@eqx.filter_jit
 def _deeplift(
     model: Callable, x: Array, target: Target, b: Array, eps: float, plain: tuple
 ) -> tuple[Attribution, Delta]:
-    # Compiled once per shape (the interpreter runs at trace time), so un-jitted
-    # calls are fast too; inside a caller's jit or vmap it is simply inlined.
+    # Runs inside the compiled call (the interpreter runs at trace time).
     m, scores = deeplift_multipliers(model, target, x, b, eps, plain)
     attr = (m * (x - b)).astype(x.dtype)
     delta = jnp.sum(attr.astype(jnp.float32)) - (scores[0] - scores[1]).astype(
@@ -84,7 +80,7 @@ def _deeplift(
     return attr, delta
 
 
-class AbstractDeepLift(AbstractAttribution):
+class AbstractDeepLift(AbstractCompiledAttribution):
     """Base of the DeepLIFT methods: the model, baseline, stabiliser and options.
 
     Concrete subclasses ([`eqx_attr.DeepLift`][], [`eqx_attr.DeepLiftShap`][])
@@ -108,20 +104,27 @@ class AbstractDeepLift(AbstractAttribution):
     eps: eqx.AbstractVar[float]
     plain: eqx.AbstractVar[tuple[str, ...]]
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Attribution | tuple[Attribution, Delta]:
-        attr, delta = self.attribute_with_delta(x, target, key=key)
+        attr, delta = self._with_delta(x, target, key)
         return (attr, delta) if self.return_delta else attr
 
     def attribute_with_delta(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> tuple[Attribution, Delta]:
-        """Attributions and the 0-d delta `sum(attr) - (f(x) - f(b))`."""
-        x = check_input(x)
-        b = draw_baselines(self.baseline, x, key)
-        make_objective(target, forward_shape(self.model, x).shape)  # checks, up front
-        return self._attribute(x, as_array_target(target), b)
+        """Attributions and the 0-d delta `sum(attr) - (f(x) - f(b))`.
+
+        **Arguments:** as `__call__`.
+
+        **Returns:** `(attribution, delta)`, whatever `return_delta` says.
+        """
+        return self._compiled(self._with_delta, x, target, key)
+
+    def _with_delta(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> tuple[Attribution, Delta]:
+        return self._attribute(x, target, draw_baselines(self.baseline, x, key))
 
     @abc.abstractmethod
     def _attribute(
@@ -220,8 +223,7 @@ class DeepLiftShap(AbstractDeepLift):
 
     def __check_init__(self):
         _check_options(self.eps, self.plain)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
 
     def _attribute(
         self, x: Array, target: Target, b: Array
@@ -229,3 +231,37 @@ class DeepLiftShap(AbstractDeepLift):
         one = lambda bb: _deeplift(self.model, x, target, bb, self.eps, self.plain)
         attrs, deltas = batched_map(one, b, self.chunk_size)
         return jnp.mean(attrs, axis=0).astype(x.dtype), jnp.mean(deltas)
+
+
+ROWS = (
+    MethodEntry(
+        "deeplift",
+        DeepLift,
+        "rules",
+        "DeepLIFT, Rescale rule (baseline)",
+        lambda c: DeepLift(
+            c.model, baseline=c.baseline if c.baseline is not None else 0.0
+        ),
+        aliases=("deep_lift",),
+        baselines="one",
+        needs=frozenset({"baseline"}),
+        benchmark=("bench_rules.py", "Captum DeepLift"),
+    ),
+    MethodEntry(
+        "deeplift_shap",
+        DeepLiftShap,
+        "rules",
+        "DeepLIFT averaged over baselines (baseline draws, chunk_size)",
+        lambda c: DeepLiftShap(
+            c.model,
+            baseline=c.baseline
+            if c.baseline is not None
+            else UniformNoise(n_draws=c.option("n_samples", 8)),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        aliases=("deepliftshap",),
+        baselines="many",
+        needs=frozenset({"baseline", "key"}),
+        benchmark=("bench_rules.py", "Captum DeepLiftShap"),
+    ),
+)

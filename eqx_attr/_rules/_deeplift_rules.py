@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import _interpreter as it, _jax_internals as ji
+from .._engine import _interpreter as it, _jax_internals as ji
 from ._match import Facts, Known, relu_operand, sub_known
 
 # Linear in every tracked operand: multipliers pass through as gradients.
@@ -229,7 +229,7 @@ class DeepLiftRules:
 
     # -- patterns ----------------------------------------------------------------
 
-    def match(self, interp: it.Interpreter, eqns: list, i: int, facts) -> Any:
+    def match(self, interp: it.Interpreter, eqns: it.Frame, i: int, facts) -> Any:
         eqn = eqns[i]
         name = ji.name_of(eqn)
         n_out = len(eqn.outvars)

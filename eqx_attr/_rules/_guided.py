@@ -16,8 +16,11 @@ from .._attribution import (
     check_input,
     resolve_target,
 )
+from .._method_entry import MethodEntry
 from ._relu import POLICIES
 from ._swap import swap_relu
+
+__all__ = ["Deconvolution", "GuidedBackprop"]
 
 
 def swapped_gradient(
@@ -117,3 +120,25 @@ class Deconvolution(AbstractSwappedGradient):
     """
 
     rule: ClassVar[str] = "deconvnet"
+
+
+ROWS = (
+    MethodEntry(
+        "guided_backprop",
+        GuidedBackprop,
+        "rules",
+        "Guided Backpropagation",
+        lambda c: GuidedBackprop(c.model),
+        aliases=("guided_bp",),
+        benchmark=("run.py", "Captum GuidedBackprop (--methods guided)"),
+    ),
+    MethodEntry(
+        "deconvolution",
+        Deconvolution,
+        "rules",
+        "Deconvnet",
+        lambda c: Deconvolution(c.model),
+        aliases=("deconvnet",),
+        benchmark=("run.py", "Captum Deconvolution (--methods deconv)"),
+    ),
+)

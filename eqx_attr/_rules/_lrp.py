@@ -7,23 +7,27 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
+    AbstractCompiledAttribution,
     Attribution,
-    Image,
     Target,
-    check_input,
     resolve_target,
 )
+from .._method_entry import MethodEntry
 from ._lrp_bn import training_batch_norms, training_error
 from ._lrp_canon import prepare
-from ._lrp_composites import AbstractComposite, EpsilonPlusFlat, SingleRule
+from ._lrp_composites import (
+    AbstractComposite,
+    EpsilonPlusFlat,
+    SingleRule,
+    composite_by_name,
+)
 from ._lrp_rules import AbstractRule
 from ._lrp_trace import run
+
+__all__ = ["LRP"]
 
 
 def _model_name(model: Any) -> str:
@@ -32,7 +36,7 @@ def _model_name(model: Any) -> str:
     return model.__name__
 
 
-class LRP(AbstractAttribution):
+class LRP(AbstractCompiledAttribution):
     """Layer-wise Relevance Propagation (Bach et al. 2015), as Zennit computes it.
 
     The relevance starts as the target's score `f_t(x)` at the target output
@@ -125,43 +129,50 @@ class LRP(AbstractAttribution):
         self.overrides = tuple(pairs)
         self.allow_gradient = tuple(allow_gradient)
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Attribution:
-        x = check_input(x)
+    def _checked_target(self, x: Array, target: Target) -> Target:
         if training_batch_norms(self.model):
             raise training_error(self.model, _model_name(self.model))
         try:  # trace-time checks, with clear errors
-            resolve_target(self.model, x, target)
+            return super()._checked_target(x, target)
         except NameError as e:
             # A collective on an unbound axis: an eqx.nn.BatchNorm in training mode.
             if "axis name" not in str(e):
                 raise
             raise training_error(self.model, _model_name(self.model)) from e
-        if _is_index(target):
-            # An int becomes a 0-d array (already range-checked above), so that
-            # every class shares one compiled program.
-            target = jnp.asarray(target, jnp.int32)
-        return _relevance(self, x, target)
+
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Attribution:
+        # Compiled as one program: the interpreter and the rules' backward passes
+        # would otherwise run (and compile) primitive by primitive.
+        objective = resolve_target(self.model, x, target)
+        model = prepare(self.model, self.overrides, self.composite.norm_rule())
+        name = _model_name(self.model)
+        allow = frozenset(self.allow_gradient)
+
+        def forward(z):
+            return run(model, z, self.composite, allow, name)
+
+        scores, pull = jax.vjp(forward, x)
+        relevance = scores * jax.grad(objective)(scores)
+        return pull(relevance.astype(scores.dtype))[0]
 
 
-def _is_index(target: Any) -> bool:
-    return isinstance(target, (int, np.integer)) and not isinstance(target, bool)
-
-
-@eqx.filter_jit
-def _relevance(method: LRP, x: Any, target: Any) -> Any:
-    # Compiled as one program: the interpreter and the rules' backward passes
-    # would otherwise run (and compile) primitive by primitive. Nested in a
-    # user's jit or vmap, this is simply inlined.
-    objective = resolve_target(method.model, x, target)
-    model = prepare(method.model, method.overrides, method.composite.norm_rule())
-    name = _model_name(method.model)
-    allow = frozenset(method.allow_gradient)
-
-    def forward(z):
-        return run(model, z, method.composite, allow, name)
-
-    scores, pull = jax.vjp(forward, x)
-    relevance = scores * jax.grad(objective)(scores)
-    return pull(relevance.astype(scores.dtype))[0]
+ROWS = (
+    MethodEntry(
+        "lrp",
+        LRP,
+        "rules",
+        "Layer-wise Relevance Propagation (composite: epsilon_plus_flat, "
+        "epsilon_plus, epsilon_alpha2_beta1, epsilon_gamma_box)",
+        lambda c: LRP(
+            c.model,
+            composite=composite_by_name(
+                c.option("composite", "epsilon_plus_flat"),
+                low=c.option("low", 0.0),
+                high=c.option("high", 1.0),
+            ),
+        ),
+        benchmark=("bench_lrp.py", "Zennit EpsilonPlusFlat and Captum LRP"),
+    ),
+)

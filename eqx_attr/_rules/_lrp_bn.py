@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Container
 from typing import Any
 
 import equinox as eqx
@@ -32,7 +33,7 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
-from ._jax_internals import bind as _bind, scope as _scope, where as _summary
+from .._engine._jax_internals import bind as _bind, scope as _scope, where as _summary
 
 BN_SCOPE = "eqx.nn.BatchNorm"
 _TAIL = ("sub", "add", "mul", "div")
@@ -138,7 +139,7 @@ def _channel_axis(eqn, xpos: int, out_shape: tuple, channels: int) -> tuple | No
     return (True, d) if pos == 1 - xpos else None
 
 
-def match(jaxpr, i: int, flags: list, uses: dict, act: set, producers: dict):
+def match(jaxpr, i: int, flags: list, uses: dict, act: Container, producers: dict):
     """The batch norm completing linear equation `i`, as a [`Match`][], or None."""
     eqn = jaxpr.eqns[i]
     if sum(flags) != 1 or len(eqn.invars) != 2:

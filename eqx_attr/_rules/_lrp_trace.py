@@ -1,9 +1,12 @@
-"""The LRP interpreter: evaluate a model's jaxpr with a rule on every linear operation.
+"""LRP's rule table on the engine: a rule on every linear operation of the jaxpr.
 
-The model (after the PyTree canonizers) is traced to a jaxpr, with the input as the
-first argument and the model's arrays as the others. Every value that depends on
-the input is an *activation*. Each equation touching an activation is evaluated
-according to a table:
+The model (after the PyTree canonizers) is traced to a jaxpr (`_engine._trace`)
+and evaluated again by the engine's one interpreter (`_engine._interpreter`) as a
+one-stream client: every value that depends on the input is an *activation*, an
+`Act` with one stream. Each equation touching an activation is evaluated
+according to the table below; the fusions (a layer with its bias, a batch norm
+folded into its layer) are found by the `match` hook, every other case is a
+handler of the table, and `jit` bodies are evaluated with the same rules:
 
 - linear operations with one activation operand (`dot_general`: dense layers,
   `x @ w`, `einsum`; `conv_general_dilated`: convolutions) get the composite's rule
@@ -21,22 +24,18 @@ according to a table:
 - rules attached in the PyTree (overrides, pools) are kept as they are;
 - anything else raises, naming the operation and where the model calls it.
 
-The interpreter runs at trace time: the result is jit-able, vmap-able and
+Everything runs at trace time: the result is jit-able, vmap-able and
 differentiable, and each operation's backward pass is a `jax.custom_vjp`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container
 from typing import Any
 
-import equinox as eqx
-import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
 
-from ._jax_internals import JIT as _JIT, bind as _bind, fn_name, where as _summary
+from .._engine import _interpreter as it, _jax_internals as ji
 from ._lrp_bn import (
     fold as _bn_fold,
     in_batch_norm,
@@ -76,53 +75,58 @@ _ACTIVATION_PRIMS = ("tanh", "logistic")
 _SCALE = ("mul", "div", "neg")
 
 
-@dataclasses.dataclass
-class _State:
-    composite: AbstractComposite
-    allow: frozenset
-    name: str
-    model: Any = None  # to name the batch norms of an error
-    first_done: bool = False
-
-
 def _is_float(aval: Any) -> bool:
     return jnp.issubdtype(getattr(aval, "dtype", jnp.int32), jnp.floating)
 
 
+def _plain(value: Any) -> Any:
+    """The value of the one stream of an `Act`, or the constant itself."""
+    return value.streams[0] if isinstance(value, it.Act) else value
+
+
+def _wrap(eqn, outs: list) -> list:
+    """An equation's outputs on an activation: its floating ones are activations."""
+    return [
+        it.Act(jnp.expand_dims(o, 0)) if _is_float(v.aval) else o
+        for v, o in zip(eqn.outvars, outs, strict=True)
+    ]
+
+
+def _is_act(value: Any, atom: Any) -> bool:
+    """Whether `atom`, of value `value`, is an activation: a floating value that
+    depends on the input (an `Act`)."""
+    return isinstance(value, it.Act) and _is_float(atom.aval)
+
+
+def _flags(eqn, invals: list) -> list[bool]:
+    """Which operands of `eqn` are activations."""
+    return [_is_act(v, a) for v, a in zip(invals, eqn.invars, strict=True)]
+
+
+class _Acts:
+    """`var in acts`: whether `var` is an activation of the frame (computed, or
+    promised by a batch-norm fold evaluated later)."""
+
+    def __init__(self, frame: it.Frame):
+        self.frame = frame
+
+    def __contains__(self, var: Any) -> bool:
+        f = self.frame
+        if f.promised(var):
+            return True
+        return f.has(var) and _is_act(f.read(var), var)
+
+
 def _tag(eqn) -> str | None:
-    name = fn_name(eqn.params.get("call_jaxpr"))
+    name = ji.fn_name(eqn.params.get("call_jaxpr"))
     return name if name in (LAYER_TAG, RULE_TAG) else None
 
 
 def _call_name(eqn) -> str:
-    return str(eqn.params.get("name") or fn_name(eqn.params.get("call_jaxpr")))
+    return str(eqn.params.get("name") or ji.fn_name(eqn.params.get("call_jaxpr")))
 
 
-def _no_rule(state: _State, eqn, what: str) -> ValueError:
-    prim = eqn.primitive.name
-    return ValueError(
-        f"LRP has no rule for {what} (`{prim}`) at {_summary(eqn)} in the forward "
-        f"pass of {state.name}; it would silently fall back to the plain gradient. "
-        "To proceed, either give the layer that calls it a rule with "
-        "`overrides=((lambda m: m.that_layer, xa.lrp.Epsilon()),)` (any rule in "
-        "`xa.lrp`; `xa.lrp.Pass()` for an elementwise operation), or accept the "
-        f"plain gradient through this operation type with `allow_gradient=('{prim}',)`."
-    )
-
-
-def _uses(jaxpr) -> dict:
-    uses: dict = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.invars:
-            if isinstance(v, jex.Var):
-                uses.setdefault(v, []).append(i)
-    for v in jaxpr.outvars:
-        if isinstance(v, jex.Var):
-            uses.setdefault(v, []).append(-1)
-    return uses
-
-
-def _follow(jaxpr, i: int, uses: dict, act: set, terminals: tuple):
+def _follow(jaxpr, i: int, uses: dict, act: Container, terminals: tuple):
     """The equation that completes linear equation `i`, if there is one.
 
     Follows single-use shape steps (`_CHAIN`) from the equation's output to an
@@ -145,7 +149,7 @@ def _follow(jaxpr, i: int, uses: dict, act: set, terminals: tuple):
             return None
         pos = 0 if eqn.invars[0] is var else 1
         other = eqn.invars[1 - pos]
-        if isinstance(other, jex.Var) and other in act:
+        if not isinstance(other, ji.Literal) and other in act:
             return None
         if eqn.outvars[0].aval.shape != var.aval.shape:
             return None
@@ -154,205 +158,253 @@ def _follow(jaxpr, i: int, uses: dict, act: set, terminals: tuple):
         return chain, eqn, pos
 
 
-def _fused(jaxpr, i, x_flags, invals, uses, act, read, terminals):
-    """`fn(x, w, b)` for equation `i` completed by its terminal (see `_follow`).
-
-    `b` is the terminal's constant operand (a bias, a mean's count); `w` the
-    equation's other operand, if any. Returns fn, x, w, b, the output variable
-    and the fused equations.
-    """
-    eqn = jaxpr.eqns[i]
-    xpos = x_flags.index(True)
-    found = _follow(jaxpr, i, uses, act, terminals)
-    chain, end, bpos = found if found is not None else ([], None, 0)
-    const = None if end is None else read(end.invars[1 - bpos])
-    others = [v for k, v in enumerate(invals) if k != xpos]
+def _fused_fn(eqn, xpos: int, chain: list, end, bpos: int) -> Callable:
+    """`fn(x, w, b)`: equation `eqn` with its operand `xpos` as `x` and the others
+    as the tuple `w`, then the shape steps `chain` and the terminal `end` with
+    `b` as its constant operand (see `_follow`)."""
 
     def fn(x, w, b):
         ops = list(w)
         ops.insert(xpos, x)
-        (y,) = _bind(eqn, ops)
+        (y,) = ji.bind(eqn, ops)
         for step in chain:
-            (y,) = _bind(step, [y])
+            (y,) = ji.bind(step, [y])
         if end is not None and b is not None:  # a rule may drop the bias
-            (y,) = _bind(end, [y, b] if bpos == 0 else [b, y])
+            (y,) = ji.bind(end, [y, b] if bpos == 0 else [b, y])
         return y
 
-    out = eqn.outvars[0] if end is None else end.outvars[0]
-    fused = {id(e) for e in chain} | ({id(end)} if end is not None else set())
-    return fn, invals[xpos], tuple(others), const, out, fused
+    return fn
 
 
-def _layer_rule(state: _State, eqn):
-    """The composite's rule for linear equation `eqn` (the first layer's, once)."""
-    kind = _LINEAR[eqn.primitive.name]
-    rule = None
-    if not state.first_done:
-        rule = state.composite.first_rule(kind)
-        state.first_done = rule is not None
-    return state.composite.layer_rule(kind) if rule is None else rule
+class _Lrp:
+    """One LRP pass: the composite's rules as the handlers of the engine's
+    interpreter (one stream), the fusions as its `match` hook."""
 
+    def __init__(self, composite: AbstractComposite, allow: frozenset, name, model):
+        self.composite = composite
+        self.allow = allow
+        self.name = name
+        self.model = model  # to name the batch norms of an error
+        self.first_done = False
+        checked = self._checked
+        table: dict[str, it.Handler] = {p: self._moved for p in _STRUCTURAL}
+        # Higher-order primitives other than `jit` have no rule (their bodies are
+        # not evaluated with the rules), except the rules' own tagged calls.
+        for p in (*ji.REMAT, *ji.CUSTOM, ji.SCAN, ji.WHILE, ji.COND):
+            table[p] = checked(self._unknown)
+        table["custom_vjp_call"] = checked(self._tagged)
+        table["custom_jvp_call"] = checked(self._activation_call)
+        for p in _ACTIVATION_PRIMS:
+            table[p] = checked(self._activation)
+        table["max"] = checked(self._maximum)
+        for p in _SCALE:
+            table[p] = checked(self._scale)
+        table["add"] = checked(self._add)
+        self.interp = it.Interpreter(
+            table=table,
+            method="LRP",
+            streams=1,
+            match=self.match,
+            fallback=checked(self._unknown),
+        )
 
-def _linear(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
-    """Evaluate linear equation `i` (and its fused bias) with its rule."""
-    eqn = jaxpr.eqns[i]
-    if all(flags):
-        raise _no_rule(state, eqn, "a product of two activations")
-    rule = _layer_rule(state, eqn)
-    fn, x, (w,), b, out, fused = _fused(
-        jaxpr, i, flags, invals, uses, act, read, ("add",)
-    )
-    # The rule modifies the weight `w` and the bias `b`; `fn` takes `w` as a
-    # tuple of the equation's other operands.
-    env[out] = apply_rule(rule, lambda x_, w_, b_: fn(x_, (w_,), b_), x, w, b)
-    act.add(out)
-    return fused
+    # -- errors ---------------------------------------------------------------------
 
+    def no_rule(self, eqn, what: str) -> it.NoRuleError:
+        prim = eqn.primitive.name
+        return it.NoRuleError(
+            f"LRP has no rule for {what} (`{prim}`) at {ji.where(eqn)} in the forward "
+            f"pass of {self.name}; it would silently fall back to the plain gradient. "
+            "To proceed, either give the layer that calls it a rule with "
+            "`overrides=((lambda m: m.that_layer, xa.lrp.Epsilon()),)` (any rule in "
+            "`xa.lrp`; `xa.lrp.Pass()` for an elementwise operation), or accept the "
+            "plain gradient through this operation type with "
+            f"`allow_gradient=('{prim}',)`."
+        )
 
-def _norm(jaxpr, i, invals, flags, uses, act, state, env, read) -> set:
-    """A sum or a sum pool, fused with a following division (a mean): `norm_rule`."""
-    fn, x, _, count, out, fused = _fused(
-        jaxpr, i, flags, invals, uses, act, read, ("div", "mul")
-    )
-    rule = state.composite.norm_rule()
-    # The count is part of the operation, not a weight: no rule modifies it (as
-    # Zennit's rules leave a pool's forward pass alone). It is a constant, so the
-    # closure holds no value being differentiated.
-    env[out] = apply_rule(rule, lambda x_, w_, b_: fn(x_, (), count), x)
-    act.add(out)
-    return fused
+    # -- the match hook: what is evaluated as one unit ------------------------------
 
+    def match(self, interp: it.Interpreter, frame: it.Frame, i: int, scope) -> Any:
+        eqn = frame[i]
+        prim = eqn.primitive.name
+        flags = _flags(eqn, [frame.read(v) for v in eqn.invars])
+        if not any(flags):
+            return it.Unit(self._constant)
+        if prim in ji.JIT:
+            return None  # inlined by the interpreter: its body gets these rules
+        if prim in self.allow:
+            return it.Unit(self._moved)
+        if prim in _LINEAR:
+            return self._linear(frame, i, flags)
+        if prim in _NORM:
+            return self._norm(frame, i, flags)
+        return None  # the table
 
-def _one(state: _State, eqn, invals: list, flags: list) -> list:
-    """Evaluate one non-linear equation with an activation operand."""
-    prim = eqn.primitive.name
-    outs = eqn.outvars
-    if prim in state.allow or prim in _STRUCTURAL:
-        return _bind(eqn, invals)
-    if not any(_is_float(v.aval) for v in outs):
-        return _bind(eqn, invals)  # comparisons, argmax: no gradient flows
-    if in_batch_norm(eqn):
-        if prim.startswith(("reduce", "psum", "pmean", "pmax")):
-            at = f" (its batch statistics are taken at {_summary(eqn)})"
-            raise training_error(state.model, state.name, at)
-        raise unmerged_error(eqn, state.name)
-    if prim == "custom_vjp_call" and _tag(eqn) is not None:
+    def _layer_rule(self, eqn):
+        """The composite's rule for linear equation `eqn` (the first layer's, once)."""
+        kind = _LINEAR[eqn.primitive.name]
+        rule = None
+        if not self.first_done:
+            rule = self.composite.first_rule(kind)
+            self.first_done = rule is not None
+        return self.composite.layer_rule(kind) if rule is None else rule
+
+    def _linear(self, frame: it.Frame, i: int, flags: list) -> it.Unit:
+        """A linear equation with its rule: fused with the batch norm after it, or
+        with its bias `add` (and the shape steps in between)."""
+        eqn, acts = frame[i], _Acts(frame)
+        m = _bn_match(frame.jaxpr, i, flags, frame.uses, acts, frame.producers)
+        if m is not None:
+            rule = self._layer_rule(eqn)
+            read = lambda atom: _plain(frame.read(atom))
+
+            def fold(interp, eqn, invals):
+                # Evaluated at the batch norm's last equation, when every constant
+                # of the batch norm has been computed.
+                x, w = _plain(invals[m.xpos]), _plain(invals[1 - m.xpos])
+                fn, weight, bias = _bn_fold(m, w, read)
+                return [
+                    it.Act(jnp.expand_dims(apply_rule(rule, fn, x, weight, bias), 0))
+                ]
+
+            fuses = (*m.chain, *([m.bias] if m.bias is not None else []))
+            fuses += tuple(t[0] for t in m.tail[:-1])
+            return it.Unit(fold, fuses=fuses, outvars=(m.out,), at=m.last)
+        if all(flags):
+            raise self.no_rule(eqn, "a product of two activations")
+        rule = self._layer_rule(eqn)
+
+        def layer(fn, x, others, b):
+            # The rule modifies the weight (the other operand) and the bias `b`.
+            (w,) = others
+            return apply_rule(rule, lambda x_, w_, b_: fn(x_, (w_,), b_), x, w, b)
+
+        return self._fused(frame, i, flags, ("add",), layer)
+
+    def _norm(self, frame: it.Frame, i: int, flags: list) -> it.Unit:
+        """A sum or a sum pool, fused with a following division (a mean): the
+        composite's `norm_rule`."""
+        rule = self.composite.norm_rule()
+        # The count is part of the operation, not a weight: no rule modifies it (as
+        # Zennit's rules leave a pool's forward pass alone). It is a constant, so
+        # the closure holds no value being differentiated.
+
+        def norm(fn, x, others, count):
+            return apply_rule(rule, lambda x_, w_, b_: fn(x_, (), count), x)
+
+        return self._fused(frame, i, flags, ("div", "mul"), norm)
+
+    def _fused(self, frame, i, flags, terminals, apply) -> it.Unit:
+        """Equation `i` completed by its terminal (see `_follow`), as one unit:
+        `apply(fn, x, w, b)` with `fn(x, w, b)` the fused operation, `b` the
+        terminal's constant operand (a bias, a mean's count), `w` the tuple of the
+        equation's other operands."""
+        eqn = frame[i]
+        xpos = flags.index(True)
+        found = _follow(frame.jaxpr, i, frame.uses, _Acts(frame), terminals)
+        chain, end, bpos = found if found is not None else ([], None, 0)
+        const = None if end is None else _plain(frame.read(end.invars[1 - bpos]))
+        fn = _fused_fn(eqn, xpos, chain, end, bpos)
+
+        def handler(interp, eqn, invals):
+            invals = [_plain(v) for v in invals]
+            others = tuple(v for k, v in enumerate(invals) if k != xpos)
+            return [it.Act(jnp.expand_dims(apply(fn, invals[xpos], others, const), 0))]
+
+        out = eqn.outvars[0] if end is None else end.outvars[0]
+        fuses = (*chain, *([end] if end is not None else []))
+        return it.Unit(handler, fuses=fuses, outvars=(out,))
+
+    # -- the table: one equation with an activation operand -------------------------
+
+    def _constant(self, interp, eqn, invals: list) -> list:
+        """No activation operand: evaluated unchanged, a constant."""
+        return ji.bind(eqn, [_plain(v) for v in invals])
+
+    def _moved(self, interp, eqn, invals: list) -> list:
+        """Moved, copied or selected values (or an accepted plain gradient)."""
+        return _wrap(eqn, ji.bind(eqn, [_plain(v) for v in invals]))
+
+    def _checked(self, rule: Callable) -> it.Handler:
+        """`rule(eqn, values, flags)`, after the checks every rule shares."""
+
+        def handler(interp, eqn, invals: list) -> list:
+            flags = _flags(eqn, invals)
+            values = [_plain(v) for v in invals]
+            if not any(_is_float(v.aval) for v in eqn.outvars):
+                return ji.bind(eqn, values)  # comparisons, argmax: no gradient flows
+            if in_batch_norm(eqn):
+                if eqn.primitive.name.startswith(("reduce", "psum", "pmean", "pmax")):
+                    at = f" (its batch statistics are taken at {ji.where(eqn)})"
+                    raise training_error(self.model, self.name, at)
+                raise unmerged_error(eqn, self.name)
+            return _wrap(eqn, rule(eqn, values, flags))
+
+        return handler
+
+    def _unknown(self, eqn, values: list, flags: list) -> list:
+        raise self.no_rule(eqn, "this operation")
+
+    def _tagged(self, eqn, values: list, flags: list) -> list:
+        """A rule attached in the PyTree (overrides, pools): kept as it is."""
+        if _tag(eqn) is None:
+            return self._unknown(eqn, values, flags)
         if _tag(eqn) == LAYER_TAG:
-            state.first_done = True
-        return _bind(eqn, invals)
-    if prim == "custom_jvp_call":
-        if _call_name(eqn) not in _ACTIVATION_CALLS or len(invals) != 1:
-            raise _no_rule(state, eqn, f"the function `{_call_name(eqn)}`")
-        return [apply_rule(Pass(), lambda x, w, b: _bind(eqn, [x])[0], invals[0])]
-    if prim in _ACTIVATION_PRIMS:
-        return [apply_rule(Pass(), lambda x, w, b: _bind(eqn, [x])[0], invals[0])]
-    if prim == "max" and not all(flags):
-        return _pass_with_constant(state, eqn, invals, flags, "a maximum")
-    if prim in _SCALE:
+            self.first_done = True
+        return ji.bind(eqn, values)
+
+    def _activation_call(self, eqn, values: list, flags: list) -> list:
+        if _call_name(eqn) not in _ACTIVATION_CALLS or len(values) != 1:
+            raise self.no_rule(eqn, f"the function `{_call_name(eqn)}`")
+        return self._activation(eqn, values, flags)
+
+    def _activation(self, eqn, values: list, flags: list) -> list:
+        fn = lambda x, w, b: ji.bind(eqn, [x])[0]
+        return [apply_rule(Pass(), fn, values[0])]
+
+    def _maximum(self, eqn, values: list, flags: list) -> list:
+        if all(flags):
+            return self._unknown(eqn, values, flags)
+        return self._pass_with_constant(eqn, values, flags, "a maximum")
+
+    def _scale(self, eqn, values: list, flags: list) -> list:
+        prim = eqn.primitive.name
         if (len(flags) == 2 and all(flags)) or (prim == "div" and flags[1]):
-            raise _no_rule(state, eqn, f"a `{prim}` of two activations")
-        return _pass_with_constant(state, eqn, invals, flags, "a scaling")
-    if prim == "add" and all(flags):
-        rule = state.composite.norm_rule()
-        fn = lambda x, w, b: _bind(eqn, list(x))[0]
-        return [apply_rule(rule, fn, tuple(invals))]
-    if prim == "add":
-        raise _no_rule(
-            state,
+            raise self.no_rule(eqn, f"a `{prim}` of two activations")
+        return self._pass_with_constant(eqn, values, flags, "a scaling")
+
+    def _add(self, eqn, values: list, flags: list) -> list:
+        if all(flags):
+            rule = self.composite.norm_rule()
+            fn = lambda x, w, b: ji.bind(eqn, list(x))[0]
+            return [apply_rule(rule, fn, tuple(values))]
+        raise self.no_rule(
             eqn,
             "an addition of a constant to an activation that is not the bias of a "
             "linear layer (e.g. a batch norm that does not follow a convolution)",
         )
-    raise _no_rule(state, eqn, "this operation")
 
+    def _pass_with_constant(self, eqn, values, flags, what) -> list:
+        xpos = flags.index(True)
+        x = values[xpos]
+        if jnp.shape(x) != eqn.outvars[0].aval.shape:
+            raise self.no_rule(eqn, f"{what} that changes the activation's shape")
+        others = [v for k, v in enumerate(values) if k != xpos]
 
-def _pass_with_constant(state, eqn, invals, flags, what) -> list:
-    xpos = flags.index(True)
-    x = invals[xpos]
-    if jnp.shape(x) != eqn.outvars[0].aval.shape:
-        raise _no_rule(state, eqn, f"{what} that changes the activation's shape")
-    others = [v for k, v in enumerate(invals) if k != xpos]
+        def fn(x_, w, b):
+            ops = list(w)
+            ops.insert(xpos, x_)
+            return ji.bind(eqn, ops)[0]
 
-    def fn(x_, w, b):
-        ops = list(w)
-        ops.insert(xpos, x_)
-        return _bind(eqn, ops)[0]
-
-    return [apply_rule(Pass(), fn, x, tuple(others))]
-
-
-def evaluate(jaxpr, consts: Sequence, args: Sequence, flags: Sequence[bool], state):
-    """Evaluate `jaxpr`; `flags[k]` says whether argument k is an activation."""
-    env: dict = {}
-    act: set = set()
-
-    def read(atom):
-        return atom.val if isinstance(atom, jex.Literal) else env[atom]
-
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    act.update(v for v, f in zip(jaxpr.invars, flags, strict=True) if f)
-    uses = _uses(jaxpr)
-    producers = {v: e for e in jaxpr.eqns for v in e.outvars}
-    done: set = set()
-    # A linear equation with a batch norm to fold is evaluated at the batch norm's
-    # last equation, when every constant of the batch norm has been computed.
-    pending: dict = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        if id(eqn) in pending:
-            m, rule, x, w = pending.pop(id(eqn))
-            fn, weight, bias = _bn_fold(m, w, read)
-            env[m.out] = apply_rule(rule, fn, x, weight, bias)
-            continue
-        if id(eqn) in done:
-            continue
-        invals = [read(v) for v in eqn.invars]
-        in_flags = [isinstance(v, jex.Var) and v in act for v in eqn.invars]
-        if not any(in_flags):
-            outs = _bind(eqn, invals)
-        elif eqn.primitive.name in _JIT:
-            inner = eqn.params["jaxpr"]
-            outs, out_flags = evaluate(
-                inner.jaxpr, inner.consts, invals, in_flags, state
-            )
-            env.update(zip(eqn.outvars, outs, strict=True))
-            act.update(v for v, f in zip(eqn.outvars, out_flags, strict=True) if f)
-            continue
-        elif eqn.primitive.name in _LINEAR and eqn.primitive.name not in state.allow:
-            m = _bn_match(jaxpr, i, in_flags, uses, act, producers)
-            if m is not None:
-                rule = _layer_rule(state, eqn)
-                x, w = invals[m.xpos], invals[1 - m.xpos]
-                pending[id(m.last)] = (m, rule, x, w)
-                done |= m.fused()
-                act.add(m.out)
-                continue
-            done |= _linear(jaxpr, i, invals, in_flags, uses, act, state, env, read)
-            continue
-        elif eqn.primitive.name in _NORM and eqn.primitive.name not in state.allow:
-            done |= _norm(jaxpr, i, invals, in_flags, uses, act, state, env, read)
-            continue
-        else:
-            outs = _one(state, eqn, invals, in_flags)
-            act.update(v for v in eqn.outvars if _is_float(v.aval))
-        env.update(zip(eqn.outvars, outs, strict=True))
-    outs = [read(v) for v in jaxpr.outvars]
-    return outs, [isinstance(v, jex.Var) and v in act for v in jaxpr.outvars]
+        return [apply_rule(Pass(), fn, x, tuple(others))]
 
 
 def run(
     model: Callable, x: Any, composite: AbstractComposite, allow: frozenset, name: str
 ) -> Any:
     """`model(x)`, with LRP rules attached to every operation on the activations."""
-    dynamic, static = eqx.partition(model, eqx.is_array)
-    leaves, treedef = jax.tree_util.tree_flatten(dynamic)
-
-    def flat_call(x_, *leaves_):
-        m = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves_), static)
-        return m(x_)
-
-    closed, out_shape = jax.make_jaxpr(flat_call, return_shape=True)(x, *leaves)
-    state = _State(composite, frozenset(allow), name, model)
-    flags = [True] + [False] * len(leaves)
-    outs, _ = evaluate(closed.jaxpr, closed.consts, [x, *leaves], flags, state)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+    traced = it.trace(model, x)  # the model's arrays, then `x`, as jaxpr inputs
+    lrp = _Lrp(composite, frozenset(allow), name, model)
+    flat = [*traced.leaves[:-1], it.Act(jnp.expand_dims(traced.leaves[-1], 0))]
+    outs = it.run(lrp.interp, traced, flat)
+    return traced.output([_plain(o) for o in outs])

@@ -26,6 +26,7 @@ rewrite.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jax_internals as ji
+from .._engine import _jax_internals as ji
 from ._actions import (
     Action,
     Blocked,
@@ -47,6 +48,9 @@ from ._actions import (
     Swapped,
 )
 from ._relu import MARK, OTHER_ACTIVATIONS, RELU_CALLS, RULE_BODIES
+
+# The engine's and the rules' own source: their frames are not the model's.
+_OWN_DIRS = (ji.ENGINE_DIR, os.path.dirname(__file__) + os.sep)
 
 # Ops that keep a constant zero a constant zero (`jnp.zeros_like(x)`, casts).
 _ZERO_PRESERVING = (
@@ -228,7 +232,7 @@ class Facts:
 def _frames_verdict(eqn) -> bool | None:
     """Whether `eqn` was traced from model code, judged by its own stack: the first
     frame outside jax decides (model code unless it is Equinox's, or the forward
-    pass of this module's rules); a jax frame that is not numpy/lax plumbing on the
+    pass of the rules); a jax frame that is not numpy/lax plumbing on the
     way means library code.
 
     None when every recorded frame is jax plumbing (or Equinox call forwarding):
@@ -240,7 +244,7 @@ def _frames_verdict(eqn) -> bool | None:
         name = frame.file
         if name.startswith(ji.EQX_FORWARDING):
             continue
-        if name.startswith(ji.RULES_DIR):
+        if name.startswith(_OWN_DIRS):
             # The rules' own forward passes are not the model's ReLUs; any other
             # frame here is the engine calling the model itself.
             return frame.function not in RULE_BODIES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._attribution import check_choice
+from .._engine._pytree import path_str, replace_at
 
 
 @jax.custom_vjp
@@ -167,3 +169,32 @@ def resolve_rule(rule: str | Callable) -> Callable:
 
 # The rules' own bodies: their `jnp.where` is not a model's ReLU.
 RULE_BODIES = ("guided_relu", "deconvnet_relu")
+
+
+def pytree_activations(model: Any) -> tuple[list, list[tuple[str, str]]]:
+    """ReLU leaves `(path, cap)` and other activations `(where, name)` of a PyTree."""
+    is_prelu = lambda n: isinstance(n, eqx.nn.PReLU)
+    leaves = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_prelu)[0]
+    relus, others = [], []
+    for path, leaf in leaves:
+        if isinstance(leaf, functools.partial):  # e.g. partial(gelu, approximate=...)
+            leaf = leaf.func
+        if is_prelu(leaf):
+            others.append((path_str(path), "PReLU (eqx.nn.PReLU)"))
+        elif callable(leaf) and id(leaf) in RELU_FUNCTIONS:
+            relus.append((path, RELU_FUNCTIONS[id(leaf)]))
+        elif callable(leaf) and id(leaf) in OTHER_FUNCTIONS:
+            others.append((path_str(path), OTHER_FUNCTIONS[id(leaf)]))
+    return relus, others
+
+
+def swap_pytree_relus(model: Any, rule: Callable) -> tuple[Any, int]:
+    """Copy of `model` with every PyTree ReLU leaf replaced by `SwappedReLU(rule)`.
+
+    The leaves are found by path, so a ReLU instance shared by several layers (as in
+    SmallCNN) is replaced at each place it is used. Returns the copy and the count.
+    """
+    relus, _ = pytree_activations(model)
+    paths = [p for p, _ in relus]
+    replace = [SwappedReLU(rule, cap) for _, cap in relus]
+    return replace_at(model, paths, replace), len(relus)

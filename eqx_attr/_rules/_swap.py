@@ -1,8 +1,9 @@
 """`swap_relu`: a model whose ReLUs all have a modified backward pass.
 
-ReLUs held in the PyTree are replaced with `eqx.tree_at` (see `_pytree.py`);
-ReLUs written inline (see `_match.py` for the spellings recognised) are
-rewritten by evaluating the traced call with the rule engine (`_interpreter.py`),
+ReLUs held in the PyTree are replaced with `eqx.tree_at` (see
+`_relu.swap_pytree_relus`); ReLUs written inline (see `_match.py` for the
+spellings recognised) are rewritten by evaluating the traced call with the rule
+engine (`_engine/_interpreter.py`),
 whose `match` hook here is the ReLU matcher. Everything else is bound unchanged,
 so custom primitives (e.g. `eqx.error_if`) keep working. A ReLU that cannot be
 rewritten (inside a user's `custom_jvp`/`custom_vjp`, whose derivative rule is
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._attribution import check_choice
-from . import _interpreter as it
+from .._engine import _interpreter as it
 from ._match import (
     Descend,
     Facts,
@@ -35,8 +36,7 @@ from ._match import (
     scan_sites,
     sub_known,
 )
-from ._pytree import pytree_activations, swap_pytree_relus
-from ._relu import POLICIES, resolve_rule
+from ._relu import POLICIES, pytree_activations, resolve_rule, swap_pytree_relus
 
 
 @dataclass

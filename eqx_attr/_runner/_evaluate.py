@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._attribution import check_positive_int
+from .._version import __version__
 from . import _dispatch, _fingerprint, _loop, _store
 from ._inputs import check_rows_like, check_same_rows, num_rows, storage_dtype
 
@@ -143,47 +144,58 @@ def evaluate_dataset(
     g["values"][:].mean()
     ```
     """
-    from .. import __version__
-
     check_positive_int(batch_size, "batch_size")
     if not callable(metric):
         raise TypeError(f"`metric` must be callable, got {type(metric).__name__}.")
+    attributions, targets = _unpack_store(attributions, targets)
+    given = {"xs": xs, "targets": targets, "attributions": attributions, "masks": masks}
+    job = _job(metric, given, out, int(batch_size), key, chunk_rows)
+    return _loop.run_job(job, overwrite=overwrite, resume=resume, progress=progress)
+
+
+def _unpack_store(attributions: Any, targets: Any) -> tuple[Any, Any]:
+    """A store from `explain_dataset` as its attributions and (if not given) targets."""
     if hasattr(attributions, "group_keys") or hasattr(attributions, "members"):
         stored = attributions
         attributions = stored["attributions"]
         if targets is None:
             targets = stored["targets"]
+    return attributions, targets
+
+
+def _job(
+    metric: Any,
+    given: dict[str, Any],
+    out: Any,
+    batch_size: int,
+    key: Any,
+    chunk_rows: int | None,
+) -> _loop.Job:
+    """`evaluate_dataset`'s run: the store's layout and identity, and its batches."""
     order = metric_arguments(metric)
-    given = {"xs": xs, "targets": targets, "attributions": attributions, "masks": masks}
     sources, n = _gather_sources(order, given)
     if "targets" in sources:
         check_same_rows(n, sources["targets"], "targets")
     path = _store.check_out(out)
     values = _value_shape(metric, sources, order, key, n)
     chunk_rows = _store.resolve_chunk_rows(
-        chunk_rows, n, int(batch_size), {"values": values}
+        chunk_rows, n, batch_size, {"values": values}
     )
     identity = {
         "kind": "evaluate",
         "metric": _fingerprint.config_hash(_fingerprint.describe(metric)),
         "metric_class": type(metric).__qualname__,
         "inputs": {k: _fingerprint.data_fingerprint(v) for k, v in sources.items()},
-        "batch_size": int(batch_size),
+        "batch_size": batch_size,
         "chunk_rows": chunk_rows,
         "key": None if key is None else _fingerprint.describe(key),
     }
     record = {"version": __version__, "metric_config": _fingerprint.describe(metric)}
-    model = getattr(metric, "model", None)
-    n_classes = None
-    if model is not None and "xs" in sources and n:
-        out_shape = jax.eval_shape(model, jnp.asarray(np.asarray(sources["xs"][0])))
-        n_classes = out_shape.shape[0] if len(out_shape.shape) == 1 else None
-
     arrays, static = _dispatch.split(metric)
-    job = _loop.Job(
+    return _loop.Job(
         out=path,
         n=n,
-        batch_size=int(batch_size),
+        batch_size=batch_size,
         chunk_rows=chunk_rows,
         sources=sources,
         nan_checked=tuple(k for k in ("xs", "attributions") if k in sources),
@@ -193,10 +205,18 @@ def evaluate_dataset(
         ),
         identity=identity,
         record=record,
-        check_rows=check_rows_like(n_classes),
+        check_rows=check_rows_like(_n_classes(metric, sources, n)),
         desc=type(metric).__name__,
     )
-    return _loop.run_job(job, overwrite=overwrite, resume=resume, progress=progress)
+
+
+def _n_classes(metric: Any, sources: dict[str, Any], n: int) -> int | None:
+    """The number of classes of the metric's model, when it has one and `xs`."""
+    model = getattr(metric, "model", None)
+    if model is None or "xs" not in sources or not n:
+        return None
+    out_shape = jax.eval_shape(model, jnp.asarray(np.asarray(sources["xs"][0])))
+    return out_shape.shape[0] if len(out_shape.shape) == 1 else None
 
 
 def _value_shape(metric, sources, order, key, n) -> tuple[tuple[int, ...], Any]:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from .._attribution import check_positive_int, forward_shape
+from .._attribution import AbstractAttribution, check_positive_int, forward_shape
+from .._version import __version__
 from . import _dispatch, _fingerprint, _loop, _store
 from ._inputs import check_rows_like, check_targets, num_rows, storage_dtype
 
@@ -50,10 +51,14 @@ def _explain_batch(static, scores: bool, arrays, xs, targets, rows, key):
 
 
 def _one(method, x, target, key):
-    """`(attribution, the model's output or None)` for one example."""
-    hook = getattr(method, "_attribution_and_scores", None)
-    if hook is not None:
-        return hook(x, target, key)
+    """`(attribution, the model's output or None)` for one example.
+
+    A library method answers through its protected protocol method
+    `_attribution_and_scores` (see [`eqx_attr.AbstractAttribution`][]); any other
+    callable is called as `method(x, target[, key=key])`.
+    """
+    if isinstance(method, AbstractAttribution):
+        return method._attribution_and_scores(x, target, key)
     return (method(x, target) if key is None else method(x, target, key=key)), None
 
 
@@ -122,16 +127,65 @@ def explain_dataset(
     group["attributions"][:10]
     ```
     """
-    from .. import __version__
-
     check_positive_int(batch_size, "batch_size")
+    _check_method(method)
+    job = _job(method, xs, targets, out, int(batch_size), key, scores, chunk_rows)
+    return _loop.run_job(job, overwrite=overwrite, resume=resume, progress=progress)
+
+
+def _job(
+    method: Any,
+    xs: Any,
+    targets: Any,
+    out: Any,
+    batch_size: int,
+    key: Any,
+    scores: bool,
+    chunk_rows: int | None,
+) -> _loop.Job:
+    """`explain_dataset`'s run: the store's layout and identity, and its batches."""
+    n = num_rows(xs, "xs")
+    predicted = _check_targets(targets, n)
+    path = _store.check_out(out)
+    x0 = jnp.asarray(np.asarray(xs[0])) if n else None
+    n_classes, a_shape, a_dtype = _shapes(method, x0, key)
+    outputs = {
+        "attributions": (a_shape, a_dtype),
+        "targets": ((), np.int32),
+        **({"scores": ((), np.float32)} if scores else {}),
+    }
+    chunk_rows = _store.resolve_chunk_rows(chunk_rows, n, batch_size, outputs)
+    config = _fingerprint.describe(method)
+    identity = _identity(method, config, xs, targets, batch_size, chunk_rows, key)
+    identity["scores"] = bool(scores)
+    return _loop.Job(
+        out=path,
+        n=n,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        sources={"xs": xs} if predicted else {"xs": xs, "targets": targets},
+        nan_checked=("xs",),
+        outputs=outputs,
+        compute=_batch_computer(method, scores, key),
+        identity=identity,
+        record={"version": __version__, "method_config": config},
+        check_rows=check_rows_like(n_classes),
+        desc=type(method).__name__,
+    )
+
+
+def _check_method(method: Any) -> None:
+    """Refuse anything but a callable method with a `model` attribute."""
     model = getattr(method, "model", None)
     if model is None or not callable(method):
         raise TypeError(
             "`method` must be an attribution method with a `model` attribute, e.g. "
             f"`xa.IntegratedGradients(model)`; got {type(method).__name__}."
         )
-    n = num_rows(xs, "xs")
+
+
+def _check_targets(targets: Any, n: int) -> bool:
+    """Check `targets` for `n` rows; whether they are the model's arg-max."""
     predicted = isinstance(targets, str)
     if predicted and targets != "predicted":
         raise ValueError(
@@ -140,32 +194,33 @@ def explain_dataset(
         )
     if not predicted:
         check_targets(targets, n)
-    path = _store.check_out(out)
+    return predicted
 
-    x0 = jnp.asarray(np.asarray(xs[0])) if n else None
-    n_classes, a_shape, a_dtype = _shapes(method, x0, key)
-    outputs = {
-        "attributions": (a_shape, a_dtype),
-        "targets": ((), np.int32),
-        **({"scores": ((), np.float32)} if scores else {}),
-    }
-    chunk_rows = _store.resolve_chunk_rows(chunk_rows, n, int(batch_size), outputs)
-    identity = {
+
+def _identity(
+    method: Any,
+    config: Any,
+    xs: Any,
+    targets: Any,
+    batch_size: int,
+    chunk_rows: int,
+    key: Any,
+) -> dict:
+    """What a store must match to be resumed (method, data, batching, key)."""
+    return {
         "kind": "explain",
-        "method": None,
+        "method": _fingerprint.config_hash(config),
         "method_class": type(method).__qualname__,
         "data": _fingerprint.data_fingerprint(xs),
         "targets": _fingerprint.targets_fingerprint(targets),
         "batch_size": int(batch_size),
         "chunk_rows": chunk_rows,
         "key": None if key is None else _fingerprint.describe(key),
-        "scores": bool(scores),
     }
-    config = _fingerprint.describe(method)
-    identity["method"] = _fingerprint.config_hash(config)
-    record = {"version": __version__, "method_config": config}
-    sources = {"xs": xs} if predicted else {"xs": xs, "targets": targets}
 
+
+def _batch_computer(method: Any, scores: bool, key: Any) -> Callable:
+    """`compute(batch, rows) -> outputs` for the runner's loop (see `_loop.Job`)."""
     arrays, static = _dispatch.split(method)
 
     def compute(batch, rows):
@@ -174,21 +229,7 @@ def explain_dataset(
         out = _explain_batch(static, scores, arrays, batch["xs"], t, r, key)
         return out if t is None else {**out, "targets": t}
 
-    job = _loop.Job(
-        out=path,
-        n=n,
-        batch_size=int(batch_size),
-        chunk_rows=chunk_rows,
-        sources=sources,
-        nan_checked=("xs",),
-        outputs=outputs,
-        compute=compute,
-        identity=identity,
-        record=record,
-        check_rows=check_rows_like(n_classes),
-        desc=type(method).__name__,
-    )
-    return _loop.run_job(job, overwrite=overwrite, resume=resume, progress=progress)
+    return compute
 
 
 def _shapes(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import Image, Target, check_input
+from .._method_entry import MethodEntry
+
+__all__ = ["CheferRelevance"]
 from ._common import (
     AbstractAttentionMap,
     class_token_map,
@@ -78,3 +81,20 @@ class CheferRelevance(AbstractAttentionMap):
         attentions, gradients, grid = _read(self, x, target, gradients=True)
         r = chefer_matrix(attentions, gradients)
         return class_token_map(r, x, grid, self)
+
+
+ROWS = (
+    MethodEntry(
+        "chefer_relevance",
+        CheferRelevance,
+        "transformer",
+        "Chefer et al. 2021: gradient-weighted attention relevance",
+        lambda c: CheferRelevance(
+            c.model, c.need("attention"), n_prefix_tokens=c.n_prefix_tokens
+        ),
+        aliases=("chefer",),
+        needs=frozenset({"attention"}),
+        output="map",
+        benchmark=("bench_transformer.py", "torch hooks and autograd"),
+    ),
+)

@@ -9,7 +9,6 @@ tokens, fold it to the patch grid and resize it like the CAM family.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._attribution import AbstractAttribution, Target, check_choice, make_objective
-from .._layer_tap import inspect_layers, read_layers
+from .._attribution import (
+    AbstractAttribution,
+    Target,
+    check_choice,
+    make_objective,
+    token_grid,
+)
+from .._layers import inspect_layers, read_layers
 
 RESIZES = ("bilinear", "nearest")
 
@@ -75,35 +80,6 @@ def check_attention_options(method: Any) -> None:
         )
 
 
-def patch_grid(n_tokens: int, n_prefix_tokens: int, grid: Any) -> tuple[int, int]:
-    """The `(h, w)` grid the tokens after the prefix fold into, or a clear error."""
-    m = n_tokens - n_prefix_tokens
-    if m < 1:
-        raise ValueError(
-            f"`n_prefix_tokens={n_prefix_tokens}` leaves no patch tokens of the "
-            f"{n_tokens} tokens; it counts the class/register tokens before the "
-            "patch grid (1 for a ViT with a class token)."
-        )
-    if grid is not None:
-        h, w = grid
-        if h * w != m:
-            raise ValueError(
-                f"`grid={tuple(grid)}` has {h * w} cells but there are {m} patch "
-                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
-                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
-            )
-        return int(h), int(w)
-    side = math.isqrt(m)
-    if side * side != m:
-        raise ValueError(
-            f"There are {m} patch tokens ({n_tokens} tokens minus "
-            f"`n_prefix_tokens={n_prefix_tokens}`), which is not a square grid. "
-            "Count the class/register tokens in `n_prefix_tokens`, or pass "
-            "`grid=(h, w)` for a non-square patch grid."
-        )
-    return side, side
-
-
 def _check_probabilities(a: Array) -> Array:
     # Softmax rows sum to 1 up to rounding; the tolerance admits bfloat16.
     tol = max(1e-3, 8 * float(jnp.finfo(a.dtype).eps))
@@ -151,7 +127,7 @@ def read_attention(
     """
     infos = inspect_attention(method.model, method.attention, x)
     shapes = [info.act.shape for info in infos]
-    grid = patch_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
+    grid = token_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
     if gradients:
         objective = make_objective(target, infos[0].out.shape)
     else:

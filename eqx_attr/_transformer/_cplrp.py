@@ -27,7 +27,10 @@ from .._attribution import (
     check_input,
     scalar_function,
 )
-from .._layer_tap import resolve_layers
+from .._layers import resolve_layers
+from .._method_entry import MethodEntry
+
+__all__ = ["ConservativeLRP", "conservative_model"]
 from ._common import inspect_attention
 
 
@@ -228,3 +231,21 @@ class ConservativeLRP(AbstractAttribution):
         )
         f = scalar_function(model, x, target)
         return (x * jax.grad(f)(x)).astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "conservative_lrp",
+        ConservativeLRP,
+        "transformer",
+        "CP-LRP (Ali et al. 2022): LRP-0 with attention and layer norm detached",
+        lambda c: ConservativeLRP(c.model, c.need("attention")),
+        aliases=("cp_lrp",),
+        needs=frozenset({"attention"}),
+        benchmark=(
+            None,
+            "no installable peer: CP-LRP's reference code is not on PyPI; "
+            "conservation is tested",
+        ),
+    ),
+)

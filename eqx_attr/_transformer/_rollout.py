@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import Image, Target, check_choice, check_input
+from .._method_entry import MethodEntry
+
+__all__ = ["AttentionRollout"]
 from ._common import (
     AbstractAttentionMap,
     class_token_map,
@@ -113,3 +116,24 @@ class AttentionRollout(AbstractAttentionMap):
         attentions, _, grid = _read(self, x, None, gradients=False)
         r = rollout_matrix(attentions, self.head_fusion, self.discard_ratio)
         return class_token_map(r, x, grid, self)
+
+
+ROWS = (
+    MethodEntry(
+        "attention_rollout",
+        AttentionRollout,
+        "transformer",
+        "attention rollout (class-agnostic; head_fusion, discard_ratio)",
+        lambda c: AttentionRollout(
+            c.model,
+            c.need("attention"),
+            n_prefix_tokens=c.n_prefix_tokens,
+            head_fusion=c.option("head_fusion", "mean"),
+            discard_ratio=c.option("discard_ratio", 0.0),
+        ),
+        aliases=("rollout",),
+        needs=frozenset({"attention"}),
+        output="map",
+        benchmark=("bench_transformer.py", "torch forward hooks (timm twin)"),
+    ),
+)

@@ -17,6 +17,7 @@ from .._attribution import (
     Target,
     batched_map,
     check_choice,
+    check_chunk_size as check_chunk_size,
     check_input,
     check_positive_int,
     resolve_target,
@@ -246,9 +247,3 @@ def pearson(u: Array, v: Array) -> Array:
     u = u - jnp.mean(u)
     v = v - jnp.mean(v)
     return safe_divide(jnp.sum(u * v), jnp.sqrt(jnp.sum(u * u) * jnp.sum(v * v)))
-
-
-def check_chunk_size(chunk_size: Any) -> None:
-    """`chunk_size` is None (everything at once) or a positive int."""
-    if chunk_size is not None:
-        check_positive_int(chunk_size, "chunk_size")

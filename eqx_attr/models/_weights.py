@@ -44,7 +44,8 @@ _MAX_LISTED = 50
 # Walking the model's array leaves
 
 
-def _is_param(x: Any) -> bool:
+def is_param(x: Any) -> bool:
+    """Whether a leaf is an array or its shape placeholder (`eqx.filter_eval_shape`)."""
     return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
@@ -77,7 +78,7 @@ def _entries(model: PyTree) -> tuple[list[_Entry], list[Any], Any]:
     )
     entries = []
     for index, (path, leaf) in enumerate(leaves_with_path):
-        if not _is_param(leaf):
+        if not is_param(leaf):
             continue
         obj, parent, name = model, None, ""
         own, torch = [], []
@@ -302,6 +303,30 @@ def to_torch_state_dict(model: PyTree) -> dict[str, np.ndarray]:
     return out
 
 
+def _state_values(
+    expected: Mapping[str, Any], state_dict: Mapping[str, Any]
+) -> tuple[dict, list[str]]:
+    """The state dict's arrays by leaf index, cast and reshaped for the model, and
+    the keys whose shape or kind (floating or not) does not fit."""
+    misshaped = []
+    values = {}
+    for k, e in expected.items():
+        if k not in state_dict:
+            continue
+        a = _to_numpy(state_dict[k])
+        same_kind = np.issubdtype(a.dtype, np.floating) == np.issubdtype(
+            e.dtype, np.floating
+        )
+        if tuple(a.shape) != e.torch_shape or not same_kind:
+            misshaped.append(
+                f"{k} (state dict {a.dtype}{list(a.shape)}, "
+                f"model {e.dtype}{list(e.torch_shape)})"
+            )
+            continue
+        values[e.index] = jnp.asarray(a.reshape(e.shape), dtype=e.dtype)
+    return values, misshaped
+
+
 def from_torch_state_dict(like: PyTree, state_dict: Mapping[str, Any]) -> PyTree:
     """Fill a model with the arrays of a PyTorch-style state dict.
 
@@ -361,22 +386,7 @@ def from_torch_state_dict(like: PyTree, state_dict: Mapping[str, Any]) -> PyTree
     }
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected and k not in counters]
-    misshaped = []
-    values = {}
-    for k, e in expected.items():
-        if k not in state_dict:
-            continue
-        a = _to_numpy(state_dict[k])
-        same_kind = np.issubdtype(a.dtype, np.floating) == np.issubdtype(
-            e.dtype, np.floating
-        )
-        if tuple(a.shape) != e.torch_shape or not same_kind:
-            misshaped.append(
-                f"{k} (state dict {a.dtype}{list(a.shape)}, "
-                f"model {e.dtype}{list(e.torch_shape)})"
-            )
-            continue
-        values[e.index] = jnp.asarray(a.reshape(e.shape), dtype=e.dtype)
+    values, misshaped = _state_values(expected, state_dict)
     if missing or unexpected or misshaped:
         raise _mismatch(
             f"state dict for {type(like).__name__}", missing, unexpected, misshaped

@@ -31,8 +31,8 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array
 
-from ._attribution import check_index, check_where, model_rejected_input
-from ._rules._fast_derivatives import fast_derivatives
+from .._attribution import check_index, check_where, model_rejected_input
+from .._engine._fast_derivatives import fast_derivatives
 
 # ---------------------------------------------------------------------------------
 # The tap: identity forward, (gradient, activation, 1) backward.
@@ -354,7 +354,7 @@ def read_layers(
         scores = _hooked(model, layers, make_action, leaves)(x)
         return objective(scores), scores
 
-    # Max pools and thin convolutions computed faster (`_rules/_fast_derivatives.py`).
+    # Max pools and thin convolutions computed faster (`_engine/_fast_derivatives.py`).
     score, vjp, scores = jax.vjp(fast_derivatives(f), leaves, has_aux=True)
     (cotangents,) = vjp(jnp.ones_like(score))
     label = "`layer`" if len(infos) == 1 else "every layer it names"

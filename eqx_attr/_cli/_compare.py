@@ -18,37 +18,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ATTENTION = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
+from .._registry import get
+from ..models import spec_of
+from ._columns import zoo_context
+
+# Display name -> registry name: the methods compared on each model (the CNN's
+# Guided Backprop needs its ReLUs; the ViT's own methods need its attention).
+CNN_METHODS = {
+    "Gradients": "gradients",
+    "Gradients x Input": "gradients_x_input",
+    "Integrated Gradients": "integrated_gradients",
+    "Guided Backprop": "guided_backprop",
+    "Grad-CAM": "gradcam",
+}
+VIT_METHODS = {
+    "Gradients": "gradients",
+    "Gradients x Input": "gradients_x_input",
+    "Integrated Gradients": "integrated_gradients",
+    "Grad-CAM": "gradcam",
+    "Attention rollout": "attention_rollout",
+    "Chefer relevance": "chefer_relevance",
+    "CP-LRP": "conservative_lrp",
+}
+
+
+def build_methods(
+    model: Any, names: Mapping[str, str], *, n_steps: int = 32
+) -> dict[str, Any]:
+    """`{display name: method}` for the registry `names`, built for a zoo model.
+
+    The layer (Grad-CAM: the CNN's last feature map, the ViT's last token map)
+    and the attention selector come from the model's zoo spec; IG integrates
+    from the black image in `n_steps` steps.
+    """
+    shape = spec_of(model).input_shape(model)
+    context = zoo_context(model, shape, {"n_steps": n_steps}, baseline=0.0)
+    return {display: get(name).build(context) for display, name in names.items()}
 
 
 def cnn_methods(cnn: Any, *, n_steps: int = 32) -> dict[str, Any]:
     """The methods compared on the CNN (`SmallCNN`), by display name."""
-    import eqx_attr as xa
-
-    return {
-        "Gradients": xa.Gradients(cnn),
-        "Gradients x Input": xa.GradientsXInput(cnn),
-        "Integrated Gradients": xa.IntegratedGradients(cnn, n_steps=n_steps),
-        "Guided Backprop": xa.GuidedBackprop(cnn),
-        "Grad-CAM": xa.GradCAM(cnn, lambda m: m.conv2),
-    }
+    return build_methods(cnn, CNN_METHODS, n_steps=n_steps)
 
 
 def vit_methods(vit: Any, *, n_steps: int = 32) -> dict[str, Any]:
     """The methods compared on the zoo ViT, by display name."""
-    import eqx_attr as xa
-
-    return {
-        "Gradients": xa.Gradients(vit),
-        "Gradients x Input": xa.GradientsXInput(vit),
-        "Integrated Gradients": xa.IntegratedGradients(vit, n_steps=n_steps),
-        "Grad-CAM": xa.GradCAM(
-            vit, lambda m: m.blocks[-1].norm1, layout="tokens", n_prefix_tokens=1
-        ),
-        "Attention rollout": xa.AttentionRollout(vit, ATTENTION),
-        "Chefer relevance": xa.CheferRelevance(vit, ATTENTION),
-        "CP-LRP": xa.ConservativeLRP(vit, ATTENTION),
-    }
+    return build_methods(vit, VIT_METHODS, n_steps=n_steps)
 
 
 def explain_all(
@@ -74,23 +89,16 @@ def score_all(
     baseline: float = 0.0,
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Deletion AUC, insertion AUC and sparseness: `(mean, standard error)` each."""
-    import eqx_attr as xa
+    from ..metrics import Deletion, Insertion, Sparseness
 
     # Compiled once per metric: every method's attributions share one shape.
+    # (pyright reads the metrics' fields, not their base class's `__init__`.)
+    curves = (("deletion", Deletion), ("insertion", Insertion))
     metrics = {
-        k: eqx.filter_jit(eqx.filter_vmap(m))
-        for k, m in (
-            (
-                "deletion",
-                xa.metrics.Deletion(model, n_steps=n_steps, baseline=baseline),
-            ),
-            (
-                "insertion",
-                xa.metrics.Insertion(model, n_steps=n_steps, baseline=baseline),
-            ),
-        )
+        k: eqx.filter_jit(eqx.filter_vmap(m(model, n_steps, baseline)))  # pyright: ignore[reportCallIssue, reportArgumentType]
+        for k, m in curves
     }
-    sparseness = eqx.filter_jit(eqx.filter_vmap(xa.metrics.Sparseness()))
+    sparseness = eqx.filter_jit(eqx.filter_vmap(Sparseness()))
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for name, a in attributions.items():
         values = {k: m(xs, targets, jnp.asarray(a)) for k, m in metrics.items()}
@@ -125,10 +133,10 @@ def compare_cnn_vit(
     print(comparison_markdown(scores))
     ```
     """
-    from .. import training
+    from ..training import predict
 
     xs, ys = jnp.asarray(xs, jnp.float32), np.asarray(ys)
-    keep = (training.predict(cnn, xs) == ys) & (training.predict(vit, xs) == ys)
+    keep = (predict(cnn, xs) == ys) & (predict(vit, xs) == ys)
     if not keep.any():
         raise ValueError(
             "No digit of `xs` is classified correctly by both models; pass "

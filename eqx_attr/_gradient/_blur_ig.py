@@ -12,12 +12,16 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
+    AbstractCompiledAttribution,
     Target,
     batched_map,
+    check_chunk_size,
     check_positive_int,
     scalar_function,
 )
-from .._perturbation._common import AbstractPerturbation
+from .._method_entry import MethodEntry
+
+__all__ = ["BlurIG"]
 
 
 def blur_matrix(n: int, sigma: Float[Array, ""], max_radius: int) -> Array:
@@ -45,7 +49,7 @@ def gaussian_blur(x: Array, sigma: Float[Array, ""], max_radius: int) -> Array:
     return jnp.einsum("ij,...jk,lk->...il", bh, x, bw)
 
 
-class BlurIG(AbstractPerturbation):
+class BlurIG(AbstractCompiledAttribution):
     """Blur IG (Xu et al., *Attribution in Scale and Space*, CVPR 2020), as PAIR's.
 
     Integrates the gradient along the path from the input blurred with
@@ -81,8 +85,7 @@ class BlurIG(AbstractPerturbation):
 
     def __check_init__(self):
         check_positive_int(self.steps, "steps")
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
         if not self.max_sigma > 0 or not self.grad_step > 0:
             raise ValueError(
                 "`max_sigma` and `grad_step` must be > 0, got "
@@ -120,3 +123,24 @@ class BlurIG(AbstractPerturbation):
         )
         terms = batched_map(one, params, self.chunk_size)
         return (-jnp.sum(terms, axis=0)).astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "blur_ig",
+        BlurIG,
+        "gradient",
+        "Blur IG: integrated gradients along a blur path (PAIR)",
+        lambda c: BlurIG(
+            c.model,
+            max_sigma=c.option("max_sigma", 50.0),
+            steps=c.option("n_steps", 32),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        benchmark=(
+            None,
+            "not timed: PAIR's saliency drives our own jitted gradient, so a ratio "
+            "would time the same gradients twice; equality is tested",
+        ),
+    ),
+)

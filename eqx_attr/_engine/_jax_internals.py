@@ -35,7 +35,7 @@ SCAN, WHILE, COND = "scan", "while", "cond"
 JAX_DIR = os.path.dirname(jax.__file__) + os.sep
 EQX_DIR = os.path.dirname(eqx.__file__) + os.sep
 NN_FILE = os.path.join("jax", "_src", "nn", "functions.py")
-RULES_DIR = os.path.dirname(__file__) + os.sep
+ENGINE_DIR = os.path.dirname(__file__) + os.sep
 
 # Equinox modules that only forward a call (`eqx.nn.Lambda`, `eqx.nn.Sequential`,
 # `filter_jit`, ...): a frame there says nothing about who wrote the operation.
@@ -87,11 +87,6 @@ def frames(eqn: Any) -> list[Frame]:
     if tb is None:
         return []
     return [Frame(f.file_name, f.function_name, f.line_num) for f in tb.frames]
-
-
-def is_user_frame(frame: Frame) -> bool:
-    """A frame outside jax, Equinox and the rule engine: the model's own code."""
-    return not frame.file.startswith((JAX_DIR, EQX_DIR, RULES_DIR))
 
 
 def where(eqn: Any) -> str:
@@ -199,7 +194,7 @@ def self_check() -> None:
     def problem(what: str) -> RuntimeError:
         return RuntimeError(
             f"eqx_attr's rule engine does not understand jax {jax.__version__}: "
-            f"{what}. Update eqx_attr/_rules/_jax_internals.py."
+            f"{what}. Update eqx_attr/_engine/_jax_internals.py."
         )
 
     for path in PLUMBING + EQX_FORWARDING:

@@ -9,18 +9,19 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._attribution import (
-    AbstractAttribution,
+    AbstractCompiledAttribution,
     Attribution,
-    Image,
     Target,
     batched_map,
-    check_input,
+    check_chunk_size,
     check_key,
     check_positive_int,
     scalar_function,
 )
-from ..baselines import AbstractBaseline, as_baseline, draw_baselines
-from ._deeplift import as_array_target
+from .._method_entry import MethodEntry
+from ..baselines import AbstractBaseline, UniformNoise, as_baseline, draw_baselines
+
+__all__ = ["GradientShap"]
 
 
 def gradient_shap_draws(
@@ -63,7 +64,7 @@ def gradient_shap_from_draws(
     return jnp.mean(attrs, axis=0).astype(x.dtype)
 
 
-class GradientShap(AbstractAttribution):
+class GradientShap(AbstractCompiledAttribution):
     """GradientShap: expected gradients × (input − baseline), as Captum's.
 
     Per sample: a baseline drawn uniformly from `baseline`'s draws, a point
@@ -98,28 +99,44 @@ class GradientShap(AbstractAttribution):
 
     def __check_init__(self):
         check_positive_int(self.n_samples, "n_samples")
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
+        check_chunk_size(self.chunk_size)
         stdev = self.stdev
         if not isinstance(stdev, (int, float)) or isinstance(stdev, bool) or stdev < 0:
             raise ValueError(f"`stdev` must be a number >= 0, got {stdev!r}.")
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Attribution:
         key = check_key(key, "GradientShap")
-        x = check_input(x)
-        scalar_function(self.model, x, target)  # the checks, at trace time
+        f = scalar_function(self.model, x, target)
         k_base, k_draw = jax.random.split(key)
         bs = draw_baselines(self.baseline, x, k_base)
-        draws = gradient_shap_draws(k_draw, bs.shape[0], self.n_samples, x, self.stdev)
-        target = as_array_target(target)
-        return _gradient_shap(self.model, target, x, bs, draws, self.chunk_size)
+        idx, alpha, noise = gradient_shap_draws(
+            k_draw, bs.shape[0], self.n_samples, x, self.stdev
+        )
+        return gradient_shap_from_draws(f, x, bs, idx, alpha, noise, self.chunk_size)
 
 
-@eqx.filter_jit
-def _gradient_shap(model, target, x, bs, draws, chunk_size) -> Attribution:
-    # Compiled once per shape, so un-jitted calls are fast too.
-    f = scalar_function(model, x, target)
-    idx, alpha, noise = draws
-    return gradient_shap_from_draws(f, x, bs, idx, alpha, noise, chunk_size)
+ROWS = (
+    MethodEntry(
+        "gradient_shap",
+        GradientShap,
+        "gradient",
+        "GradientShap (baseline draws, n_samples, stdev)",
+        lambda c: GradientShap(
+            c.model,
+            baseline=c.baseline if c.baseline is not None else UniformNoise(n_draws=8),
+            n_samples=c.option("n_samples", 32),
+            stdev=c.option("stdev", 0.0),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        aliases=("gradientshap",),
+        baselines="many",
+        needs=frozenset({"baseline", "key"}),
+        benchmark=(
+            None,
+            "not timed: its cost is n_samples gradients, as SmoothGrad's (timed); "
+            "equality with Captum's GradientShap is tested",
+        ),
+    ),
+)

@@ -9,20 +9,24 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, Shaped
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
 from .._attribution import (
+    AbstractCompiledAttribution,
     Image,
     Target,
+    call_compiled,
     check_choice,
+    check_chunk_size,
     check_input,
     check_positive_int,
-    resolve_target,
 )
 from .._gradient._integrated import QUADRATURES, IntegratedGradients
-from .._perturbation._common import AbstractPerturbation, _attribute_jit
+from .._method_entry import MethodEntry
 from ..baselines import AbstractBaseline, as_baseline
 from . import _xrai_regions as regions
+
+__all__ = ["XRAI"]
 
 ALGORITHMS = ("full", "fast")
 
@@ -89,7 +93,7 @@ def _rank(options: dict[str, Any], attr, masks: regions.SparseMasks):
     )
 
 
-class XRAI(AbstractPerturbation):
+class XRAI(AbstractCompiledAttribution):
     """XRAI (Kapishnikov et al., ICCV 2019), as PAIR's `saliency.core.XRAI`.
 
     Integrated gradients (our JAX [`eqx_attr.IntegratedGradients`][], averaged
@@ -127,15 +131,14 @@ class XRAI(AbstractPerturbation):
     - `dilation_radius`: dilate each segment by a disk of this radius (0: not).
         Default 5.
     - `chunk_size`: IG's chunk of path points (bounded memory).
-    - `return_ranks`: if `True`, `__call__` returns `(heat, ranks)`; `ranks`
-        numbers the regions 1 (most important) to N, see
-        [`eqx_attr.XRAI.region_masks`][].
 
-    **Returns:** the `(H, W)` XRAI heat map in `x`'s dtype (or `(heat, ranks)`).
+    **Returns:** the `(H, W)` XRAI heat map in `x`'s dtype.
+    [`eqx_attr.XRAI.heat_and_ranks`][] returns the regions' ranks too.
 
     ```python
-    xrai = xa.XRAI(model, n_steps=32, return_ranks=True)
-    heat, ranks = xrai(x, target=3)
+    xrai = xa.XRAI(model, n_steps=32)
+    heat = xrai(x, target=3)
+    heat, ranks = xrai.heat_and_ranks(x, target=3)
     top3 = xa.XRAI.region_masks(ranks)[:3]   # (3, H, W) booleans
     ```
     """
@@ -158,7 +161,6 @@ class XRAI(AbstractPerturbation):
     resize: tuple[int, int] | None = eqx.field(static=True, default=regions.RESIZE)
     dilation_radius: int = eqx.field(static=True, default=regions.DILATION_RADIUS)
     chunk_size: int | None = eqx.field(static=True, default=None)
-    return_ranks: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         check_positive_int(self.n_steps, "n_steps")
@@ -188,12 +190,7 @@ class XRAI(AbstractPerturbation):
         for side in self.resize or ():
             check_positive_int(side, "resize")
         check_positive_int(self.dilation_radius, "dilation_radius", minimum=0)
-        if self.chunk_size is not None:
-            check_positive_int(self.chunk_size, "chunk_size")
-        if not isinstance(self.return_ranks, bool):
-            raise TypeError(
-                f"`return_ranks` must be True or False, got {self.return_ranks!r}."
-            )
+        check_chunk_size(self.chunk_size)
 
     def _options(self) -> dict[str, Any]:
         return dict(
@@ -217,25 +214,35 @@ class XRAI(AbstractPerturbation):
             chunk_size=self.chunk_size,
         )
 
-    def __call__(
-        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
-    ) -> Any:
-        # As the family's `__call__`, which promises one array: this one may
-        # return `(heat, ranks)`.
-        x = check_input(x)
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            resolve_target(self.model, x, target)
-            target = jnp.asarray(target, jnp.int32)
-        return _attribute_jit(self, x, target, key)
+    def attribute(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> Float[Array, "h w"]:
+        return self._heat_and_ranks(x, target, key)[0]
 
-    def attribute(self, x: Array, target: Target, key: PRNGKeyArray | None) -> Any:
+    def heat_and_ranks(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "h w"], Int[Array, "h w"]]:
+        """The heat map and the regions' ranks, in one compiled call.
+
+        **Arguments:** as `__call__`.
+
+        **Returns:** `(heat, ranks)`: the `(H, W)` heat map (as `__call__`) and
+        the `(H, W)` int32 ranks, numbering the regions 1 (most important) to N;
+        see [`eqx_attr.XRAI.region_masks`][].
+        """
+        return self._compiled(self._heat_and_ranks, x, target, key)
+
+    def _heat_and_ranks(
+        self, x: Array, target: Target, key: PRNGKeyArray | None
+    ) -> tuple[Array, Array]:
         _check_image(x, "x")
-        attr = self.integrated_gradients()(x, target, key=key)
+        ig = self.integrated_gradients()
+        attr, _ = ig.attribute_with_delta(x, target, key=key)  # IG's `__call__`
         return self._regions(x, attr)
 
     def from_attribution(
         self, x: Image, attribution: Shaped[Array, "..."] | np.ndarray
-    ) -> Any:
+    ) -> tuple[Float[Array, "h w"], Int[Array, "h w"]]:
         """XRAI's regions for a given attribution (PAIR's `base_attribution`).
 
         **Arguments:**
@@ -244,7 +251,7 @@ class XRAI(AbstractPerturbation):
         - `attribution`: `(C, H, W)` (reduced by the maximum over channels) or
             `(H, W)`.
 
-        **Returns:** as `__call__`.
+        **Returns:** `(heat, ranks)`, as [`eqx_attr.XRAI.heat_and_ranks`][].
         """
         x = check_input(x)
         _check_image(x, "x")
@@ -254,9 +261,9 @@ class XRAI(AbstractPerturbation):
                 f"`attribution` has shape {attribution.shape}; it must be shaped "
                 f"like `x` {x.shape} or its (H, W) = {x.shape[-2:]}."
             )
-        return _regions_jit(self, x, attribution)
+        return call_compiled(self._regions, x, attribution)
 
-    def _regions(self, x: Array, attr: Array) -> Any:
+    def _regions(self, x: Array, attr: Array) -> tuple[Array, Array]:
         h, w = x.shape[-2:]
         attr_map = attr.astype(jnp.float32)
         if attr_map.ndim == 3:
@@ -282,8 +289,7 @@ class XRAI(AbstractPerturbation):
             attr_map,
             vmap_method="sequential",
         )
-        heat = heat.astype(x.dtype)
-        return (heat, ranks) if self.return_ranks else heat
+        return heat.astype(x.dtype), ranks
 
     def segment_masks(self, x: Image) -> Bool[np.ndarray, "k h w"]:
         """The candidate regions for `x`: PAIR's segment list, as masks.
@@ -311,7 +317,7 @@ class XRAI(AbstractPerturbation):
             opts["resize"],
             opts["dilation_radius"],
         )
-        return masks.to_dense(x.shape[-2:])
+        return masks.to_dense((x.shape[-2], x.shape[-1]))
 
     @staticmethod
     def region_masks(ranks: Any) -> Bool[np.ndarray, "n h w"]:
@@ -319,7 +325,8 @@ class XRAI(AbstractPerturbation):
 
         **Arguments:**
 
-        - `ranks`: the `(H, W)` ranks from `return_ranks=True` (1 = first).
+        - `ranks`: the `(H, W)` ranks of [`eqx_attr.XRAI.heat_and_ranks`][]
+            (1 = first).
 
         **Returns:** disjoint masks covering the image; the last one is the
         uncovered rest when the greedy search stopped before covering it all.
@@ -341,6 +348,21 @@ def _check_image(x: Array, name: str) -> None:
         )
 
 
-@eqx.filter_jit
-def _regions_jit(method: XRAI, x: Array, attribution: Array) -> Any:
-    return method._regions(x, attribution)
+ROWS = (
+    MethodEntry(
+        "xrai",
+        XRAI,
+        "region",
+        "XRAI: IG ranked over multi-scale Felzenszwalb regions (PAIR; "
+        "n_steps, algorithm)",
+        lambda c: XRAI(
+            c.model,
+            n_steps=c.option("n_steps", 32),
+            baseline=c.baseline,
+            algorithm=c.option("algorithm", "full"),
+            chunk_size=c.options.get("chunk_size"),
+        ),
+        output="map",
+        benchmark=("bench_xrai.py", "PAIR saliency XRAI"),
+    ),
+)

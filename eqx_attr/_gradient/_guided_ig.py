@@ -12,17 +12,16 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._attribution import (
+    AbstractCompiledAttribution,
     Target,
     check_positive_int,
     scalar_function,
 )
-from .._perturbation._common import (
-    AbstractPerturbation,
-    Baseline,
-    as_baseline_array,
-    broadcast_baseline,
-)
-from .._rules._fast_derivatives import loop_body
+from .._engine._fast_derivatives import loop_body
+from .._method_entry import MethodEntry
+from .._perturbation._common import Baseline, as_baseline_array, broadcast_baseline
+
+__all__ = ["GuidedIG"]
 
 # PAIR compares L1 distances in float64 with a 1e-9 tolerance; float32 rounding
 # needs a looser relative one.
@@ -74,7 +73,7 @@ def _guided_step(x, g, xi, xb, alpha, max_dist, l1_total, l1_target, fraction):
     return x, attr
 
 
-class GuidedIG(AbstractPerturbation):
+class GuidedIG(AbstractCompiledAttribution):
     """Guided IG (Kapishnikov et al., CVPR 2021), as PAIR's `saliency.core.GuidedIG`.
 
     Starting from the baseline, at each of `steps` steps the features with the
@@ -152,3 +151,19 @@ class GuidedIG(AbstractPerturbation):
         with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
             (_, attr), _ = jax.lax.scan(step, init, steps)
         return jnp.where(l1_total > 0, attr, 0.0).astype(x.dtype)
+
+
+ROWS = (
+    MethodEntry(
+        "guided_ig",
+        GuidedIG,
+        "gradient",
+        "Guided IG: adaptive-path integrated gradients (PAIR)",
+        lambda c: GuidedIG(c.model, steps=c.option("n_steps", 32)),
+        benchmark=(
+            None,
+            "not timed: as blur_ig, PAIR's saliency would run our gradient; "
+            "equality is tested",
+        ),
+    ),
+)

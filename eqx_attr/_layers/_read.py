@@ -1,7 +1,7 @@
 """Reading layers' activations and gradients by a `where` function, purely.
 
 The public entry points; the machinery (the tap, the hooks, the checks) is in
-`_layer_tap.py`, replacing a layer's output in `_layer_replace.py`.
+`_tap.py`.
 """
 
 from __future__ import annotations
@@ -11,20 +11,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._attribution import Image, Target, check_input, make_objective
-from ._layer_replace import (
-    LayerOutputReplaced as LayerOutputReplaced,
-    replace_layer_output as replace_layer_output,
-)
-from ._layer_tap import (
-    LayerInfo as LayerInfo,
-    inspect_layer as inspect_layer,
-    inspect_layers as inspect_layers,
-    read_layer as read_layer,
-    read_layers as read_layers,
-    resolve_layer as resolve_layer,
-    resolve_layers as resolve_layers,
-)
+from .._attribution import Image, Target, check_input, make_objective
+from ._tap import inspect_layer, inspect_layers, read_layer, read_layers
 
 
 def layer_activation_and_gradient(

@@ -1,8 +1,9 @@
 """The `explain-dataset` subcommand of the command line.
 
-Hooked into `python -m eqx_attr` by the main CLI with `add_parser(subparsers)`
-and, for `args.command == "explain-dataset"`, `run(args)`. Also runnable alone:
-`python -m eqx_attr._runner._cli explain-dataset ...`.
+Hooked into `python -m eqx_attr` (`eqx-attr`) by the main CLI with
+`add_parser(subparsers)` and, for `args.command == "explain-dataset"`, `run(args)`.
+The work itself is the runner's [`eqx_attr.explain_dataset`][]; this module only
+reads the flags, the data and the weights.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .._cli._explain import CLIError, build_context, resolve_method
+from ._explain import CLIError, build_context, resolve_method
 
 COMMAND = "explain-dataset"
 
@@ -97,16 +97,16 @@ def init_distributed(args: argparse.Namespace) -> None:
 def _load_data(spec: str) -> tuple[Any, Any]:
     """(xs, labels or None) from `mnist`, a .npy file or a Zarr store."""
     if spec == "mnist":
-        from .. import datasets
+        from ..datasets import mnist
 
-        data = datasets.mnist()
+        data = mnist()
         return data.x_test, data.y_test
     if not os.path.exists(spec):
         raise CLIError(f"--data: no such file or store: {spec}")
     if spec.endswith(".npy"):
         return np.load(spec, mmap_mode="r"), None
     if os.path.isdir(spec):
-        from ._store import zarr_module
+        from .._runner._store import zarr_module
 
         node = zarr_module().open(spec, mode="r")
         if hasattr(node, "shape"):
@@ -159,17 +159,17 @@ def run(args: argparse.Namespace, out=print) -> int:
         if args.batch_size < 1:
             raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
         init_distributed(args)
-        from .. import models
-        from ._explain import explain_dataset
+        from .._runner._explain import explain_dataset
+        from ..models import ARCHITECTURES, load_pretrained
 
-        if args.model not in models.ARCHITECTURES:
+        if args.model not in ARCHITECTURES:
             raise CLIError(
                 f"unknown model {args.model!r}; choose one of "
-                + ", ".join(models.ARCHITECTURES)
+                + ", ".join(ARCHITECTURES)
             )
         if not os.path.isfile(args.weights):
             raise CLIError(f"weights file not found: {args.weights}")
-        model = models.load_pretrained(args.weights, args.model)
+        model = load_pretrained(args.weights, args.model)
         xs, labels = _load_data(args.data)
         targets = _targets(args.targets, labels, len(xs))
         method, key = _build_method(args, model, tuple(xs.shape[1:]))
@@ -200,18 +200,3 @@ def run(args: argparse.Namespace, out=print) -> int:
         prefix = "" if isinstance(e, CLIError) else f"{type(e).__name__}: "
         print(f"error: {prefix}{text}", file=sys.stderr)
         return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m eqx_attr._runner._cli explain-dataset ...` (until it is hooked in)."""
-    parser = argparse.ArgumentParser(prog="eqx-attr")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 2
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float
 
-from ._layer_tap import _Hook, resolve_layer
+from ._tap import _Hook, resolve_layer
 
 
 class LayerOutputReplaced(eqx.Module):

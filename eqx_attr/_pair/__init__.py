@@ -1,1 +1,0 @@
-"""Methods from Google PAIR's `saliency` package: Blur IG and Guided IG."""
