@@ -59,7 +59,10 @@ def deeplift_multipliers(
     fixed = traced.leaves[:-1]  # x is the last leaf of (model, target, x)
 
     def f(z):
-        pair = it.Act(jnp.stack([z, jax.lax.stop_gradient(b)]))
+        # The gradient is taken with respect to `z` alone; the reference stream
+        # stays differentiable for derivatives of the attribution itself (a
+        # baseline computed from x, parameters in a training loss).
+        pair = it.Act(jnp.stack([z, b]))
         (out,) = it.run(rules.interpreter, traced, [*fixed, pair], scope)
         out = rules.interpreter.promote(out)
         return out.streams[0], out.streams

@@ -5,6 +5,13 @@ Values that depend on the input are [`Act`][]s with two streams: the input's and
 the reference's. Every rule's forward pass evaluates both; its backward pass
 (a `jax.custom_vjp`) returns the DeepLIFT multipliers for the input's stream and
 zero for the reference's (which is not differentiated).
+
+The rules' forward passes (`fwd`) compute the plain function, not the rule
+itself: differentiating an attribution again (with respect to the parameters or
+the input, e.g. inside a training loss) then sees the true derivatives of the
+values the multipliers are made of. Calling the rule inside `fwd` would put the
+multipliers in place of those derivatives too, and the second derivative would
+be silently wrong.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def rescale(f: Callable, eps: float, normalise: bool = False) -> Callable:
         return jax.vmap(f)(s)
 
     def fwd(s):
-        y = apply(s)
+        y = jax.vmap(f)(s)
         return y, (s, y)
 
     def bwd(res, g):
@@ -103,7 +110,7 @@ def max_pool_rule(f: Callable, eps: float) -> Callable:
         return jax.vmap(f)(s)
 
     def fwd(s):
-        y = apply(s)
+        y = jax.vmap(f)(s)
         return y, (s, y)
 
     def bwd(res, g):
