@@ -19,7 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The modules whose public names are documented (besides `eqx_attr` itself).
 SUBMODULES = (
     "metrics",
+    "losses",
+    "attacks",
     "baselines",
+    "targets",
     "masks",
     "models",
     "lrp",

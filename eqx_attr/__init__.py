@@ -8,7 +8,13 @@ imported on first use, through the module `__getattr__` below.
 import importlib as _importlib
 from typing import Any as _Any
 
-from . import baselines as baselines, lrp as lrp, masks as masks, models as models
+from . import (
+    baselines as baselines,
+    lrp as lrp,
+    masks as masks,
+    models as models,
+    targets as targets,
+)
 from ._attribution import AbstractAttribution as AbstractAttribution
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
@@ -35,8 +41,10 @@ from ._transformer import *  # noqa: F403
 # Public names whose modules pull optional dependencies (matplotlib, optax, tqdm,
 # torch, zarr, ...): name -> (module, attribute or None for the module itself).
 _LAZY: dict[str, tuple[str, str | None]] = {
+    "attacks": (".attacks", None),
     "datasets": (".datasets", None),
     "images": (".images", None),
+    "losses": (".losses", None),
     "metrics": (".metrics", None),
     "torch_twins": (".torch_twins", None),
     "training": (".training", None),

@@ -1,7 +1,6 @@
 """The attribution interface and the target handling every method shares."""
 
 import abc
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -189,14 +188,47 @@ def _is_int_like(target: Any) -> bool:
     )
 
 
-def make_objective(target: Target, out_shape: tuple[int, ...]) -> Callable:
-    """Turn `target` into a function `scores -> scalar`.
+def _output_shape(out: Any) -> tuple[int, ...] | None:
+    """The shape of an array output (given as its shape, a `ShapeDtypeStruct` or
+    an array), or `None` for a PyTree output (a dict, a tuple of arrays, ...)."""
+    if isinstance(out, tuple) and all(_is_int_like(d) for d in out):
+        return tuple(int(d) for d in out)
+    if isinstance(out, (jax.ShapeDtypeStruct, jax.Array, np.ndarray)):
+        return tuple(out.shape)
+    return None
 
-    `out_shape` is the shape of the model's output for one example; it is known at
-    trace time, so an out-of-range Python int is a trace-time error, and a traced
-    integer target is checked with `eqx.error_if` (plain indexing would clamp it and
-    silently explain the wrong class).
+
+def _pytree_description(out: Any) -> str:
+    if isinstance(out, dict):
+        return f"a dict with keys {sorted(map(str, out))}"
+    return f"a {type(out).__name__} (a PyTree, not one array)"
+
+
+def make_objective(target: Target, out_shape: Any) -> Callable:
+    """Turn `target` into a function `output -> scalar`.
+
+    `out_shape` describes the model's output for one example: its shape (a tuple
+    of ints), or the output as `jax.eval_shape` gives it (a `ShapeDtypeStruct`, or
+    a PyTree of them for a model returning a dict or tuple). It is known at trace
+    time, so an out-of-range Python int is a trace-time error, and a traced integer
+    target is checked with `eqx.error_if` (plain indexing would clamp it and
+    silently explain the wrong class). A callable target receives the WHOLE
+    output, PyTree included; an int or `None` target needs an array output.
     """
+    shape = _output_shape(out_shape)
+    if shape is None and not (
+        callable(target) and not isinstance(target, (jax.Array, np.ndarray))
+    ):
+        raise ValueError(
+            f"The model returns {_pytree_description(out_shape)}, so `target` must "
+            "be a callable that maps that whole output to a scalar, e.g. "
+            '`target=lambda out: out["logits"][3]`, or one of `xa.targets` '
+            "(e.g. `xa.targets.BoxScore(box)` for a detection dict); "
+            f"got `target={target!r}`."
+        )
+    # From here on `out_shape` is the array output's shape (a callable target
+    # returns below without using it).
+    out_shape = shape
     if target is None:
         if out_shape != ():
             raise ValueError(
@@ -281,16 +313,23 @@ def forward_shape(model: Callable, x: Array) -> jax.ShapeDtypeStruct:
     return out
 
 
-def resolve_target(
-    model: Callable, x: Array, target: Target
-) -> Callable[[Array], Array]:
-    """The objective `scores -> scalar` for `target`, checked against the model.
+def forward_output(model: Callable, x: Array) -> Any:
+    """The model's output for `x` as `jax.eval_shape` gives it (a `ShapeDtypeStruct`,
+    or a PyTree of them), with a clear error if the model rejects `x`."""
+    try:
+        return jax.eval_shape(model, x)
+    except (TypeError, ValueError) as e:
+        raise model_rejected_input(x, e) from e
+
+
+def resolve_target(model: Callable, x: Array, target: Target) -> Callable[[Any], Array]:
+    """The objective `output -> scalar` for `target`, checked against the model.
 
     Checks the input shape against the model and the target against the model's
-    output, both at trace time.
+    output, both at trace time. A model may return a PyTree (a dict, a tuple) when
+    `target` is a callable: it receives the whole output.
     """
-    out = forward_shape(model, x)
-    return make_objective(target, out.shape)
+    return make_objective(target, forward_output(model, x))
 
 
 def scalar_function(
@@ -350,46 +389,6 @@ def check_chunk_size(chunk_size: Any, *, allow_auto: bool = False) -> None:
             f'"auto", got {chunk_size!r}.'
         )
     check_positive_int(chunk_size, "chunk_size")
-
-
-def token_grid(
-    n_tokens: int, n_prefix_tokens: int, grid: tuple[int, int] | None
-) -> tuple[int, int]:
-    """The `(h, w)` grid that the tokens after the `n_prefix_tokens` class/register
-    tokens fold into (`grid`, else the square one), or an error saying what to pass.
-    """
-    m = n_tokens - n_prefix_tokens
-    if m < 1:
-        raise ValueError(
-            f"`n_prefix_tokens={n_prefix_tokens}` leaves no patch tokens of the "
-            f"{n_tokens} tokens; it counts the class/register tokens before the "
-            "patch grid (1 for a ViT with a class token)."
-        )
-    if grid is not None:
-        h, w = grid
-        if h * w != m:
-            raise ValueError(
-                f"`grid={tuple(grid)}` has {h * w} cells but there are {m} patch "
-                f"tokens ({n_tokens} tokens minus `n_prefix_tokens="
-                f"{n_prefix_tokens}`); fix `grid` or `n_prefix_tokens`."
-            )
-        return int(h), int(w)
-    side = math.isqrt(m)
-    if side * side == m:
-        return side, side
-    hint = ""
-    for k in range(1, min(n_tokens, 9)):
-        r = math.isqrt(n_tokens - k)
-        if r * r == n_tokens - k and k != n_prefix_tokens:
-            hint = f" With {k} leading class/register token(s) the rest is a "
-            hint += f"{r}x{r} grid: pass `n_prefix_tokens={k}`."
-            break
-    raise ValueError(
-        f"There are {m} patch tokens ({n_tokens} tokens minus `n_prefix_tokens="
-        f"{n_prefix_tokens}`), which is not a square grid.{hint} Count the "
-        "class/register tokens in `n_prefix_tokens`, or pass `grid=(h, w)` for a "
-        "non-square patch grid."
-    )
 
 
 def index_target(model: Callable, x: Array, target: Target) -> Target:

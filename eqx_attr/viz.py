@@ -471,17 +471,16 @@ def grid(
     n_rows, n_cols = (len(columns), n) if transpose else (n, len(columns))
     fig = Figure(figsize=(cell * n_cols + 0.8, cell * n_rows + 0.6), dpi=100)
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
-    style = dict(
-        overlay=overlay, signed=signed, abs=abs, percentile=percentile, alpha=alpha,
-        reduce=reduce,
-    )  # fmt: skip
     for i in range(n):
         for j, name in enumerate(columns):
             ax = axes[j, i] if transpose else axes[i, j]
             if name == "input":
                 _draw_input(ax, imgs[i])
             else:
-                _draw_cell(ax, maps[name][i], imgs[i], name, **style)
+                _draw_cell(
+                    ax, maps[name][i], imgs[i], name, overlay=overlay, signed=signed,
+                    abs=abs, percentile=percentile, alpha=alpha, reduce=reduce,
+                )  # fmt: skip
             _label_cell(ax, i, j, name, row_labels, transpose)
     if title:
         fig.suptitle(title)

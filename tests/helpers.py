@@ -247,6 +247,20 @@ METHODS: list[MethodSpec] = [
         class_agnostic=True,
     ),
     MethodSpec(
+        "RandomCAM",
+        lambda m: xa.RandomCAM(m, _conv2),
+        output="map",
+        random=True,
+        class_agnostic=True,
+    ),
+    MethodSpec(
+        "KPCACAM",
+        lambda m: xa.KPCACAM(m, _conv2),
+        output="map",
+        class_agnostic=True,
+    ),
+    MethodSpec("SobelCAM", lambda m: xa.SobelCAM(m), "map", class_agnostic=True),
+    MethodSpec(
         "ScoreCAM", lambda m: xa.ScoreCAM(m, _conv2, chunk_size=8), output="map"
     ),
     MethodSpec(

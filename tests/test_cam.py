@@ -626,3 +626,286 @@ def test_zoo_resnet_and_vit():
     # Exact: those gradients are structural zeros, and 0 * a finite activation is 0.
     assert float(jnp.max(jnp.abs(small_out))) == 0.0
     assert float(jnp.max(jnp.abs(small_norm))) > 0
+
+
+# ---------------------------------------------------------------------------------
+# pytorch-grad-cam's other methods, against its formulas (pytorch-grad-cam does not
+# import here without torchvision), on the hand-derived tiny net above.
+# At the ReLU output, class 0: A0 = [[5,6],[9,10]], relu(A1) = [[6,4],[0,0]],
+# G0 = [[1,0],[0,1]], G1 = [[0,2],[-1,0]]; class 1: G0 = [[-1,0],[0,0]], G1 = 0.
+
+
+def _tiny_maps(t):
+    a = np.array([[[5, 6], [9, 10]], [[6, 4], [0, 0]]], np.float64)
+    if t == 0:
+        g = np.array([[[1, 0], [0, 1]], [[0, 2], [-1, 0]]], np.float64)
+    else:
+        g = np.array([[[-1, 0], [0, 0]], [[0, 0], [0, 0]]], np.float64)
+    return a, g
+
+
+def _relu_out(m):
+    return m.layers[1]
+
+
+def test_gradcam_elementwise_hand_derived():
+    net, x = _tiny_net(), _tiny_x()
+    # class 0: G*A = [[5,0],[0,10]] + [[0,8],[0,0]] (no negative products)
+    cam = xa.GradCAMElementWise(net, _relu_out, relu=False, resize=None)
+    assert_close(jcall(cam, x, 0), jnp.array([[5.0, 8.0], [0.0, 10.0]]))
+    # class 1: G*A = [[-5,0],[0,0]]: clipped before the sum, so 0 where HiResCAM
+    # (no clipping) gives -5.
+    assert_close(jcall(cam, x, 1), jnp.zeros((2, 2)), scale=5.0)
+    hires = xa.HiResCAM(net, _relu_out, relu=False, resize=None)
+    assert_close(jcall(hires, x, 1), jnp.array([[-5.0, 0.0], [0.0, 0.0]]))
+    # SmallCNN, at conv1: sum_k relu(G_k A_k) from the split network
+    m, x = small_cnn(4), digit_like(4)
+    a, g = _split(m, x, 5)
+    got = jcall(xa.GradCAMElementWise(m, lambda m: m.conv1, resize=None), x, 5)
+    assert_close(got, np.maximum(g * a, 0).sum(axis=0))
+
+
+def _pca_projection(feats_chw):
+    c = feats_chw.shape[0]
+    feats = feats_chw.reshape(c, -1).T
+    centred = feats - feats.mean(axis=0)
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    v = v if v.sum() >= 0 else -v
+    return (centred @ v).reshape(feats_chw.shape[1:])
+
+
+def test_eigengradcam_hand_derived():
+    # get_2d_projection(G * A): rows (locations) [5,0], [0,8], [0,0], [10,0];
+    # centred by the column means [3.75, 2]; projected on the first singular vector.
+    net, x = _tiny_net(), _tiny_x()
+    a, g = _tiny_maps(0)
+    ga = g * a
+    assert_close(ga, np.array([[[5, 0], [0, 10]], [[0, 8], [0, 0]]], np.float64))
+    cam = xa.EigenGradCAM(net, _relu_out, relu=False, resize=None)
+    assert_close(jcall(cam, x, 0), _pca_projection(ga), rtol=1e-5)
+    # SmallCNN at conv1 (an SVD in float32: the floor is relative to the whole map)
+    m, x = small_cnn(4), digit_like(4)
+    a, g = _split(m, x, 5)
+    got = jcall(xa.EigenGradCAM(m, lambda m: m.conv1, relu=False, resize=None), x, 5)
+    assert_close(got, _pca_projection(g * a), rtol=1e-4)
+
+
+def test_randomcam_is_random_channel_weights():
+    net, x = _tiny_net(), _tiny_x()
+    a, _ = _tiny_maps(0)
+    cam = xa.RandomCAM(net, _relu_out, relu=False, resize=None)
+    key = jax.random.key(3)
+    w = np.asarray(jax.random.uniform(key, (2,), jnp.float32, -1.0, 1.0), np.float64)
+    assert np.all(np.abs(w) <= 1)
+    expected = w[0] * a[0] + w[1] * a[1]
+    assert_close(jcall(cam, x, 0, key), expected)
+    assert_close(jcall(cam, x, 1, key), expected)  # class-agnostic
+    other = jcall(cam, x, 0, jax.random.key(4))
+    assert not np.allclose(np.asarray(other), expected)
+    with pytest.raises(ValueError, match="key"):
+        cam(x, 0)
+
+
+def test_sobelcam_hand_derived():
+    # x[i, j] = 4 i + j: the interior horizontal Sobel response is (1+2+1) * 2 = 8,
+    # the vertical (1+2+1) * 8 = 32; reflected borders (BORDER_REFLECT_101) make
+    # the first and last columns' horizontal (rows' vertical) differences 0.
+    net, x = _tiny_net(), _tiny_x()
+    inner = np.array([0.0, 1.0, 1.0, 0.0])
+    expected = 0.5 * 8 * inner[None, :] + 0.5 * 32 * inner[:, None]
+    h = jcall(xa.SobelCAM(net), x, 0)
+    assert h.shape == (4, 4) and h.dtype == x.dtype
+    assert_close(h, expected)
+    # RGB: grey = 0.299 R + 0.587 G + 0.114 B (cv2.COLOR_RGB2GRAY), linear, so
+    # three copies of the ramp give the ramp's map.
+    rgb = jnp.concatenate([x, 2 * x, 3 * x])
+    grey_scale = 0.299 + 2 * 0.587 + 3 * 0.114
+    model = lambda z: jnp.sum(z, axis=(1, 2))  # noqa: E731
+    assert_close(jcall(xa.SobelCAM(model), rgb, 0), grey_scale * expected)
+
+
+def _scale(p):
+    # pytorch-grad-cam's scale_cam_image
+    p = p - p.min()
+    return p / (1e-7 + p.max())
+
+
+def test_fullgrad_hand_derived():
+    # Class 0. dS/dx = sum_c w_c G_c (conv-output gradients, 3x3 centre weights 1
+    # and -2): dx[1,1] = 1, dx[1,2] = -2 * 2 = -4, dx[2,2] = 1, so |x dx| is 5, 24,
+    # 10 there. Bias terms: channel 0's bias is 0 (an all-zero plane), channel 1's
+    # is 16: |16 G1| = [[0,32],[0,0]], scaled to [[0,1],[0,0]] and upsampled
+    # (half-pixel bilinear) to the outer product of [1,.75,.25,0] and [0,.25,.75,1].
+    net, x = _tiny_net(), _tiny_x()
+    inp = np.zeros((4, 4))
+    inp[1, 1], inp[1, 2], inp[2, 2] = 5.0, 24.0, 10.0
+    bias = np.outer([1, 0.75, 0.25, 0], [0, 0.25, 0.75, 1]) * 32 / (32 + 1e-7)
+    expected = _scale(_scale(inp) + bias)
+    got = jcall(xa.FullGrad(net), x, 0)
+    assert got.shape == (4, 4) and got.dtype == x.dtype
+    assert_close(got, expected)
+
+
+class _Tapped(eqx.Module):
+    conv: eqx.Module
+    eps: jax.Array
+
+    def __call__(self, x, *, key=None):
+        return self.conv(x) + self.eps
+
+
+class _Recorded(eqx.Module):
+    conv: eqx.Module
+    shapes: list = eqx.field(static=True)
+
+    def __call__(self, x, *, key=None):
+        y = self.conv(x)
+        self.shapes.append(y.shape)
+        return y
+
+
+def test_fullgrad_matches_additive_zero_at_every_conv():
+    # An independent route to dS/dz: differentiate w.r.t. a zero added to every
+    # Conv2d's output.
+    m, x, t = small_cnn(2), digit_like(2), 4
+    is_conv = lambda n: isinstance(n, eqx.nn.Conv2d)  # noqa: E731
+
+    def where(m):
+        return [n for n in jax.tree_util.tree_leaves(m, is_leaf=is_conv) if is_conv(n)]
+
+    convs = where(m)
+    assert len(convs) == 4
+    shapes = []
+
+    def record(x):
+        taps = [_Recorded(c, shapes) for c in convs]
+        return eqx.tree_at(where, m, taps)(x)
+
+    jax.eval_shape(record, x)
+    assert len(shapes) == len(convs)
+
+    @jax.jit
+    def grads(eps, x):
+        def score(eps, x):
+            taps = [_Tapped(c, e) for c, e in zip(convs, eps, strict=True)]
+            return eqx.tree_at(where, m, taps)(x)[t]
+
+        return jax.grad(score, argnums=(0, 1))(eps, x)
+
+    eps = [jnp.zeros(s) for s in shapes]
+    g_eps, g_x = grads(eps, x)
+    xs = np.asarray(x, np.float64)
+    total = sum(_scale(p) for p in np.abs(xs * np.asarray(g_x, np.float64)))
+    for c, g in zip(convs, g_eps, strict=True):
+        planes = np.abs(np.asarray(c.bias, np.float64) * np.asarray(g, np.float64))
+        for p in planes:
+            total = total + _bilinear_np(_scale(p), (28, 28))
+    assert_close(jcall(xa.FullGrad(m), x, t), _scale(total))
+
+
+def test_shapleycam_hand_derived():
+    # Target S = s0^2 / 2 at the ReLU output, where s0 = <v0, A> = 23 (linear head
+    # after the layer): G = s0 v0, H A = v0 <v0, A> = s0 v0, so G - HA/2 = 11.5 v0,
+    # weights 11.5 * (1/2, 1/4): 11.5 times Grad-CAM's map [[4,4],[4.5,5]].
+    net, x = _tiny_net(), _tiny_x()
+    cam = xa.ShapleyCAM(net, _relu_out, relu=False, resize=None)
+    got = jcall(cam, x, lambda s: s[0] ** 2 / 2)
+    assert_close(got, 11.5 * np.array([[4.0, 4.0], [4.5, 5.0]]))
+    # A score linear in A (an int target): H A = 0, Grad-CAM's map.
+    assert_close(jcall(cam, x, 0), np.array([[4.0, 4.0], [4.5, 5.0]]))
+
+
+def test_shapleycam_matches_reverse_over_reverse_hvp():
+    m, x = small_cnn(4), digit_like(4)
+
+    def target(s):
+        return jax.nn.log_softmax(s)[5]
+
+    @jax.jit
+    def reference(x):
+        a = m.conv1(x)
+
+        def f(a):
+            return target(m.fc(jnp.mean(m.conv2(a), axis=(1, 2))))
+
+        g = jax.grad(f)(a)
+        hvp = jax.grad(lambda b: jnp.vdot(jax.grad(f)(b), jax.lax.stop_gradient(a)))(a)
+        w = jnp.mean(g - 0.5 * hvp, axis=(1, 2))
+        return jnp.tensordot(w, a, axes=1), hvp
+
+    expected, hvp = reference(x)
+    assert float(jnp.max(jnp.abs(hvp))) > 0  # the softmax is curved
+    cam = xa.ShapleyCAM(m, lambda m: m.conv1, relu=False, resize=None)
+    assert_close(jcall(cam, x, target), expected)
+
+
+def test_kpcacam_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.decomposition")
+    m, x = small_cnn(4), digit_like(4)
+    a = np.asarray(eqx.filter_jit(lambda x: m.conv2(m.conv1(x)))(x), np.float64)
+    feats = a.reshape(a.shape[0], -1).T
+    feats = feats - feats.mean(axis=0)
+    assert feats.shape[0] <= 200  # scikit-learn's dense eigensolver
+    kernels = [("sigmoid", None), ("rbf", 0.05), ("linear", None), ("poly", None)]
+    for kernel, gamma in [*kernels, ("cosine", None)]:
+        kpca = sklearn.KernelPCA(n_components=1, kernel=kernel, gamma=gamma)
+        expected = kpca.fit_transform(feats).reshape(a.shape[1:])
+        cam = xa.KPCACAM(
+            m, lambda m: m.conv2, relu=False, resize=None, kernel=kernel, gamma=gamma
+        )
+        assert_close(jcall(cam, x, 3), expected, rtol=1e-4)
+
+
+def test_kpcacam_linear_kernel_is_pca_hand_derived():
+    # Linear kernel: the kernel principal component is the PCA projection (up to
+    # sign; scikit-learn makes the largest entry positive). Rows [5,6], [6,4],
+    # [9,0], [10,0] at the tiny net's ReLU output.
+    net, x = _tiny_net(), _tiny_x()
+    a, _ = _tiny_maps(0)
+    pca = _pca_projection(a)
+    flat = pca.ravel()
+    expected = pca if flat[np.argmax(np.abs(flat))] > 0 else -pca
+    cam = xa.KPCACAM(net, _relu_out, relu=False, resize=None, kernel="linear")
+    assert_close(jcall(cam, x, 0), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="kernel"):
+        xa.KPCACAM(net, _relu_out, kernel="laplacian")
+
+
+def test_finercam_hand_derived():
+    # Two classes, comparison=(1,): S = p1 (s0 - s1) / (p1 + 1e-9) with
+    # s = (23, 5), p = softmax(s); its gradient (through p too) mixes the two
+    # classes' layer gradients, and Grad-CAM averages them over space.
+    net, x = _tiny_net(), _tiny_x()
+    s0, s1, eps = 23.0, 5.0, 1e-9
+    p1 = 1 / (1 + np.exp(s0 - s1))
+    p0 = 1 - p1
+    r = p1 / (p1 + eps)
+    dr = eps / (p1 + eps) ** 2  # d r / d p1
+    c0 = r + (s0 - s1) * dr * (-p0 * p1)
+    c1 = -r + (s0 - s1) * dr * (p0 * p1)
+    a, g0 = _tiny_maps(0)
+    _, g1 = _tiny_maps(1)
+    g = c0 * g0 + c1 * g1
+    expected = np.einsum("k,kij->ij", g.mean(axis=(1, 2)), a)
+    cam = xa.FinerCAM(net, _relu_out, relu=False, resize=None, comparison=(1,))
+    assert_close(jcall(cam, x, 0), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="comparison"):
+        xa.FinerCAM(net, _relu_out)(x, 0)  # ranks 1-3 need 4 classes
+    # A callable target is explained as given (pytorch-grad-cam's `targets=`).
+    grad = xa.GradCAM(net, _relu_out, relu=False, resize=None)
+    assert_close(jcall(cam, x, lambda s: s[1]), jcall(grad, x, 1))
+
+
+def test_finercam_is_gradcam_of_the_finer_target():
+    m, x, t = small_cnn(4), digit_like(4), 2
+    s = np.asarray(eqx.filter_jit(m)(x), np.float64)
+    order = [j for j in np.argsort(np.abs(s - s[t]), kind="stable") if j != t]
+    others = np.array(order[:3])
+
+    def finer(y):
+        p = jax.nn.softmax(y)[others]
+        return jnp.sum(p * (y[t] - 0.5 * y[others])) / (jnp.sum(p) + 1e-9)
+
+    kw = dict(relu=False, resize=None)
+    got = jcall(xa.FinerCAM(m, lambda m: m.conv1, alpha=0.5, **kw), x, t)
+    assert_close(got, jcall(xa.GradCAM(m, lambda m: m.conv1, **kw), x, finer))

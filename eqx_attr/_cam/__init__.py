@@ -13,3 +13,7 @@ from ._base import (
 from ._spec import LayerSpec as LayerSpec
 from ._cam import *  # noqa: F403
 from ._variants import *  # noqa: F403
+from ._gradcam_lib import *  # noqa: F403
+from ._sanity import *  # noqa: F403
+from ._fullgrad import *  # noqa: F403
+from ._kpca import *  # noqa: F403

@@ -136,13 +136,14 @@ class AbstractCAM(AbstractAttribution):
 
     def _map_and_scores(
         self, x: Array, target: Target, info: LayerInfo, key: PRNGKeyArray | None
-    ) -> tuple[Array, Array | None]:
-        """`_map`, and the model's output on `x` where `_map` computes it."""
+    ) -> tuple[Array, Any]:
+        """`_map`, and the model's output on `x` (an array, or a PyTree for a
+        model returning one) where `_map` computes it."""
         return self._map(x, target, info, key), None
 
     def _attribution_and_scores(
         self, x: Image, target: Target, key: PRNGKeyArray | None
-    ) -> tuple[Map, Array | None]:
+    ) -> tuple[Map, Any]:
         x = check_input(x)
         size = spatial_size(x, type(self).__name__)
         info = self.spec.inspect(self.model, x)
@@ -175,7 +176,7 @@ class AbstractGradientCAM(AbstractCAM):
 
     def _map_and_scores(self, x, target, info, key):
         # The forward pass that reads the layer also gives the model's output.
-        objective = make_objective(target, info.out.shape)
+        objective = make_objective(target, info.out)
         scores, _, act, grad = self.spec.read(self.model, x, objective, info)
         a, g = self.spec.maps(act), self.spec.maps(grad)
         return self._combine(as_float(a), as_float(g)), scores
@@ -231,7 +232,7 @@ class AbstractChannelScoreCAM(AbstractCAM):
         """The channel weights from the channel scores and the target's score `y`."""
 
     def _map(self, x, target, info, key):
-        objective = make_objective(target, info.out.shape)
+        objective = make_objective(target, info.out)
         _, y, act, _ = self.spec.read(self.model, x, objective, info)
         a = as_float(self.spec.maps(act))
 
@@ -252,3 +253,20 @@ def layer_build(cls: type, chunked: bool = False) -> Callable[[BuildContext], An
         return cls(c.model, c.layer, **chunk, **c.layer_options)
 
     return build
+
+
+def check_agnostic_target(target: Target, out_shape: tuple[int, ...]) -> None:
+    """A class-agnostic method accepts `target` for a uniform call: checked only."""
+    if target is not None:
+        make_objective(target, out_shape)
+
+
+def read_activation(cam: AbstractCAM, x: Array, info: Any) -> Array:
+    _, _, act, _ = cam.spec.read(cam.model, x, lambda s: jnp.sum(s), info)
+    return as_float(cam.spec.maps(act))
+
+
+def scale_map(m: Array) -> Array:
+    """pytorch-grad-cam's `scale_cam_image`: `(m - min) / (1e-7 + max(m - min))`."""
+    m = m - jnp.min(m)
+    return m / (1e-7 + jnp.max(m))

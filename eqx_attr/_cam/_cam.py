@@ -57,12 +57,13 @@ def _linear_classifier(model: Any, classifier: Callable, n_channels: int, out) -
             f"{type(fc).__name__}. CAM needs the weights of the linear layer that "
             "follows global average pooling; for other heads use `GradCAM`."
         )
-    if out.shape != (weight.shape[0],) or weight.shape[1] != n_channels:
+    out_shape = getattr(out, "shape", type(out).__name__)  # a PyTree has none
+    if out_shape != (weight.shape[0],) or weight.shape[1] != n_channels:
         raise ValueError(
             f"CAM needs `scores = classifier(mean over space of layer's "
             f"activation)`, but the classifier's weight has shape {weight.shape}, "
             f"the layer has {n_channels} channels and the scores have shape "
-            f"{out.shape}. Point `layer` at the feature map that is "
+            f"{out_shape}. Point `layer` at the feature map that is "
             "average-pooled straight into `classifier`, or use `GradCAM`."
         )
     return fc
@@ -148,7 +149,7 @@ class CAM(AbstractCAM):
         check_where(self.classifier, "classifier", "lambda m: m.fc")
 
     def _map(self, x, target, info, key):
-        objective = make_objective(target, info.out.shape)
+        objective = make_objective(target, info.out)
         n_channels = jax.eval_shape(self.spec.maps, info.act).shape[0]
         fc = _linear_classifier(self.model, self.classifier, n_channels, info.out)
         scores, _, act, _ = self.spec.read(self.model, x, lambda s: jnp.sum(s), info)

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._attribution import check_choice, check_index, check_where, token_grid
+from .._attribution import check_choice, check_index, check_where
 from .._layers import LayerInfo, inspect_layer, read_layer
+from .._tokens import token_grid
 
 LAYOUTS = ("chw", "hwc", "tokens")
 
@@ -89,8 +90,9 @@ class LayerSpec(eqx.Module):
 
     def read(
         self, model: Callable, x: Array, objective: Callable, info: LayerInfo
-    ) -> tuple[Array, Array, Array, Array]:
-        """`(scores, objective(scores), activation, d objective / d activation)`.
+    ) -> tuple[Any, Array, Array, Array]:
+        """`(scores, objective(scores), activation, d objective / d activation)`;
+        `scores` is the model's output (a PyTree for a model returning one).
 
         One forward and one backward pass; `info` comes from
         [`eqx_attr.LayerSpec.inspect`][].

@@ -225,7 +225,7 @@ class EigenCAM(AbstractCAM):
 
     def _map(self, x, target, info, key):
         if target is not None:  # class-agnostic, but a bad target still raises
-            make_objective(target, info.out.shape)
+            make_objective(target, info.out)
         _, _, act, _ = self.spec.read(self.model, x, lambda s: jnp.sum(s), info)
         return eigencam_map(as_float(self.spec.maps(act)))
 

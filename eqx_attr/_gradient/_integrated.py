@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -201,12 +202,15 @@ def _weighted_gradients(
     """
     n = points.shape[0]
     bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
-    acc = None
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        grads = jax.vmap(grad_f)(points[lo:hi]).astype(jnp.float32)
-        part = jnp.tensordot(weights[:, lo:hi], grads, axes=(1, 0))
-        acc = part if acc is None else acc + part
-    return acc
+    partial = [
+        jnp.tensordot(
+            weights[:, lo:hi],
+            jax.vmap(grad_f)(points[lo:hi]).astype(jnp.float32),
+            axes=(1, 0),
+        )
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return functools.reduce(jnp.add, partial)
 
 
 def path_mean_gradients(

@@ -53,7 +53,7 @@ def layer_activation_and_gradient(
     """
     x = check_input(x)
     info = inspect_layer(model, layer, x, call_index)
-    objective = make_objective(target, info.out.shape)
+    objective = make_objective(target, info.out)
     _, _, act, grad = read_layer(model, layer, x, objective, info)
     return act, grad
 
@@ -124,7 +124,7 @@ def layers_activation_and_gradient(
     """
     x = check_input(x)
     infos = inspect_layers(model, layers, x, call_index)
-    objective = make_objective(target, infos[0].out.shape)
+    objective = make_objective(target, infos[0].out)
     _, _, acts, grads = read_layers(model, layers, x, objective, infos)
     return acts, grads
 

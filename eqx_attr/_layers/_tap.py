@@ -157,7 +157,7 @@ def _as_list(where: Callable) -> Callable:
 class LayerInfo:
     """What one trace of the model says about the hooked layer."""
 
-    out: jax.ShapeDtypeStruct  # the model's output for one example
+    out: Any  # the model's output for one example (a PyTree of ShapeDtypeStructs)
     act: jax.ShapeDtypeStruct  # the chosen call's output
     index: int  # the chosen call
     n_calls: int
@@ -209,11 +209,8 @@ def _trace_calls(
         out = eqx.filter_eval_shape(run, model, x)
     except (TypeError, ValueError) as e:
         raise model_rejected_input(x, e) from e
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            "The model must return a single array of scores for one example; it "
-            f"returned {type(out).__name__}."
-        )
+    # A PyTree output (a dict, a tuple) is fine here: `make_objective` asks for a
+    # callable target that reduces the whole output.
     return out, calls
 
 
@@ -321,7 +318,7 @@ def read_layers(
     x: Array,
     objective: Callable[[Array], Array],
     infos: tuple[LayerInfo, ...],
-) -> tuple[Array, Array, list[Array], list[Array]]:
+) -> tuple[Any, Array, list[Array], list[Array]]:
     """One forward and one backward pass: `(scores, score, activations, gradients)`.
 
     `layers` is a `where` naming one module or a list of them; `infos` comes from
@@ -373,7 +370,7 @@ def read_layer(
     x: Array,
     objective: Callable[[Array], Array],
     info: LayerInfo,
-) -> tuple[Array, Array, Array, Array]:
+) -> tuple[Any, Array, Array, Array]:
     """One forward and one backward pass: `(scores, score, activation, gradient)`.
 
     `objective` maps the model's output to a scalar; `info` comes from

@@ -36,7 +36,7 @@ def relabel_mask(mask: Any) -> tuple[Array, int]:
     unused ids, which would otherwise be phantom features for the surrogates.
     Raises at construction time, naming `mask`, for non-integer or negative ids.
     """
-    if isinstance(mask, jax.core.Tracer):
+    if isinstance(mask, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         raise TypeError(
             "`mask` must be concrete (a NumPy or JAX array built outside jit); the "
             "number of features decides the shapes of the computation."

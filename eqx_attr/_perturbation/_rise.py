@@ -142,7 +142,7 @@ class RISE(AbstractPerturbation):
         key = check_key(key, "RISE")
         if x.ndim < 2:
             raise ValueError(f"RISE needs an input with (H, W) axes, got {x.shape}.")
-        hw = x.shape[-2:]
+        hw = (x.shape[-2], x.shape[-1])
         if self.cell_size > max(hw):
             raise ValueError(
                 f"`cell_size={self.cell_size}` is larger than `x` ({hw} pixels); use a "

@@ -23,9 +23,9 @@ from .._attribution import (
     Target,
     check_choice,
     make_objective,
-    token_grid,
 )
 from .._layers import inspect_layers, read_layers
+from .._tokens import token_grid
 
 RESIZES = ("bilinear", "nearest")
 
@@ -129,7 +129,7 @@ def read_attention(
     shapes = [info.act.shape for info in infos]
     grid = token_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
     if gradients:
-        objective = make_objective(target, infos[0].out.shape)
+        objective = make_objective(target, infos[0].out)
     else:
         objective = lambda s: jnp.sum(s)  # noqa: E731
     _, _, acts, grads = read_layers(method.model, method.attention, x, objective, infos)

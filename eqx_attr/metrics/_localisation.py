@@ -2,7 +2,8 @@
 
 All follow Quantus's definitions. The attribution (shaped like the input, or an
 `(H, W)` map) is summed over channels first; `mask` is a boolean `(H, W)` array.
-An empty mask gives NaN, as in Quantus (there is nothing to localise).
+An empty mask gives NaN, as in Quantus (there is nothing to localise). `Focus`
+takes the mosaic's four target quadrants instead of a mask.
 """
 
 from __future__ import annotations
@@ -195,3 +196,50 @@ class TopKIntersection(AbstractMetric):
         if self.concept_influence:
             tki = tki * s.size / jnp.maximum(jnp.sum(mask), 1)
         return _nan_if_empty(tki, mask)
+
+
+class Focus(AbstractMetric):
+    """The share of the positive relevance of a 2x2 mosaic that falls on the
+    quadrants holding the target class.
+
+    Arias-Duart et al., *Focus! Rating XAI Methods and Finding Biases*, FUZZ-IEEE
+    2022; as Quantus's `Focus` (`localisation/focus.py`): `Σ max(a, 0)` over the
+    target's quadrants over `Σ max(a, 0) + 1e-9`, the attribution summed over
+    channels first (Quantus scores every channel with the same quadrant mask).
+
+    **Arguments:** `abs`: take |a| first (default `False`, as Quantus).
+
+    **Call:** `metric(a, quadrants)`: `a` the attribution of the mosaic (shaped like
+    it, or `(H, W)`), `quadrants` a boolean `(4,)` array: top-left, top-right,
+    bottom-left, bottom-right hold the target (Quantus's `custom_batch` entry).
+    Odd sides split at `H // 2`, `W // 2`, as Quantus.
+
+    **Returns:** a 0-d float32 array in [0, 1]; 0 for an attribution with no
+    positive relevance.
+
+    ```python
+    f = xa.metrics.Focus()(a, jnp.array([True, False, False, True]))
+    ```
+    """
+
+    abs: bool = False
+
+    def __call__(
+        self, a: Float[Array, "*dims"], quadrants: Shaped[Array, "..."]
+    ) -> Float[Array, ""]:
+        a = check_attribution(a)
+        if self.abs:
+            a = jnp.abs(a)
+        s = spatial_map(jnp.maximum(a, 0.0))
+        quadrants = jnp.asarray(quadrants)
+        if quadrants.shape != (4,) or quadrants.dtype != jnp.bool_:
+            raise ValueError(
+                "`quadrants` must be a boolean (4,) array (top-left, top-right, "
+                f"bottom-left, bottom-right), got {quadrants.dtype}{quadrants.shape}."
+            )
+        h, w = s.shape
+        rows = jnp.arange(h)[:, None] >= h // 2
+        cols = jnp.arange(w)[None, :] >= w // 2
+        mask = quadrants[2 * rows.astype(jnp.int32) + cols.astype(jnp.int32)]
+        inside = jnp.sum(jnp.where(mask, s, 0.0))
+        return (inside / (jnp.sum(s) + 1e-9)).astype(jnp.float32)

@@ -23,6 +23,7 @@ from .._attribution import (
 from ._base import (
     SCORES,
     AbstractCurveMetric,
+    AbstractMetric,
     check_chunk_size,
     check_positive_float,
     checked_pair,
@@ -203,3 +204,118 @@ class ROAD(AbstractCurveMetric):
 
     def _summarise(self, curve: Array) -> Array:
         return jnp.mean(curve)
+
+
+class ROADConfidenceChange(AbstractMetric):
+    """pytorch-grad-cam's ROAD: the mean change of the score when the pixels past a
+    percentile of the map are imputed, over percentiles.
+
+    As pytorch-grad-cam's `pytorch_grad_cam/metrics/road.py`: `ROADMostRelevantFirst`
+    (`order="morf"`), `ROADLeastRelevantFirst` (`"lerf"`), their `...Average` over
+    `percentiles` (`AveragerAcrossThresholds`), and `ROADCombined` (`"combined"`:
+    `(lerf - morf) / 2`). For percentile p, `RemoveMostRelevantFirst.__call__`
+    (`metrics/perturbation_confidence.py`) removes the pixels with
+    `m >= np.percentile(m, p)`, m the map (`1 - m` for LeRF), and
+    `NoisyLinearImputer` fills them as
+    [`linear_imputation`][eqx_attr.metrics.linear_imputation] plus N(0, noise²);
+    each score is `f(imputed) - f(x)` (`PerturbationConfidenceMetric`,
+    `return_diff=True`).
+
+    **Arguments:** `model`; `percentiles` (default 10, 20, ..., 90; one value for
+    the single-threshold metrics); `order`; `noise` (grad-cam: 0.01); `score`
+    (`"probability"`, grad-cam's `ClassifierOutputSoftmaxTarget`, or `"logit"`,
+    `ClassifierOutputTarget`); `chunk_size`.
+
+    **Call:** `metric(x, target, cam, *, key)`: `cam` an `(H, W)` map (or shaped
+    like `x`, summed over channels); `key` only when `noise > 0`.
+
+    **Returns:** a 0-d float32 array: lower (more negative) is better for
+    `"morf"`, higher for `"lerf"` and `"combined"`. `metric.curve(...)` gives the
+    change per percentile (for `"combined"`: `(lerf - morf) / 2` per percentile).
+
+    ```python
+    road = xa.metrics.ROADConfidenceChange(model, order="combined")(x, 3, cam, key=key)
+    ```
+    """
+
+    model: Callable[..., Any]
+    percentiles: tuple[float, ...] = eqx.field(static=True)
+    order: str = eqx.field(static=True)
+    noise: float = eqx.field(static=True)
+    score: str = eqx.field(static=True)
+    chunk_size: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        percentiles: tuple[int | float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90),
+        order: str = "combined",
+        noise: float = 0.01,
+        score: str = "probability",
+        chunk_size: int | None = None,
+    ):
+        percentiles = tuple(float(p) for p in percentiles)
+        if not percentiles or not all(0 <= p <= 100 for p in percentiles):
+            raise ValueError(
+                f"`percentiles` must be a non-empty tuple of numbers in [0, 100], "
+                f"got {percentiles!r}."
+            )
+        check_choice(order, "order", ("morf", "lerf", "combined"))
+        check_positive_float(noise, "noise", allow_zero=True)
+        check_choice(score, "score", SCORES)
+        check_chunk_size(chunk_size)
+        self.model = model
+        self.percentiles = percentiles
+        self.order = order
+        self.noise = float(noise)
+        self.score = score
+        self.chunk_size = chunk_size
+
+    def curve(
+        self,
+        x: Float[Array, "c h w"],
+        target: Target,
+        cam: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " n_percentiles"]:
+        """The score change at each percentile."""
+        x, cam = checked_pair(x, cam)
+        m = spatial_map(cam)
+        f = scorer(self.model, x, target, self.score)
+        pct = jnp.asarray(self.percentiles, jnp.float32)
+        orders = ("lerf", "morf") if self.order == "combined" else (self.order,)
+        removed = []
+        for order in orders:
+            u = 1 - m if order == "lerf" else m
+            thresholds = jnp.percentile(u, pct)
+            removed.append(u[None] >= thresholds[:, None, None])
+        removed = jnp.concatenate(removed)
+        if self.noise > 0:
+            keys = jax.random.split(check_key(key, "ROAD with noise > 0"), len(removed))
+        else:
+            keys = jnp.zeros((len(removed),), jnp.uint32)
+
+        def one(args):
+            r, k = args
+            z = linear_imputation(x, r)
+            if self.noise > 0:
+                eps = jax.random.normal(k, x.shape, jnp.float32)
+                z = z + jnp.where(r, self.noise * eps, 0.0)
+            return f(z.astype(x.dtype))
+
+        change = batched_map(one, (removed, keys), self.chunk_size) - f(x)
+        if self.order == "combined":
+            n = len(self.percentiles)
+            return (change[:n] - change[n:]) / 2
+        return change
+
+    def __call__(
+        self,
+        x: Float[Array, "c h w"],
+        target: Target,
+        cam: Float[Array, "..."],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, ""]:
+        return jnp.mean(self.curve(x, target, cam, key=key))
