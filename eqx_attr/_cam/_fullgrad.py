@@ -121,10 +121,6 @@ class FullGrad(AbstractAttribution):
         return scale_map(total).astype(x.dtype), scores
 
 
-# ---------------------------------------------------------------------------------
-# Shapley-CAM, KPCA-CAM, Finer-CAM
-
-
 _LAYER = frozenset({"layer"})
 _NO_PEER = "no installable peer: pytorch-grad-cam needs torchvision"
 

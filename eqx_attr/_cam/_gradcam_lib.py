@@ -90,10 +90,6 @@ class GradCAMElementWise(AbstractGradientCAM):
         return jnp.sum(jnp.maximum(g * a, 0), axis=0)
 
 
-# ---------------------------------------------------------------------------------
-# Sanity baselines
-
-
 class ShapleyCAM(AbstractCAM):
     """Shapley-CAM: channel weights from the gradient and a Hessian-vector product.
 

@@ -130,10 +130,6 @@ class SobelCAM(AbstractAttribution):
         return sobel_map(x).astype(x.dtype)
 
 
-# ---------------------------------------------------------------------------------
-# FullGrad
-
-
 _LAYER = frozenset({"layer"})
 _NO_PEER = "no installable peer: pytorch-grad-cam needs torchvision"
 
