@@ -26,8 +26,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m eqx_attr demo
 
+# A worker that dies (a crash in native code) ends the run at once: xdist's
+# loadgroup scheduler would otherwise wait forever for its re-queued tests.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --max-worker-restart=0 -q tests
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(PYTEST)
 
 # The whole suite again as XLA:CPU compiles it for other CPUs: vector width, and so
 # summation order and fusions, follow the instruction set (tests/conftest.py adds
@@ -36,7 +40,7 @@ ISAS ?= AVX2 SSE4_2
 test-isa: $(STAMP)
 	set -e; for isa in $(ISAS); do \
 	  echo "== the suite under --xla_cpu_max_isa=$$isa"; \
-	  XLA_FLAGS="--xla_cpu_max_isa=$$isa" $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests; \
+	  XLA_FLAGS="--xla_cpu_max_isa=$$isa" $(PYTEST); \
 	done
 
 lint: $(STAMP)

@@ -438,3 +438,31 @@ def jmetric(metric, *args, fn="__call__", vmap=None, **kwargs):
     if vmap is not None:
         f = jax.vmap(f, in_axes=vmap)
     return f(*args, **kwargs)
+
+
+def in_float64(fn: Callable, *args) -> None:
+    """Run `fn(*args)` in a fresh Python process with `JAX_ENABLE_X64=1`.
+
+    Float64 checks (finite differences, double-precision references) run in a
+    process of their own instead of switching `jax.enable_x64` inside the
+    long-lived test worker, which would mix both modes in one process's
+    compilation caches (a worker of the suite once crashed in XLA's compiler
+    with such tests in it; not reproduced alone). `fn` is a module-level function
+    of a test module; `args` are plain Python values (their `repr` is passed).
+    """
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    code = f"from {fn.__module__} import {fn.__name__} as f\nf(*{args!r})"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (
+        f"{fn.__name__}{args!r} failed in float64:\n{done.stdout[-3000:]}"
+        f"\n{done.stderr[-8000:]}"
+    )

@@ -11,7 +11,7 @@ import torch
 
 import eqx_attr as xa
 
-from .helpers import assert_close, digit_like, small_cnn
+from .helpers import assert_close, digit_like, in_float64, small_cnn
 
 
 class Linear(eqx.Module):
@@ -75,45 +75,48 @@ def _twins():
     return mlp, xs, ts, TorchMLP(mlp)
 
 
+def _fgsm_and_pgd_equal_captum_float64():
+    mlp, xs, ts, twin = _twins()
+    loss = torch.nn.CrossEntropyLoss(reduction="none")
+    xt, tt = torch.from_numpy(np.asarray(xs)), torch.from_numpy(ts)
+    for targeted in (False, True):
+        theirs = captum.robust.FGSM(
+            twin, loss_func=loss, lower_bound=0.0, upper_bound=1.0
+        ).perturb(xt, 0.05, tt, targeted=targeted)
+        ours = eqx.filter_jit(
+            jax.vmap(
+                lambda x, t: xa.attacks.fgsm(
+                    mlp, x, t, eps=0.05, targeted=targeted, lower=0.0, upper=1.0
+                )
+            )
+        )(xs, jnp.asarray(ts))
+        assert_close(ours, theirs.detach().numpy())
+    for norm in ("linf", "l2"):
+        theirs = captum.robust.PGD(
+            twin, loss_func=loss, lower_bound=0.0, upper_bound=1.0
+        ).perturb(
+            xt, 0.1, 0.03, 6, tt, norm={"linf": "Linf", "l2": "L2"}[norm]
+        )  # radius, step size, steps
+        ours = eqx.filter_jit(
+            jax.vmap(
+                lambda x, t: xa.attacks.pgd(
+                    mlp,
+                    x,
+                    t,
+                    eps=0.1,
+                    step_size=0.03,
+                    n_steps=6,
+                    norm=norm,
+                    lower=0.0,
+                    upper=1.0,
+                )  # fmt: skip
+            )
+        )(xs, jnp.asarray(ts))
+        assert_close(ours, theirs.detach().numpy())
+
+
 def test_fgsm_and_pgd_equal_captum():
-    with jax.enable_x64(True):
-        mlp, xs, ts, twin = _twins()
-        loss = torch.nn.CrossEntropyLoss(reduction="none")
-        xt, tt = torch.from_numpy(np.asarray(xs)), torch.from_numpy(ts)
-        for targeted in (False, True):
-            theirs = captum.robust.FGSM(
-                twin, loss_func=loss, lower_bound=0.0, upper_bound=1.0
-            ).perturb(xt, 0.05, tt, targeted=targeted)
-            ours = eqx.filter_jit(
-                jax.vmap(
-                    lambda x, t: xa.attacks.fgsm(
-                        mlp, x, t, eps=0.05, targeted=targeted, lower=0.0, upper=1.0
-                    )
-                )
-            )(xs, jnp.asarray(ts))
-            assert_close(ours, theirs.detach().numpy())
-        for norm in ("linf", "l2"):
-            theirs = captum.robust.PGD(
-                twin, loss_func=loss, lower_bound=0.0, upper_bound=1.0
-            ).perturb(
-                xt, 0.1, 0.03, 6, tt, norm={"linf": "Linf", "l2": "L2"}[norm]
-            )  # radius, step size, steps
-            ours = eqx.filter_jit(
-                jax.vmap(
-                    lambda x, t: xa.attacks.pgd(
-                        mlp,
-                        x,
-                        t,
-                        eps=0.1,
-                        step_size=0.03,
-                        n_steps=6,
-                        norm=norm,
-                        lower=0.0,
-                        upper=1.0,
-                    )  # fmt: skip
-                )
-            )(xs, jnp.asarray(ts))
-            assert_close(ours, theirs.detach().numpy())
+    in_float64(_fgsm_and_pgd_equal_captum_float64)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -15,7 +15,7 @@ import eqx_attr as xa
 from eqx_attr._engine._interpreter import NoRuleError
 from eqx_attr._gradient._gradient_shap import gradient_shap_draws
 
-from .helpers import assert_close, tree_allclose
+from .helpers import assert_close, in_float64, tree_allclose
 
 
 def _terms(a, *scores) -> float:
@@ -410,67 +410,73 @@ def _rescale_closed_form(net, x, b, t):
     return ((net.w2[t] * m) @ net.w1) * (x - b)
 
 
-@pytest.mark.parametrize("act", ["tanh", "relu", "softplus"])
-def test_derivatives_of_the_attribution_are_those_of_its_formula(act):
+def _derivatives_of_the_attribution_are_those_of_its_formula_float64(act):
     # The gradient of a loss of the attribution, with respect to every parameter
     # and to the input, equals autodiff of DeepLIFT's closed form (float64: the
     # two are the same mathematics, so they agree to float64 rounding). The rule's
     # forward pass once used the rule itself, and d/dw1, d/db1, d/dx were those of
     # the multipliers instead (relative errors 0.14-6).
-    with jax.enable_x64(True):
-        k = jax.random.split(jax.random.key(0), 5)
-        net = _OneHidden(
-            jax.random.normal(k[0], (5, 4), jnp.float64),
-            jax.random.normal(k[1], (5,), jnp.float64),
-            jax.random.normal(k[2], (3, 5), jnp.float64),
-            act,
-        )
-        x = jax.random.normal(k[3], (4,), jnp.float64)
-        b = 0.1 * jax.random.normal(k[4], (4,), jnp.float64)
+    k = jax.random.split(jax.random.key(0), 5)
+    net = _OneHidden(
+        jax.random.normal(k[0], (5, 4), jnp.float64),
+        jax.random.normal(k[1], (5,), jnp.float64),
+        jax.random.normal(k[2], (3, 5), jnp.float64),
+        act,
+    )
+    x = jax.random.normal(k[3], (4,), jnp.float64)
+    b = 0.1 * jax.random.normal(k[4], (4,), jnp.float64)
 
-        def ours(net, x):
-            dl = xa.DeepLift(net, baseline=xa.baselines.Custom(b))
-            return jnp.sum(jnp.sin(dl(x, 1)))
+    def ours(net, x):
+        dl = xa.DeepLift(net, baseline=xa.baselines.Custom(b))
+        return jnp.sum(jnp.sin(dl(x, 1)))
 
-        def formula(net, x):
-            return jnp.sum(jnp.sin(_rescale_closed_form(net, x, b, 1)))
+    def formula(net, x):
+        return jnp.sum(jnp.sin(_rescale_closed_form(net, x, b, 1)))
 
-        got = jax.jit(jax.grad(ours, argnums=(0, 1)))(net, x)
-        want = jax.grad(formula, argnums=(0, 1))(net, x)
-        assert_close(got, want)
+    got = jax.jit(jax.grad(ours, argnums=(0, 1)))(net, x)
+    want = jax.grad(formula, argnums=(0, 1))(net, x)
+    assert_close(got, want)
 
 
-def test_derivative_through_max_pooling_equals_finite_differences():
+@pytest.mark.parametrize("act", ["tanh", "relu", "softplus"])
+def test_derivatives_of_the_attribution_are_those_of_its_formula(act):
+    in_float64(_derivatives_of_the_attribution_are_those_of_its_formula_float64, act)
+
+
+def _derivative_through_max_pooling_equals_finite_differences_float64():
     # Through the max-pool rule and a ReLU conv net, the directional derivative of
     # a loss of the attribution along random parameter and input directions equals
     # a central finite difference (float64, step 1e-5: truncation error ~1e-10 of
     # the loss's curvature, far below the tolerance).
-    with jax.enable_x64(True):
-        net = jax.tree.map(
-            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
-            _pool_net()[0],
-        )
-        x = jax.random.uniform(jax.random.key(3), (1, 8, 8), jnp.float64)
-        base = xa.baselines.Custom(jnp.full((1, 8, 8), 0.25))
-        params, static = eqx.partition(net, eqx.is_inexact_array)
-        dirs = jax.tree.map(
-            lambda a: jax.random.normal(jax.random.key(a.size), a.shape, a.dtype),
-            params,
-        )
-        dx = jax.random.normal(jax.random.key(9), x.shape, jnp.float64)
+    net = jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
+        _pool_net()[0],
+    )
+    x = jax.random.uniform(jax.random.key(3), (1, 8, 8), jnp.float64)
+    base = xa.baselines.Custom(jnp.full((1, 8, 8), 0.25))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    dirs = jax.tree.map(
+        lambda a: jax.random.normal(jax.random.key(a.size), a.shape, a.dtype),
+        params,
+    )
+    dx = jax.random.normal(jax.random.key(9), x.shape, jnp.float64)
 
-        def loss(p, x):
-            dl = xa.DeepLift(eqx.combine(p, static), baseline=base)
-            return jnp.sum(dl(x, 2) ** 2)
+    def loss(p, x):
+        dl = xa.DeepLift(eqx.combine(p, static), baseline=base)
+        return jnp.sum(dl(x, 2) ** 2)
 
-        g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-        along = sum(
-            jnp.vdot(g, d)
-            for g, d in zip(jax.tree.leaves(g_p), jax.tree.leaves(dirs), strict=True)
-        ) + jnp.vdot(g_x, dx)
-        h = 1e-5
-        step = lambda s: loss(  # noqa: E731
-            jax.tree.map(lambda a, d: a + s * d, params, dirs), x + s * dx
-        )
-        fd = (step(h) - step(-h)) / (2 * h)
-        assert_close(along, fd, rtol=1e-6)
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    along = sum(
+        jnp.vdot(g, d)
+        for g, d in zip(jax.tree.leaves(g_p), jax.tree.leaves(dirs), strict=True)
+    ) + jnp.vdot(g_x, dx)
+    h = 1e-5
+    step = lambda s: loss(  # noqa: E731
+        jax.tree.map(lambda a, d: a + s * d, params, dirs), x + s * dx
+    )
+    fd = (step(h) - step(-h)) / (2 * h)
+    assert_close(along, fd, rtol=1e-6)
+
+
+def test_derivative_through_max_pooling_equals_finite_differences():
+    in_float64(_derivative_through_max_pooling_equals_finite_differences_float64)

@@ -9,7 +9,7 @@ import pytest
 
 import eqx_attr as xa
 
-from .helpers import assert_close, digit_like, small_cnn
+from .helpers import assert_close, digit_like, in_float64, small_cnn
 
 
 class Linear(eqx.Module):
@@ -57,51 +57,48 @@ def test_rrr_hand_values_on_a_linear_model():
     assert_close(f(model, x, 1, np.zeros((4, 4)), lambda_=2.0), np.float32(ce))
 
 
-def test_rrr_parameter_gradient_equals_finite_differences():
+def _rrr_parameter_gradient_equals_finite_differences_float64():
     # A smooth net (tanh), so the penalty's derivative involves the true second
     # derivatives of the model; central differences in float64 along one random
     # direction of every parameter.
-    with jax.enable_x64(True):
-        mlp = eqx.nn.MLP(16, 3, 8, 2, jax.nn.tanh, key=jax.random.key(0))
-        mlp = jax.tree.map(
-            lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, mlp
-        )
-        model = lambda m: lambda x: m(x.reshape(-1))
-        x = _x(jnp.float64)
-        mask = jnp.asarray(MASK, jnp.float64)
+    mlp = eqx.nn.MLP(16, 3, 8, 2, jax.nn.tanh, key=jax.random.key(0))
+    mlp = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, mlp)
+    model = lambda m: lambda x: m(x.reshape(-1))
+    x = _x(jnp.float64)
+    mask = jnp.asarray(MASK, jnp.float64)
 
-        def loss(m):
-            return xa.losses.right_for_the_right_reasons(
-                model(m), x, 2, mask, lambda_=3.0
-            )
+    def loss(m):
+        return xa.losses.right_for_the_right_reasons(model(m), x, 2, mask, lambda_=3.0)
 
-        params, static = eqx.partition(mlp, eqx.is_array)
-        grads = eqx.filter_jit(jax.grad(lambda p: loss(eqx.combine(p, static))))(params)
-        leaves = jax.tree.leaves(params)
-        keys = jax.random.split(jax.random.key(5), len(leaves))
-        direction = jax.tree.unflatten(
-            jax.tree.structure(params),
-            [
-                jax.random.normal(k, a.shape, a.dtype)
-                for k, a in zip(keys, leaves, strict=True)
-            ],
-        )
-        h = 1e-5
-        shifted = lambda s: eqx.combine(
-            jax.tree.map(lambda p, d: p + s * d, params, direction), static
-        )
-        f = eqx.filter_jit(loss)
-        fd = (f(shifted(h)) - f(shifted(-h))) / (2 * h)
-        analytic = sum(
-            jnp.sum(g * d)
-            for g, d in zip(
-                jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True
-            )
-        )
-        # Central differences: truncation O(h^2 f''') ~ 1e-10 and rounding
-        # eps64 * f / h ~ 1e-11, far above float64's rounding of the analytic side.
-        assert_close(analytic, fd, rtol=1e-7)
-        assert abs(float(analytic)) > 1e-3  # the check is not vacuous
+    params, static = eqx.partition(mlp, eqx.is_array)
+    grads = eqx.filter_jit(jax.grad(lambda p: loss(eqx.combine(p, static))))(params)
+    leaves = jax.tree.leaves(params)
+    keys = jax.random.split(jax.random.key(5), len(leaves))
+    direction = jax.tree.unflatten(
+        jax.tree.structure(params),
+        [
+            jax.random.normal(k, a.shape, a.dtype)
+            for k, a in zip(keys, leaves, strict=True)
+        ],
+    )
+    h = 1e-5
+    shifted = lambda s: eqx.combine(
+        jax.tree.map(lambda p, d: p + s * d, params, direction), static
+    )
+    f = eqx.filter_jit(loss)
+    fd = (f(shifted(h)) - f(shifted(-h))) / (2 * h)
+    analytic = sum(
+        jnp.sum(g * d)
+        for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True)
+    )
+    # Central differences: truncation O(h^2 f''') ~ 1e-10 and rounding
+    # eps64 * f / h ~ 1e-11, far above float64's rounding of the analytic side.
+    assert_close(analytic, fd, rtol=1e-7)
+    assert abs(float(analytic)) > 1e-3  # the check is not vacuous
+
+
+def test_rrr_parameter_gradient_equals_finite_differences():
+    in_float64(_rrr_parameter_gradient_equals_finite_differences_float64)
 
 
 def test_rrr_errors():
