@@ -94,6 +94,21 @@ def _family_figures(model: Any, vit: Any, data: Any, fast: bool) -> dict[str, di
             ("Score-CAM", xa.ScoreCAM(model, layer), False),
             ("Guided Grad-CAM", xa.GuidedGradCAM(model, layer), False),
         ],
+        # The rest of the family (pytorch-grad-cam's methods), its own figure so
+        # that `cam.png` and the demo grid keep their width. First (and `--fast`'s
+        # only one): the cheapest to compile.
+        "cam_more": [
+            ("XGrad-CAM", xa.XGradCAM(model, layer), False),
+            ("Ablation-CAM", xa.AblationCAM(model, layer), False),
+            ("Eigen-Grad-CAM", xa.EigenGradCAM(model, layer), False),
+            ("Grad-CAM elem.", xa.GradCAMElementWise(model, layer), False),
+            ("Shapley-CAM", xa.ShapleyCAM(model, layer), False),
+            ("Finer-CAM", xa.FinerCAM(model, layer), False),
+            ("KPCA-CAM", xa.KPCACAM(model, layer), False),
+            ("FullGrad", xa.FullGrad(model), False),
+            ("Random-CAM", xa.RandomCAM(model, layer), True),
+            ("Sobel-CAM", xa.SobelCAM(model), False),
+        ],
         "perturbation": [
             ("Occlusion", xa.Occlusion(model, (1, 7, 7), (1, 3, 3)), False),
             ("Feature ablation", xa.FeatureAblation(model, mask=mask), False),
@@ -164,6 +179,60 @@ def _metrics_figure(path: pathlib.Path, model: Any, xs: Any, ts: Any, maps: dict
     fig.savefig(path, dpi=110)
 
 
+def _attacks_figure(path: pathlib.Path, model: Any, data: Any, fast: bool) -> None:
+    """Dombrowski et al.'s manipulation: a digit, its manipulated version, maps.
+
+    The gradient map of one digit is pushed toward the gradient map of another
+    digit (`xa.attacks.manipulate_explanation`, softplus surrogate) while the
+    logits stay put. `--fast`: a few steps on a small random MLP (the picture
+    only has to exist); full mode: the demo CNN.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    import eqx_attr as xa
+
+    if fast:  # a cheap compile: the attack differentiates through the map
+        model = eqx.filter_jit(xa.models.MLP)(width=16, key=jax.random.key(2))
+    x, other = (jnp.asarray(data.x_test[i]) for i in (0, 1))
+
+    @eqx.filter_jit  # one program: the target, the maps and the attack
+    def attack(model, x, other):
+        target = jnp.argmax(model(x))
+        h_t = xa.Gradients(model)(other, target)  # the map to reach: another digit's
+        x_adv = xa.attacks.manipulate_explanation(
+            xa.Gradients(model), model, x, h_t, target=target, eps=0.1,
+            step_size=0.002, n_steps=4 if fast else 500, gamma=1e-4, beta=10.0,
+            lower=0.0, upper=1.0,
+        )  # fmt: skip
+        maps = [xa.Gradients(model)(z, target) for z in (x, x_adv)]
+        probs = [jax.nn.softmax(model(z))[target] for z in (x, x_adv)]
+        # The attack's own measure: squared distance of the L1-normalised maps.
+        unit = lambda h: h / jnp.sum(jnp.abs(h))  # noqa: E731
+        dists = [jnp.sum((unit(h) - unit(h_t)) ** 2) for h in maps]
+        return target, x_adv, h_t, maps, probs, dists
+
+    target, x_adv, h_t, (h, h_adv), (p, p_adv), (d, d_adv) = attack(model, x, other)
+    panels = [
+        (x[0], "gray", f"input (class {int(target)}: p = {float(p):.2f})"),
+        (x_adv[0], "gray", f"manipulated, |δ|∞ ≤ 0.1 (p = {float(p_adv):.2f})"),
+        (jnp.abs(h[0]), "hot", f"its gradient map (distance {float(d):.1e})"),
+        (jnp.abs(h_adv[0]), "hot", f"map after (distance {float(d_adv):.1e})"),
+        (jnp.abs(h_t[0]), "hot", "target map (another digit's)"),
+    ]
+    fig = Figure(figsize=(11, 2.6), layout="constrained")
+    for ax, (img, cmap, title) in zip(fig.subplots(1, 5), panels, strict=True):
+        ax.imshow(img, cmap=cmap)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.savefig(path, dpi=110)
+
+
 def _benchmark_figure(path: pathlib.Path) -> None:
     """ours / Captum (median times) for every scenario of the default run."""
     import matplotlib
@@ -186,6 +255,38 @@ def _benchmark_figure(path: pathlib.Path) -> None:
     ax.set_xlabel("time ours / Captum (log scale; < 1: eqx_attr is faster)")
     ax.set_title("benchmarks/results/cpu.json, 2 shared CPU cores")
     fig.savefig(path, dpi=110)
+
+
+def _segmentation_figure(path: pathlib.Path, data: Any, fast: bool) -> None:
+    """Grad-CAM, IG and LRP of a segmentation target: each digit's own pixels
+    (`x > 0.5`) as class `1 + label` of the zoo's `SmallSegmenter`. `--fast`: a
+    random, narrow segmenter (the picture only has to exist); full mode: the
+    trained one (`xa.training.pretrained_mnist_segmenter`)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    import eqx_attr as xa
+
+    if fast:
+        seg = eqx.filter_jit(xa.models.SmallSegmenter)(width=2, key=jax.random.key(0))
+    else:
+        seg = xa.training.pretrained_mnist_segmenter()
+    xs = jnp.asarray(data.x_test[:4])
+    regions = xa.targets.SegmentationRegion(
+        jnp.asarray(data.y_test[:4]) + 1, xs[:, 0] > 0.5
+    )
+    methods = {
+        "Grad-CAM": xa.GradCAM(seg, lambda m: m.context),
+        "IG": xa.IntegratedGradients(seg, n_steps=32),
+        "LRP": xa.LRP(seg),
+    }
+    maps = {
+        title: eqx.filter_jit(eqx.filter_vmap(m))(xs, regions)
+        for title, m in methods.items()
+    }
+    labels = [f"region: digit {int(y)}" for y in data.y_test[:4]]
+    _grid(path, xs, maps, labels)
 
 
 def _models(fast: bool) -> tuple[Any, Any]:
@@ -252,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     _metrics_figure(out / "metrics.png", model, xs, ts, firsts)
     _benchmark_figure(out / "benchmarks.png")
+    _attacks_figure(out / "attacks.png", model, data, args.fast)
+    _segmentation_figure(out / "segmentation.png", data, args.fast)
     print(f"wrote {len(list(out.glob('*.png')))} figures to {out} "
           f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
 

@@ -16,6 +16,7 @@ from . import (
     targets as targets,
 )
 from ._attribution import AbstractAttribution as AbstractAttribution
+from ._compile_cache import enable_compile_cache as enable_compile_cache
 from ._layers import (
     LayerOutputReplaced as LayerOutputReplaced,
     layer_activation as layer_activation,

@@ -12,6 +12,8 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 from ._engine._fast_derivatives import fast_derivatives, loop_body
+from ._layout import check_input_layout
+from ._model_errors import MODEL_ERRORS as MODEL_ERRORS, model_rejected_input
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
 # the model's scores to a scalar, or None for a model that already returns a scalar.
@@ -48,9 +50,25 @@ class AbstractAttribution(eqx.Module):
     CAMs) overrides it to return those scores, saving the runner a forward pass;
     the default returns `(self(x, target, key=key), None)`. An override must
     return exactly what `__call__` returns as its first element.
+
+    **Input layout:** every method of the registry takes `input_layout=` as a
+    keyword: `"chw"` (channels first, `(C, H, W)`), `"hwc"` (channels last,
+    `(H, W, C)`) or `None` (default: inferred from `x`'s shape: a 3-D input
+    whose last axis has 1, 3 or 4 entries and whose first axis does not is
+    channels-last, every other 3-D input channels-first; pass the layout
+    explicitly for an ambiguous shape such as `(3, 32, 3)`).
+    Methods whose result does not depend on the layout (gradients, IG, DeepLIFT,
+    LRP, ...) check the value and otherwise ignore it; methods that use the
+    spatial axes (the CAM family, RISE, XRAI, Blur IG, the mask-based
+    perturbations, the transformer maps) read them from the resolved layout.
     """
 
     model: eqx.AbstractVar[Callable[..., Any]]
+
+    def __check_init__(self):
+        # Every registry method owns an `input_layout` field; a user's own
+        # subclass without one has nothing to check.
+        check_input_layout(getattr(self, "input_layout", None))
 
     @abc.abstractmethod
     def __call__(
@@ -142,16 +160,6 @@ def check_key(key: Any, method: str) -> PRNGKeyArray:
             f"`method(x, target, key=jax.random.key(0))`."
         )
     return key
-
-
-def model_rejected_input(x: Any, error: Exception) -> ValueError:
-    """The error for a model that raised on `x` while being traced."""
-    return ValueError(
-        f"The model rejected input `x` of shape {x.shape} and dtype {x.dtype}: "
-        f"{type(error).__name__}: {error}\nPass ONE example without a batch axis, "
-        "shaped as the model expects (e.g. (1, 28, 28) for SmallCNN); batch with "
-        "`eqx.filter_vmap(method)(xs, targets)`."
-    )
 
 
 def check_where(where: Any, name: str, example: str) -> None:
@@ -303,7 +311,7 @@ def forward_shape(model: Callable, x: Array) -> jax.ShapeDtypeStruct:
     """The model's output shape for `x`, with a clear error if the model rejects it."""
     try:
         out = jax.eval_shape(model, x)
-    except (TypeError, ValueError) as e:
+    except MODEL_ERRORS as e:
         raise model_rejected_input(x, e) from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
@@ -318,7 +326,7 @@ def forward_output(model: Callable, x: Array) -> Any:
     or a PyTree of them), with a clear error if the model rejects `x`."""
     try:
         return jax.eval_shape(model, x)
-    except (TypeError, ValueError) as e:
+    except MODEL_ERRORS as e:
         raise model_rejected_input(x, e) from e
 
 

@@ -66,6 +66,62 @@ class BuildContext:
         return value
 
 
+_ORDERS = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Differentiability:
+    """How often a method's map may be differentiated, and what the derivative is.
+
+    Where an order is claimed, `jax.grad` (and for 2, `jax.grad` of `jax.grad`)
+    of the map with respect to the input `x` or to the model's parameters is the
+    exact derivative of the map as computed (with the model's own smoothness:
+    a ReLU network's map is piecewise, and its derivative is the one of the piece
+    `x` lies in). `tests/test_differentiability.py` checks each claim against
+    central finite differences in float64 (against forward mode for maps that
+    round to float32 inside), and checks that 0 is refused.
+
+    **Arguments:**
+
+    - `input`: the highest order supported (and tested) with respect to `x`: 0
+        (refused at trace time with a `ValueError` naming the method), 1, or 2.
+    - `params`: the same, with respect to the model's parameters.
+    - `note`: what a user differentiating the map should know (a piecewise
+        selection whose derivative ignores it, a singularity, float32 sums).
+    """
+
+    input: Literal[0, 1, 2]
+    params: Literal[0, 1, 2]
+    note: str = ""
+
+    def __post_init__(self):
+        for name in ("input", "params"):
+            if getattr(self, name) not in _ORDERS:
+                raise ValueError(
+                    f"`{name}` must be an order of derivative in {_ORDERS}, got "
+                    f"{getattr(self, name)!r}."
+                )
+
+    def describe(self) -> str:
+        """A short cell for tables: `x: 2, params: 2` or `refused`."""
+        if self.input == self.params == 0:
+            return "refused"
+        return f"x: {self.input or 'refused'}, params: {self.params or 'refused'}"
+
+
+# Contracts shared by several rows.
+SMOOTH = Differentiability(2, 2)
+CLIPPED_MAP = Differentiability(
+    1, 1, "relu=True clips the map: the derivative is 0 where it is clipped"
+)
+PERTURBATION = Differentiability(
+    1, 1, "fixed windows or masks: smooth in x for a smooth model; float32 sums"
+)
+PERTURBATION_KEYED = Differentiability(
+    1, 1, "fixed masks for a fixed key: smooth in x for a smooth model; float32 sums"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodEntry:
     """One attribution method, as the tools around the library see it.
@@ -89,6 +145,9 @@ class MethodEntry:
     - `benchmark`: `(script, peer)`, the script under `benchmarks/` that times
         the method and the peer it runs beside, or `(None, why it is not timed)`
         (keyword-only, required: `benchmarks/coverage.py` is read from it).
+    - `differentiable`: the [`Differentiability`][] contract of the map with
+        respect to the input and the parameters (keyword-only, required: the
+        docs' table and `eqx-attr methods` are read from it).
     """
 
     name: str
@@ -102,6 +161,7 @@ class MethodEntry:
     axioms: frozenset[str] = frozenset()
     baselines: Literal["one", "many", "any"] = "any"
     benchmark: tuple[str | None, str] = dataclasses.field(kw_only=True)
+    differentiable: Differentiability = dataclasses.field(kw_only=True)
 
     @property
     def random(self) -> bool:

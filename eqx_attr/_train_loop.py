@@ -89,10 +89,10 @@ def _as_arrays(x: Any, y: Any) -> tuple[Array, Array]:
             f"Training images must be floating point, got dtype {x.dtype}; divide "
             "8-bit pixels by 255 first."
         )
-    if not jnp.issubdtype(y.dtype, jnp.integer) or y.ndim != 1:
+    if not jnp.issubdtype(y.dtype, jnp.integer) or y.ndim not in (1, 3):
         raise TypeError(
-            f"Labels must be a 1-D integer array, got dtype {y.dtype} and shape "
-            f"{y.shape}."
+            "Labels must be a 1-D integer array (or (N, H, W) per-pixel classes for "
+            f"a segmentation model), got dtype {y.dtype} and shape {y.shape}."
         )
     if x.shape[0] != y.shape[0]:
         raise ValueError(
@@ -142,11 +142,13 @@ def make_step(config: TrainConfig, optimizer, static, n_classes: int):
 
     def loss_fn(params, xb, yb):
         model = eqx.combine(params, static)
-        logits = jax.vmap(model)(xb)
+        logits = jax.vmap(model)(xb)  # (B, n) or, per pixel, (B, n, H, W)
         labels = optax.smooth_labels(
-            jax.nn.one_hot(yb, n_classes), config.label_smoothing
+            jax.nn.one_hot(yb, n_classes, axis=-1), config.label_smoothing
         )
-        return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+        if logits.ndim > 2:  # segmentation: classes on axis 1, labels (B, H, W)
+            labels = jnp.moveaxis(labels, -1, 1)
+        return jnp.mean(optax.softmax_cross_entropy(logits, labels, axis=1))
 
     @jax.jit
     def step(params, opt_state, xb, yb, key):
@@ -177,9 +179,16 @@ def training_data(
             "pass a smaller `TrainConfig(batch_size=...)`."
         )
     out = jax.eval_shape(model, xs[0])
-    if out.ndim != 1:
+    if out.ndim != 1 and out.shape[1:] != ys.shape[1:]:
         raise ValueError(
-            f"The model must return a 1-D vector of logits, got shape {out.shape}."
+            "The model must return a 1-D vector of logits (labels (N,)), or per-pixel "
+            f"logits (n, H, W) with labels (N, H, W); got shape {out.shape} with "
+            f"labels {ys.shape}."
+        )
+    if out.ndim != 1 and config.shift > 0:
+        raise ValueError(
+            "Random shifts move the images but not per-pixel labels; train a "
+            "segmentation model with `TrainConfig(shift=0)`."
         )
     return xs, ys, out.shape[0]
 

@@ -19,7 +19,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MNIST", "MNIST_SPLIT_SEED", "load_mnist_5k", "mnist"]
+__all__ = [
+    "MNIST",
+    "MNIST_SPLIT_SEED",
+    "DecoyMNIST",
+    "decoy_mnist",
+    "load_mnist_5k",
+    "mnist",
+]
 
 # The split is part of the data set's definition: change it and every cached model
 # and every reported accuracy changes meaning. So it is a constant, not an option.
@@ -122,3 +129,87 @@ def mnist() -> MNIST:
     train = train[rng.permutation(len(train))]
     test = test[rng.permutation(len(test))]
     return MNIST(images[train], labels[train], images[test], labels[test])
+
+
+# The side, in pixels, of the decoy patch (Ross et al.'s 4x4 swatches).
+_DECOY_SIZE = 4
+
+
+class DecoyMNIST(NamedTuple):
+    """[`eqx_attr.datasets.mnist`][] with Ross et al.'s decoy patches.
+
+    - `x_train`, `x_test`: float32 images `(N, 1, 28, 28)` in `[0, 1]`, each with
+        a 4x4 patch in one corner.
+    - `y_train`, `y_test`: int32 labels `(N,)` in `0..9`.
+    - `mask_train`, `mask_test`: boolean `(N, 28, 28)`, True on each image's
+        patch (Ross et al.'s annotation of irrelevant features).
+
+    **Arguments:** the six arrays above, in the order `(x_train, y_train,
+    mask_train, x_test, y_test, mask_test)`.
+
+    **Returns:** a named tuple; unpack it or read its fields.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    mask_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    mask_test: np.ndarray
+
+
+def _with_patches(
+    images: np.ndarray, shades: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image with a `_DECOY_SIZE` square of its shade in a random corner."""
+    n, _, h, w = images.shape
+    corners = rng.integers(0, 4, size=n)  # 0: top left, 1: top right, 2, 3: bottom
+    rows = np.where(corners >= 2, h - _DECOY_SIZE, 0)
+    cols = np.where(corners % 2 == 1, w - _DECOY_SIZE, 0)
+    yy = np.arange(h)[None, :, None]
+    xx = np.arange(w)[None, None, :]
+    masks = (
+        (yy >= rows[:, None, None])
+        & (yy < rows[:, None, None] + _DECOY_SIZE)
+        & (xx >= cols[:, None, None])
+        & (xx < cols[:, None, None] + _DECOY_SIZE)
+    )
+    out = np.where(masks[:, None], shades[:, None, None, None], images)
+    return out.astype(np.float32), masks
+
+
+def decoy_mnist(seed: int = 0) -> DecoyMNIST:
+    """DecoyMNIST (Ross et al., IJCAI 2017): a shortcut that reveals the label.
+
+    Following "Right for the Right Reasons" (section 4, Decoy MNIST) and the
+    authors' generator (`dtak/rrr`, `rrr/decoy_mnist.py`, `augment`), every digit
+    of [`eqx_attr.datasets.mnist`][] gets a 4x4 gray patch in one of its four
+    corners, drawn uniformly. In the training set the patch's shade is
+    `255 - 25 * y` (on the 0..255 scale; here divided by 255), so it reveals the
+    label; in the test set it is `255 - 25 * d` for a digit `d` drawn uniformly
+    from 0..9, independently of the label, so a model that reads the patch is
+    misled there. The digits and the split are those of `mnist()`; the corners
+    and the test digits `d` come from `np.random.default_rng(seed)` (training set
+    first), so a seed gives the same data set on every machine.
+
+    **Arguments:**
+
+    - `seed`: the seed of the corners and of the test set's decoy digits.
+
+    **Returns:** an [`eqx_attr.datasets.DecoyMNIST`][] named tuple
+    `(x_train, y_train, mask_train, x_test, y_test, mask_test)`.
+
+    ```python
+    d = xa.datasets.decoy_mnist()
+    d.x_train.shape, d.mask_train.shape   # (4000, 1, 28, 28), (4000, 28, 28)
+    ```
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+    clean = mnist()
+    rng = np.random.default_rng(seed)
+    train_shades = (255 - 25 * clean.y_train.astype(np.float32)) / 255
+    x_train, m_train = _with_patches(clean.x_train, train_shades, rng)
+    decoys = rng.integers(0, 10, size=len(clean.y_test)).astype(np.float32)
+    x_test, m_test = _with_patches(clean.x_test, (255 - 25 * decoys) / 255, rng)
+    return DecoyMNIST(x_train, clean.y_train, m_train, x_test, clean.y_test, m_test)

@@ -9,6 +9,7 @@ with `EQX_ATTR_FAST=1` (fewer digits, steps and epochs).
 import pathlib
 
 import nbformat
+from _decoy_notebook import decoy_cells
 from _metrics_notebook import evaluating_cells
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -529,6 +530,7 @@ def main():
         ("03_cnn_vs_vit", CNN_VIT),
         ("04_axioms", AXIOMS),
         ("05_evaluating_explanations", evaluating_cells(SETUP, MODEL, DIGITS)),
+        ("06_decoy_mnist", decoy_cells()),
     ]:
         path = HERE / f"{name}.ipynb"
         nbformat.write(nb(cells), path)

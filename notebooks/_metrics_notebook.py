@@ -66,6 +66,43 @@ from IPython.display import Image
 curves_png = os.path.join(tempfile.mkdtemp(), "deletion_curves.png")
 board.plot(curves_png)
 display(Image(curves_png))""",
+        "md:The last two columns: EfficientMPRT (Hedström et al., 2023: how much "
+        "more disordered, in histogram entropy, the explanation of the fully "
+        "randomised model is; higher is better) and pytorch-grad-cam's ARCC (the "
+        "harmonic mean of coherency, 1 - complexity and ROAD, on each map scaled to "
+        "[0, 1]; higher is better).\n\n"
+        "## pytorch-grad-cam's metrics on a CAM\n\n"
+        "ARCC re-explains the digit multiplied by its own CAM (coherency), measures "
+        "how much of the image the CAM covers (complexity) and how much imputing "
+        "the most / least relevant pixels moves the score (ROAD, combined over "
+        "20 ... 80 percentiles). `CamMultImageConfidenceChange` is the change of "
+        "the softmax probability when the digit is multiplied by the CAM.",
+        """\
+cam_method = xa.GradCAM(model, lambda m: m.conv2)
+cams = jnp.asarray(explain(cam_method))  # (n, 28, 28)
+arcc = xa.metrics.ARCC(model, cam_method, scale=True)
+cam_mult = xa.metrics.CamMultImageConfidenceChange(model)
+
+
+@eqx.filter_jit
+def gradcam_metrics(xs, ts, cams, keys):
+    def one(x, t, c, k):
+        terms = arcc.components(x, t, c, key=k)
+        return {**terms, "ARCC": xa.metrics.arcc_score(**terms),
+                "CAM-mult change": cam_mult(x, t, xa.metrics.scale_cam(c))}
+    return jax.vmap(one)(xs, ts, cams, keys)
+
+
+for name, v in gradcam_metrics(xs, targets, cams, keys).items():
+    print(f"{name:<16}", np.round(np.asarray(v), 3))""",
+        "md:Quantus 0.6's Sufficiency and Consistency compare the examples of a "
+        "batch: do examples with similar (or equally discretised) explanations get "
+        "the same prediction?",
+        """\
+grads = eqx.filter_jit(eqx.filter_vmap(xa.Gradients(model)))(x_eval, t_eval)
+for metric in (xa.metrics.Sufficiency(model), xa.metrics.Consistency(model)):
+    scores = np.asarray(eqx.filter_jit(metric)(x_eval, grads))
+    print(type(metric).__name__, np.round(scores, 2), f"mean {scores.mean():.2f}")""",
         "md:## The baseline matters\n\nDeletion replaces pixels by the baseline, "
         "insertion starts from it. With a black baseline on MNIST, deleting "
         "background pixels changes nothing; a blurred baseline removes information "

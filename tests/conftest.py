@@ -76,3 +76,31 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# Every compiled XLA:CPU program keeps its machine code in memory mappings of its
+# own, and JAX's caches keep the programs alive. A test worker compiles thousands
+# of programs in one process; past Linux's `vm.max_map_count` (65,530 here) the
+# next compilation fails inside LLVM and the worker dies in XLA's compiler
+# ("Fatal Python error: Segmentation fault"/"Aborted" in
+# `backend_compile_and_load`, in whichever test happened to be compiling: seen
+# after ~700 tests per worker). Between tests, once the process holds many
+# mappings, drop JAX's in-memory caches: the next test compiles anew (or loads
+# from the run's persistent cache), and the mappings are released.
+_MAPS_LIMIT = 20_000
+
+
+def _n_mappings() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to stay under
+        return 0
+
+
+def pytest_runtest_teardown(item):
+    if _n_mappings() > _MAPS_LIMIT:
+        import gc
+
+        jax.clear_caches()
+        gc.collect()

@@ -121,7 +121,7 @@ def test_cam_errors():
         xa.CAM(m, lambda m: m.conv2, classifier=lambda m: m.conv2)(x, 0)
     with pytest.raises(ValueError, match="`classifier`"):
         xa.CAM(m, lambda m: m.conv2, classifier=lambda m: m.head)(x, 0)
-    # Something after the classifier: shapes agree, the run-time identity fails.
+    # Something after the classifier: refused at trace time (tests/test_cam_pytree.py).
     d = _Doubled(m)
     cam = xa.CAM(d, lambda d: d.net.conv2, classifier=lambda d: d.net.fc)
     with pytest.raises(Exception, match="global average pooling"):
@@ -387,7 +387,9 @@ def test_channels_last_layout_equals_channels_first():
 
 # ---------------------------------------------------------------------------------
 # Token layout on a tiny ViT-like model: 8x8 image, 2x2 patches -> 16 tokens plus a
-# class token; one token-mixing block; the head reads the class token.
+# class token; two token-mixing blocks; the head reads the class token. The maps
+# read the first block: after the last one only the class token reaches the head,
+# so its patch tokens' gradient is zero (refused: tests/test_cam_pytree.py).
 
 
 class _Block(eqx.Module):
@@ -402,15 +404,21 @@ class _TinyViT(eqx.Module):
     embed: eqx.nn.Conv2d
     cls: jax.Array
     block: _Block
+    last: _Block
     head: eqx.nn.Linear
 
     def __init__(self, key):
-        k = jax.random.split(key, 5)
+        k = jax.random.split(key, 7)
         self.embed = eqx.nn.Conv2d(1, 6, 2, stride=2, key=k[0])
         self.cls = jax.random.normal(k[1], (1, 6))
         mix = jax.random.normal(k[2], (17, 17)) / 4
         self.block = _Block(mix, eqx.nn.Linear(6, 6, key=k[3]))
         self.head = eqx.nn.Linear(6, 3, key=k[4])
+        mix = jax.random.normal(k[5], (17, 17)) / 4
+        self.last = _Block(mix, eqx.nn.Linear(6, 6, key=k[6]))
+
+    def readout(self, tokens):
+        return self.head(self.last(tokens)[0])
 
     def tokens(self, x):
         y = self.embed(x)  # (6, 4, 4)
@@ -418,7 +426,7 @@ class _TinyViT(eqx.Module):
         return jnp.concatenate([self.cls, patches], axis=0)
 
     def __call__(self, x):
-        return self.head(self.block(self.tokens(x))[0])
+        return self.readout(self.block(self.tokens(x)))
 
 
 def test_tokens_layout_gradcam_and_grid():
@@ -428,9 +436,15 @@ def test_tokens_layout_gradcam_and_grid():
     @jax.jit
     def reference(x):
         tokens = model.block(model.tokens(x))  # (17, 6)
-        return tokens, jax.grad(lambda t: model.head(t[0])[1])(tokens)
+        # Ablation-CAM's scores: feature k zeroed in the patch tokens only.
+        ablated = jax.vmap(lambda k: model.readout(tokens.at[1:, k].set(0.0))[1])(
+            jnp.arange(6)
+        )
+        y = model.readout(tokens)[1]
+        g = jax.grad(lambda t: model.readout(t)[1])(tokens)
+        return tokens, g, (y - ablated) / y
 
-    tokens, g = reference(x)
+    tokens, g, ablation_weights = reference(x)
     # By hand: drop the class token, fold the 16 patch tokens to 4x4, weights are
     # the mean gradient over the patch tokens.
     a_grid = np.asarray(tokens[1:]).reshape(4, 4, 6)
@@ -462,14 +476,12 @@ def test_tokens_layout_gradcam_and_grid():
     v = v if v.sum() >= 0 else -v
     # rtol: the float32 SVD's leading vector, perturbed by rounding / spectral gap
     assert_close(eigen, (centred @ v).reshape(4, 4), rtol=1e-4)
-    # Ablation-CAM zeroes a feature in the patch tokens only; the head reads the
-    # class token after this block, so no ablation changes the score: map 0 (to
-    # rounding: the ablated scores come from a batched program, the plain score
-    # from another, and XLA need not round them alike). Each weight (y - y_k) / y
-    # is then off by rounding relative to 1, times features a_k: the floor is
-    # relative to sum_k |a_k| at a location.
-    assert ablation.shape == (4, 4)
-    assert_close(ablation, np.zeros((4, 4)), scale=np.abs(a_grid).sum(-1).max())
+    # Ablation-CAM zeroes a feature in the patch tokens only (the class token is
+    # kept), reruns the last block and weights it by (y - y_k) / y. Each weight
+    # is a difference of scores of size |y| over y: rounding relative to 1, times
+    # features a_k, so the floor is relative to sum_k |a_k| at a location.
+    want = np.einsum("ijd,d->ij", a_grid, np.asarray(ablation_weights))
+    assert_close(ablation, want, scale=np.abs(a_grid).sum(-1).max())
     # 17 tokens are no square: the error suggests dropping the class token
     with pytest.raises(ValueError, match="n_prefix_tokens=1"):
         xa.GradCAM(model, lambda m: m.block, layout="tokens")(x, 1)
@@ -605,27 +617,27 @@ def test_zoo_resnet_and_vit():
         1,
     )
 
+    kw = dict(layout="tokens", n_prefix_tokens=1)
+
     @jax.jit
     def vit_maps(x):
-        kw = dict(layout="tokens", n_prefix_tokens=1)
-        return [
-            (
-                xa.GradCAM(v, where, **kw)(x, 4),
-                xa.GradCAM(v, where, relu=False, resize=None, **kw)(x, 4),
-            )
-            for where in (lambda m: m.blocks[-1], lambda m: m.blocks[-1].norm1)
-        ]
+        where = lambda m: m.blocks[-1].norm1  # noqa: E731
+        return (
+            xa.GradCAM(v, where, **kw)(x, 4),
+            xa.GradCAM(v, where, relu=False, resize=None, **kw)(x, 4),
+        )
 
-    (h_out, small_out), (h_norm, small_norm) = vit_maps(digit_like(3))
-    for h in (h_out, h_norm):
-        assert h.shape == (28, 28) and bool(jnp.all(jnp.isfinite(h)))
-    assert small_out.shape == small_norm.shape == (4, 4)
-    # The head reads only the class token after the last block, so the patch
-    # tokens of the last block's OUTPUT have zero gradient (hence the usual choice
-    # of `blocks[-1].norm1`, whose patch tokens feed the class token by attention).
-    # Exact: those gradients are structural zeros, and 0 * a finite activation is 0.
-    assert float(jnp.max(jnp.abs(small_out))) == 0.0
+    h_norm, small_norm = vit_maps(digit_like(3))
+    assert h_norm.shape == (28, 28) and bool(jnp.all(jnp.isfinite(h_norm)))
+    assert small_norm.shape == (4, 4)
+    # `blocks[-1].norm1`'s patch tokens feed the class token by attention.
     assert float(jnp.max(jnp.abs(small_norm))) > 0
+    # The head reads only the class token after the last block, so the patch
+    # tokens of the last block's OUTPUT have zero gradient: an all-zero map,
+    # refused with the fix rather than returned.
+    last = eqx.filter_jit(xa.GradCAM(v, lambda m: m.blocks[-1], **kw))
+    with pytest.raises(Exception, match="class token of `layer`"):
+        jax.block_until_ready(last(digit_like(3), 4))
 
 
 # ---------------------------------------------------------------------------------

@@ -149,16 +149,77 @@ def test_small_cnn_completeness_with_max_pooling():
     assert_close(delta, 0.0, scale=size)
 
 
-def test_product_of_activations_raises_and_plain_opts_in():
-    def model(x):
-        h = jnp.tanh(x)
-        return jnp.stack([jnp.sum(h * x)])  # a product of two activations
+def test_products_of_two_activations_split_exactly():
+    k1, k2 = jax.random.split(jax.random.key(3))
+    A, B = jax.random.normal(k1, (3, 5)), jax.random.normal(k2, (3, 5))
 
-    with pytest.raises(NoRuleError, match=r"`mul` of two activations.*test_deeplift"):
+    def model(x):
+        return (A @ x) * (B @ x)
+
+    a, delta = xa.DeepLift(model, baseline=B5, return_delta=True)(X5, 1)
+    # Each factor's difference meets the mean of the other's two values:
+    # f - f0 = dp * (q + q0) / 2 + (p + p0) / 2 * dq, p = A x, q = B x.
+    p, q, p0, q0 = A @ X5, B @ X5, A @ B5, B @ B5
+    m = A[1] * (q[1] + q0[1]) / 2 + B[1] * (p[1] + p0[1]) / 2
+    assert_close(a, m * (X5 - B5))
+    size = _terms(a, model(X5)[1], model(B5)[1])
+    assert_close(delta, 0.0, scale=size)
+
+
+def test_layer_norm_and_inline_activations_stay_complete():
+    ln = eqx.nn.LayerNorm(7)
+    ln = eqx.tree_at(lambda m: m.bias, ln, jnp.linspace(-0.3, 0.3, 7))
+    lin1, lin2 = _inline("relu").lin1, _inline("relu").lin2
+    for name, act in (
+        ("swish", lambda h: h * jax.nn.sigmoid(h)),
+        ("leaky", lambda h: jnp.where(h > 0, h, 0.1 * h)),
+        ("x_tanh", lambda h: h * jnp.tanh(h)),
+    ):
+        model = lambda v, act=act: lin2(act(ln(lin1(v))))
+        a, delta = xa.DeepLift(model, baseline=B5, return_delta=True)(X5, 2)
+        size = _terms(a, model(X5)[2], model(B5)[2])
+        assert_close(jnp.sum(a), model(X5)[2] - model(B5)[2], scale=size, err_msg=name)
+        assert_close(delta, 0.0, scale=size, err_msg=name)
+    # Written inline, an activation gets the Rescale rule as one function.
+    held = lambda v: lin2(jax.nn.silu(lin1(v)))
+    inline = lambda v: lin2(lin1(v) * jax.nn.sigmoid(lin1(v)))
+    assert_close(
+        xa.DeepLift(inline, baseline=B5)(X5, 0), xa.DeepLift(held, baseline=B5)(X5, 0)
+    )
+
+
+def test_quotients_and_softmax_split_exactly():
+    def model(x):
+        return jnp.stack([jnp.sum(x) / jnp.sum(jnp.tanh(x) ** 2 + 1.0)])
+
+    a, delta = xa.DeepLift(model, baseline=B5, return_delta=True)(X5, 0)
+    # a / b = a * (1 / b): the reciprocal's Rescale multiplier is -1 / (b b0),
+    # then the product rule; by hand for the numerator's share:
+    n, d = jnp.sum(X5), jnp.sum(jnp.tanh(X5) ** 2 + 1.0)
+    n0, d0 = jnp.sum(B5), jnp.sum(jnp.tanh(B5) ** 2 + 1.0)
+    numerator_share = (n - n0) * (1 / d + 1 / d0) / 2
+    size = _terms(a, model(X5)[0], model(B5)[0])
+    assert_close(delta, 0.0, scale=size)
+    t2 = lambda v: jnp.tanh(v) ** 2
+    denominator_share = jnp.sum(a) - numerator_share
+    want = -(n + n0) / 2 / (d * d0) * (jnp.sum(t2(X5)) - jnp.sum(t2(B5)))
+    assert_close(denominator_share, want, scale=size)
+    # A softmax is a quotient of sums of exponentials: complete as well.
+    k = jax.random.normal(jax.random.key(4), (4, 5))
+    soft = lambda v: jax.nn.softmax(k @ v)
+    a, delta = xa.DeepLift(soft, baseline=B5, return_delta=True)(X5, 2)
+    assert_close(delta, 0.0, scale=_terms(a, soft(X5)[2], soft(B5)[2]))
+
+
+def test_operations_without_a_rule_raise_and_plain_opts_in():
+    def model(x):
+        return jnp.sort(jnp.tanh(x))[-2:]
+
+    with pytest.raises(NoRuleError, match=r"sort.*test_deeplift"):
         xa.DeepLift(model)(X5, 0)
     with pytest.raises(ValueError, match=r"plain="):
         xa.DeepLift(model)(X5, 0)
-    a = xa.DeepLift(model, plain=("mul",))(X5, 0)
+    a = xa.DeepLift(model, plain=("sort",))(X5, 0)
     assert a.shape == X5.shape
 
 

@@ -22,6 +22,7 @@ def test_all_five_notebooks_exist():
         "03_cnn_vs_vit",
         "04_axioms",
         "05_evaluating_explanations",
+        "06_decoy_mnist",
     ]
 
 

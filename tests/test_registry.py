@@ -87,6 +87,7 @@ ROWS += (
         "a throw-away method (a test's)",
         lambda c: ThrowAway(c.model),
         benchmark=(None, "a test's throw-away method"),
+        differentiable=SMOOTH,
     ),
 )
 '''

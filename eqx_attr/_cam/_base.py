@@ -4,7 +4,9 @@ Every CAM-family method reads one layer (its [`LayerSpec`][]) and turns what it
 read into an `(h, w)` map; the template [`AbstractCAM.__call__`][] does the rest
 once: check the input, inspect the layer at trace time, `_map`, then the ReLU and
 the resize. The activations are functions of the input only; `relu` and `resize`
-act on the map.
+act on the map. pytorch-grad-cam's options (`eigen_smooth`, `aug_smooth`, a list
+of layers) are steps of the same template; their functions live in
+`_smoothing.py`.
 """
 
 from __future__ import annotations
@@ -29,22 +31,37 @@ from .._attribution import (
     make_objective,
 )
 from .._layers import LayerInfo
+from .._layout import (
+    InputLayout,
+    resolve_input_layout,
+    spatial_axes,
+    spatial_shape,
+)
 from .._method_entry import BuildContext
-from ._spec import LayerSpec, as_layer_spec
+from ._smoothing import (
+    aggregate_layers,
+    augmentation_smoothing,
+    principal_projection,
+    scale_map,
+)
+from ._spec import LayerArg, Layers, LayerSpec, as_layer_specs
 
 RESIZES = ("bilinear", "nearest")
 
 Map: TypeAlias = Float[Array, "h w"]
 
 
-def spatial_size(x: Array, method_name: str) -> tuple[int, int]:
-    """The input's spatial size `(H, W)`: its last two axes."""
-    if x.ndim < 2:
-        raise ValueError(
-            f"{method_name} maps onto the input's last two (spatial) axes, but `x` "
-            f"has shape {x.shape}; pass an image such as `(C, H, W)`."
-        )
-    return int(x.shape[-2]), int(x.shape[-1])
+def spatial_size(
+    x: Array, method_name: str, input_layout: InputLayout = None
+) -> tuple[int, int]:
+    """The input's spatial size `(H, W)` in its layout (`input_layout`, or
+    inferred from `x`'s shape: `(H, W, C)` for a channels-last image)."""
+    return spatial_shape(x, input_layout, method_name)
+
+
+def width_axis(x: Array, input_layout: InputLayout = None) -> int:
+    """The input's width axis (the one `aug_smooth` flips) in its layout."""
+    return spatial_axes(x.ndim, resolve_input_layout(x.shape, input_layout))[1]
 
 
 def check_resize(resize: Any) -> None:
@@ -69,13 +86,23 @@ def weighted_sum(weights: Array, maps: Array) -> Array:
 class AbstractCAM(AbstractAttribution):
     """Base of the CAM family: one layer's activation combined into a spatial map.
 
-    Concrete methods hold `model`, `spec` (a [`eqx_attr.LayerSpec`][]), `relu` and
-    `resize`, and implement `_map`; `__call__` is the template that checks the
-    input, inspects the layer, calls `_map`, clips at zero (`relu`) and resizes to
-    the input (`resize`). The constructor is shared:
-    `Method(model, layer, relu=True, resize="bilinear", *, layout="chw",
-    n_prefix_tokens=0, grid=None, call_index=None)`, where `layer` is a `where`
-    function or a `LayerSpec`.
+    Concrete methods hold `model`, `spec` (a [`eqx_attr.LayerSpec`][], or a tuple
+    of them), `relu`, `resize`, `eigen_smooth`, `aug_smooth` and `input_layout`
+    (the input's layout, see below), and implement
+    `_map`; `__call__` is the template that checks the input, inspects the layer,
+    calls `_map`, clips at zero (`relu`) and resizes to the input (`resize`); for
+    several layers it does so per layer and aggregates; with `aug_smooth` it
+    averages all that over test-time augmentations. The constructor is shared:
+    `Method(model, layer, relu=True, resize="bilinear", *, eigen_smooth=False,
+    aug_smooth=False, input_layout=None, layout="chw", n_prefix_tokens=0,
+    grid=None, call_index=None)`, where `layer` is a `where` function, a
+    `LayerSpec`, or a list of them.
+
+    A method whose map is a sum over channels of per-channel terms builds it with
+    `_weighted` (channel weights) or, for the gradient CAMs, `_combine` (see
+    [`eqx_attr.AbstractGradientCAM`][]), so that `eigen_smooth` projects the terms
+    instead; a method without such terms refuses `eigen_smooth=True` in its
+    `__check_init__`.
 
     To add a CAM, subclass [`eqx_attr.AbstractGradientCAM`][] (a map from the
     activation and its gradient) or [`eqx_attr.AbstractChannelScoreCAM`][] (one
@@ -85,10 +112,31 @@ class AbstractCAM(AbstractAttribution):
 
     - `model`: maps one example to a 1-D vector of scores.
     - `layer`: a `where` function naming the layer, or an [`eqx_attr.LayerSpec`][]
-        (then `layout`, `n_prefix_tokens`, `grid` and `call_index` are its fields).
+        (then `layout`, `n_prefix_tokens`, `grid` and `call_index` are its fields),
+        or a list of them: one map per layer, each clipped (`relu`), min-max
+        scaled to `[0, 1]` and resized, then averaged, clipped and scaled to
+        `[0, 1]` again, as pytorch-grad-cam does with several `target_layers`
+        (`compute_cam_per_layer`, `aggregate_multi_layers`); a one-element list
+        is that pipeline for one layer. Each layer costs its own forward and
+        backward pass; with `resize=None` the layers must share a resolution.
     - `relu`: clip the map at zero (default `True`).
     - `resize`: `"bilinear"` (default) or `"nearest"` to resize the map to the
-        input's last two axes; `None` keeps the layer's resolution.
+        input's spatial size; `None` keeps the layer's resolution.
+    - `input_layout`: the layout of the INPUT `x`, `"chw"` or `"hwc"`, or `None`
+        (default) to infer it from `x`'s shape (`(H, W, C)` when the last axis
+        has 1, 3 or 4 entries and the first does not): the map is resized to the
+        input's `(H, W)`. The layer's own layout is `layout` (below).
+    - `eigen_smooth`: project the map's per-channel terms on their first
+        principal component instead of summing them (pytorch-grad-cam's
+        `get_2d_projection`, with the sign fixed so that the result correlates
+        positively with the plain map); default `False`. Methods whose map has no
+        channel terms (Eigen-CAM, Eigen-Grad-CAM, KPCA-CAM) refuse it.
+    - `aug_smooth`: average the maps of the input flipped horizontally or not and
+        multiplied by 0.9, 1 and 1.1, each flipped back (pytorch-grad-cam's
+        `forward_augmentation_smoothing` with its default ttach transforms);
+        default `False`. With one layer the averaged maps are unscaled (with a
+        list of layers each is scaled first, as in pytorch-grad-cam). A `key`
+        (Random-CAM) is passed unchanged to every augmentation and every layer.
     - `**layer_options`: `layout`, `n_prefix_tokens`, `grid`, `call_index`, as for
         [`eqx_attr.LayerSpec`][].
 
@@ -97,37 +145,72 @@ class AbstractCAM(AbstractAttribution):
     """
 
     model: eqx.AbstractVar[Callable[..., Any]]
-    spec: eqx.AbstractVar[LayerSpec]
+    spec: eqx.AbstractVar[Layers]
     relu: eqx.AbstractVar[bool]
     resize: eqx.AbstractVar[str | None]
+    eigen_smooth: eqx.AbstractVar[bool]
+    aug_smooth: eqx.AbstractVar[bool]
+    input_layout: eqx.AbstractVar[InputLayout]
 
     def __init__(
         self,
         model: Callable[..., Any],
-        layer: Callable | LayerSpec,
+        layer: LayerArg,
         relu: bool = True,
         resize: str | None = "bilinear",
+        *,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
+        input_layout: InputLayout = None,
         **layer_options: Any,
     ):
+        self.input_layout = input_layout
         self.model = model
-        self.spec = as_layer_spec(layer, **layer_options)
+        self.spec = as_layer_specs(layer, **layer_options)
         self.relu = relu
         self.resize = resize
+        self.eigen_smooth = eigen_smooth
+        self.aug_smooth = aug_smooth
 
     def __check_init__(self):
         check_bool(self.relu, "relu")
         check_resize(self.resize)
+        check_bool(self.eigen_smooth, "eigen_smooth")
+        check_bool(self.aug_smooth, "aug_smooth")
 
     @property
-    def layer(self) -> Callable:
-        """The `where` function naming the layer (from `spec`)."""
+    def layer(self) -> Callable | tuple[Callable, ...]:
+        """The `where` function naming the layer (from `spec`); a tuple of them
+        for several layers."""
+        if isinstance(self.spec, tuple):
+            return tuple(s.layer for s in self.spec)
         return self.spec.layer
+
+    @property
+    def _one_spec(self) -> LayerSpec:
+        """`spec` as the one `LayerSpec` it is in `_map` and `_layer_map`
+        (`_layers_map` runs them once per layer of a method of several layers)."""
+        if not isinstance(self.spec, LayerSpec):
+            raise TypeError(
+                f"{type(self).__name__} holds {len(self.spec)} layers here, where "
+                "one `LayerSpec` is needed; this is a bug in eqx_attr."
+            )
+        return self.spec
 
     @abc.abstractmethod
     def _map(
         self, x: Array, target: Target, info: LayerInfo, key: PRNGKeyArray | None
     ) -> Array:
-        """The `(h, w)` map, before the ReLU and the resize (float32 or wider)."""
+        """The `(h, w)` map, before the ReLU and the resize (float32 or wider);
+        `self.spec` is one `LayerSpec` here, also for a method of several layers."""
+
+    def _weighted(self, weights: Array, maps: Array) -> Array:
+        """`sum_k weights[k] * maps[k]`, or with `eigen_smooth` the projection of
+        the terms `weights[k] * maps[k]` on their first principal component
+        (pytorch-grad-cam's `BaseCAM.get_cam_image`)."""
+        if self.eigen_smooth:
+            return principal_projection(weights[:, None, None] * maps)
+        return weighted_sum(weights, maps)
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -145,21 +228,67 @@ class AbstractCAM(AbstractAttribution):
         self, x: Image, target: Target, key: PRNGKeyArray | None
     ) -> tuple[Map, Any]:
         x = check_input(x)
-        size = spatial_size(x, type(self).__name__)
-        info = self.spec.inspect(self.model, x)
+        size = spatial_size(x, type(self).__name__, self.input_layout)
+        w_axis = width_axis(x, self.input_layout)
+
+        def cam(x):
+            return self._layers_map(x, target, key, size)
+
+        if self.aug_smooth:
+            m, scores = augmentation_smoothing(cam, x, w_axis)
+        else:
+            m, scores = cam(x)
+        return m.astype(x.dtype), scores
+
+    def _layers_map(
+        self, x: Array, target: Target, key: PRNGKeyArray | None, size: tuple
+    ) -> tuple[Array, Any]:
+        """The map of one layer, or the aggregate of several (pytorch-grad-cam's
+        `compute_cam_per_layer` and `aggregate_multi_layers`), and the scores
+        (of the first layer's forward pass)."""
+        if isinstance(self.spec, LayerSpec):
+            return self._layer_map(x, target, key, size, scaled=False)
+        maps, scores = [], None
+        for i, spec in enumerate(self.spec):
+            one = eqx.tree_at(
+                lambda c: c.spec, self, spec, is_leaf=lambda n: n is self.spec
+            )
+            m, s = one._layer_map(x, target, key, size, scaled=True)
+            maps.append(m)
+            scores = s if i == 0 else scores
+        return aggregate_layers(maps), scores
+
+    def _layer_map(
+        self,
+        x: Array,
+        target: Target,
+        key: PRNGKeyArray | None,
+        size: tuple,
+        scaled: bool,
+    ) -> tuple[Array, Any]:
+        """One layer's map: `_map`, the ReLU, (if `scaled`) the min-max scaling of
+        pytorch-grad-cam's `scale_cam_image`, and the resize."""
+        info = self._one_spec.inspect(self.model, x)
         m, scores = self._map_and_scores(x, target, info, key)
         if self.relu:
             m = jnp.maximum(m, 0)
+        if scaled:
+            m = scale_map(m)
         if self.resize is not None:
             m = jax.image.resize(m, size, self.resize)
-        return m.astype(x.dtype), scores
+        return m, scores
 
 
 class AbstractGradientCAM(AbstractCAM):
     """Base of the CAMs that combine the activation `A` with its gradient `G`.
 
     `_map` reads `A` and `G = d target / d A` as `(C, h, w)` maps (one forward and
-    one backward pass) and combines them with the abstract `_combine`.
+    one backward pass) and combines them with the abstract `_combine`. With
+    `eigen_smooth`, the per-channel terms `_channel_terms(a, g)` are projected on
+    their first principal component instead; by default they are `_combine` of
+    each channel alone, which is right for a `_combine` that sums per-channel
+    terms over channels (all but Eigen-Grad-CAM's, which refuses
+    `eigen_smooth`).
 
     **Arguments:** as for [`eqx_attr.AbstractCAM`][].
 
@@ -171,15 +300,24 @@ class AbstractGradientCAM(AbstractCAM):
     def _combine(self, a: Array, g: Array) -> Array:
         """The `(h, w)` map from the activation and gradient maps `(C, h, w)`."""
 
+    def _channel_terms(self, a: Array, g: Array) -> Array:
+        """The `(C, h, w)` terms whose sum over channels is `_combine(a, g)`: here
+        `_combine` of each channel alone (pytorch-grad-cam's `weights * activations`
+        for the channel-weight CAMs, `grads * activations` for HiResCAM, ...)."""
+        return jax.vmap(lambda ak, gk: self._combine(ak[None], gk[None]))(a, g)
+
     def _map(self, x, target, info, key):
         return self._map_and_scores(x, target, info, key)[0]
 
     def _map_and_scores(self, x, target, info, key):
         # The forward pass that reads the layer also gives the model's output.
         objective = make_objective(target, info.out)
-        scores, _, act, grad = self.spec.read(self.model, x, objective, info)
-        a, g = self.spec.maps(act), self.spec.maps(grad)
-        return self._combine(as_float(a), as_float(g)), scores
+        scores, _, act, grad = self._one_spec.read(self.model, x, objective, info)
+        a = as_float(self._one_spec.maps(act))
+        g = as_float(self._one_spec.gradient_maps(grad, type(self).__name__))
+        if self.eigen_smooth:
+            return principal_projection(self._channel_terms(a, g)), scores
+        return self._combine(a, g), scores
 
 
 class AbstractChannelScoreCAM(AbstractCAM):
@@ -202,14 +340,18 @@ class AbstractChannelScoreCAM(AbstractCAM):
     def __init__(
         self,
         model: Callable[..., Any],
-        layer: Callable | LayerSpec,
+        layer: LayerArg,
         relu: bool = True,
         resize: str | None = "bilinear",
         *,
         chunk_size: int | None = None,
+        input_layout: InputLayout = None,
         **layer_options: Any,
     ):
-        AbstractCAM.__init__(self, model, layer, relu, resize, **layer_options)
+        AbstractCAM.__init__(
+            self, model, layer, relu, resize, input_layout=input_layout,
+            **layer_options,
+        )  # fmt: skip
         self.chunk_size = chunk_size
 
     def __check_init__(self):
@@ -233,15 +375,15 @@ class AbstractChannelScoreCAM(AbstractCAM):
 
     def _map(self, x, target, info, key):
         objective = make_objective(target, info.out)
-        _, y, act, _ = self.spec.read(self.model, x, objective, info)
-        a = as_float(self.spec.maps(act))
+        _, y, act, _ = self._one_spec.read(self.model, x, objective, info)
+        a = as_float(self._one_spec.maps(act))
 
         def channel_score(k):
             return self._channel_score(x, objective, act, a, k)
 
         scores = batched_map(channel_score, jnp.arange(a.shape[0]), self.chunk_size)
         weights = self._weights(as_float(scores), as_float(y))
-        return weighted_sum(weights, a)
+        return self._weighted(weights, a)
 
 
 def layer_build(cls: type, chunked: bool = False) -> Callable[[BuildContext], Any]:
@@ -255,18 +397,26 @@ def layer_build(cls: type, chunked: bool = False) -> Callable[[BuildContext], An
     return build
 
 
-def check_agnostic_target(target: Target, out_shape: tuple[int, ...]) -> None:
-    """A class-agnostic method accepts `target` for a uniform call: checked only."""
+def check_agnostic_target(target: Target, out: Any) -> None:
+    """A class-agnostic method accepts `target` for a uniform call: checked only,
+    against the model's output `out` (a shape, or the output as `jax.eval_shape`
+    gives it: a PyTree output takes a callable target, as every method)."""
     if target is not None:
-        make_objective(target, out_shape)
+        make_objective(target, out)
+
+
+def output_sum(out: Any) -> Array:
+    """The sum of every floating entry of the model's output (an array or a
+    PyTree): a scalar through which the backward pass reaches every layer that
+    the output depends on, for the methods that only read an activation."""
+    leaves = [
+        jnp.sum(v) for v in jax.tree.leaves(out) if jnp.issubdtype(v.dtype, jnp.inexact)
+    ]
+    return sum(leaves, jnp.zeros((), jnp.float32))
 
 
 def read_activation(cam: AbstractCAM, x: Array, info: Any) -> Array:
-    _, _, act, _ = cam.spec.read(cam.model, x, lambda s: jnp.sum(s), info)
-    return as_float(cam.spec.maps(act))
-
-
-def scale_map(m: Array) -> Array:
-    """pytorch-grad-cam's `scale_cam_image`: `(m - min) / (1e-7 + max(m - min))`."""
-    m = m - jnp.min(m)
-    return m / (1e-7 + jnp.max(m))
+    """The layer's activation as channels-first maps `(C, h, w)`, in float32 or
+    wider; the model may return a PyTree."""
+    _, _, act, _ = cam._one_spec.read(cam.model, x, output_sum, info)
+    return as_float(cam._one_spec.maps(act))

@@ -16,18 +16,27 @@ from .._attribution import (
     AbstractAttribution,
     Image,
     Target,
+    check_bool,
     check_input,
-    forward_shape,
+    forward_output,
     make_objective,
 )
 from .._layers import inspect_layers, read_layers
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    channels_first,
+    input_layout_field,
+    resolve_input_layout,
+)
+from .._method_entry import CLIPPED_MAP, MethodEntry
 from ._base import (
     Map,
     as_float,
     scale_map,
     spatial_size,
+    width_axis,
 )
+from ._smoothing import augmentation_smoothing, fullgrad_projection
 
 __all__ = ["FullGrad"]
 
@@ -45,12 +54,17 @@ def bias_layers(model: Any) -> list[Any]:
     ]
 
 
-def _scaled_planes(planes: Array, size: tuple[int, int]) -> Array:
-    """`scale_accross_batch_and_channels`: each plane scaled, resized, then summed."""
+def _each_scaled(planes: Array, size: tuple[int, int]) -> Array:
+    """`scale_accross_batch_and_channels`: each plane scaled, then resized."""
     scaled = jax.vmap(scale_map)(planes)
     if scaled.shape[1:] != size:
         scaled = jax.image.resize(scaled, (scaled.shape[0], *size), "bilinear")
-    return jnp.sum(scaled, axis=0)
+    return scaled
+
+
+def _scaled_planes(planes: Array, size: tuple[int, int]) -> Array:
+    """`scale_accross_batch_and_channels`: each plane scaled, resized, then summed."""
+    return jnp.sum(_each_scaled(planes, size), axis=0)
 
 
 class FullGrad(AbstractAttribution):
@@ -81,8 +95,19 @@ class FullGrad(AbstractAttribution):
     **Arguments:**
 
     - `model`: maps one example to a 1-D vector of scores.
+    - `eigen_smooth`: as pytorch-grad-cam's `FullGrad.compute_cam_per_layer`:
+        instead of summing the planes (each input channel's, and each layer's sum
+        of its channels'), scale them again, resize them to 1/8 of the input's
+        size, project them on their first principal component (sign as for
+        [`eqx_attr.AbstractCAM`][]'s `eigen_smooth`), then scale and resize that
+        back; needs an input of at least 8 x 8. Default `False`.
+    - `aug_smooth`: average the map over pytorch-grad-cam's test-time
+        augmentations (horizontal flip, intensity 0.9 / 1 / 1.1), as for
+        [`eqx_attr.AbstractCAM`][]; default `False`.
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]): where `x`'s channels are.
 
-    **Returns:** `method(x, target)` gives an `(H, W)` map over `x`'s last two
+    **Returns:** `method(x, target)` gives an `(H, W)` map over `x`'s spatial
     axes, in `[0, 1]`, in `x`'s dtype.
 
     ```python
@@ -91,6 +116,13 @@ class FullGrad(AbstractAttribution):
     """
 
     model: Callable[..., Any]
+    eigen_smooth: bool = eqx.field(static=True, default=False, kw_only=True)
+    aug_smooth: bool = eqx.field(static=True, default=False, kw_only=True)
+    input_layout: InputLayout = input_layout_field()
+
+    def __check_init__(self):
+        check_bool(self.eigen_smooth, "eigen_smooth")
+        check_bool(self.aug_smooth, "aug_smooth")
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -99,14 +131,24 @@ class FullGrad(AbstractAttribution):
 
     def _attribution_and_scores(
         self, x: Image, target: Target, key: PRNGKeyArray | None
-    ) -> tuple[Map, Array | None]:
+    ) -> tuple[Map, Any]:
         x = check_input(x)
-        size = spatial_size(x, "FullGrad")
-        objective = make_objective(target, forward_shape(self.model, x).shape)
+        if self.aug_smooth:
+            m, scores = augmentation_smoothing(
+                lambda z: self._map(z, target), x, width_axis(x, self.input_layout)
+            )
+            return m.astype(x.dtype), scores
+        m, scores = self._map(x, target)
+        return m.astype(x.dtype), scores
+
+    def _map(self, x: Array, target: Target) -> tuple[Array, Any]:
+        size = spatial_size(x, "FullGrad", self.input_layout)
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        objective = make_objective(target, forward_output(self.model, x))
         grad_x = jax.grad(lambda z: objective(self.model(z)))(x)
-        total = _scaled_planes(
-            jnp.abs(as_float(grad_x) * as_float(x)).reshape(-1, *size), size
-        )
+        gx = channels_first(jnp.abs(as_float(grad_x) * as_float(x)), layout)
+        inputs = _each_scaled(gx.reshape(-1, *size), size)
+        total, planes = jnp.sum(inputs, axis=0), [inputs]
         scores = None
         layers = bias_layers(self.model)
         if layers:
@@ -117,8 +159,11 @@ class FullGrad(AbstractAttribution):
             for layer, g in zip(layers, grads, strict=True):
                 g = as_float(g)
                 b = as_float(jnp.asarray(layer.bias)).reshape(-1, 1, 1)
-                total = total + _scaled_planes(jnp.abs(b * g), size)
-        return scale_map(total).astype(x.dtype), scores
+                plane = _scaled_planes(jnp.abs(b * g), size)
+                total, planes = total + plane, [*planes, plane[None]]
+        if self.eigen_smooth:
+            total = fullgrad_projection(jnp.concatenate(planes), size)
+        return scale_map(total), scores
 
 
 _LAYER = frozenset({"layer"})
@@ -132,6 +177,7 @@ ROWS = (
         "FullGrad (input-gradient x input plus every conv layer's bias-gradients)",
         lambda c: FullGrad(c.model),
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, _NO_PEER),
     ),
 )

@@ -19,15 +19,19 @@ from .._attribution import (
     make_objective,
 )
 from .._layers import replace_layer_output
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import CLIPPED_MAP, Differentiability, MethodEntry
 from ._base import (
     AbstractCAM,
     AbstractGradientCAM,
     as_float,
     layer_build,
-    weighted_sum,
 )
-from ._spec import LayerSpec
+from ._smoothing import check_no_eigen_smooth
+from ._spec import LayerArg, Layers
 from ._variants import eigencam_map
 
 __all__ = ["EigenGradCAM", "FinerCAM", "GradCAMElementWise", "ShapleyCAM"]
@@ -54,9 +58,19 @@ class EigenGradCAM(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
+
+    def __check_init__(self):
+        check_no_eigen_smooth(
+            self.eigen_smooth,
+            "EigenGradCAM",
+            "its map is already the first principal component of gradient x activation",
+        )
 
     def _combine(self, a: Array, g: Array) -> Array:
         return eigencam_map(g * a)
@@ -82,9 +96,12 @@ class GradCAMElementWise(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _combine(self, a: Array, g: Array) -> Array:
         return jnp.sum(jnp.maximum(g * a, 0), axis=0)
@@ -116,27 +133,32 @@ class ShapleyCAM(AbstractCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _map(self, x, target, info, key):
         return self._map_and_scores(x, target, info, key)[0]
 
     def _map_and_scores(self, x, target, info, key):
-        objective = make_objective(target, info.out.shape)
-        scores, _, act, _ = self.spec.read(self.model, x, objective, info)
+        objective = make_objective(target, info.out)
+        spec = self._one_spec
+        scores, _, act, _ = spec.read(self.model, x, objective, info)
 
         def score_of(value):
             rest = replace_layer_output(
-                self.model, self.spec.layer, value, call_index=self.spec.call_index
+                self.model, spec.layer, value, call_index=spec.call_index
             )
             return objective(rest(x))
 
         g, hvp = jax.jvp(jax.grad(score_of), (act,), (act,))
-        a = as_float(self.spec.maps(act))
-        w = as_float(self.spec.maps(g)) - 0.5 * as_float(self.spec.maps(hvp))
-        return weighted_sum(jnp.mean(w, axis=(1, 2)), a), scores
+        a = as_float(spec.maps(act))
+        w = as_float(spec.gradient_maps(g, "ShapleyCAM"))
+        w = w - 0.5 * as_float(spec.maps(hvp))
+        return self._weighted(jnp.mean(w, axis=(1, 2)), a), scores
 
 
 def finer_objective(
@@ -188,24 +210,31 @@ class FinerCAM(AbstractCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
     alpha: float = eqx.field(static=True, default=1.0)
     comparison: tuple[int, ...] = eqx.field(static=True, default=(1, 2, 3))
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
         model: Callable[..., Any],
-        layer: Callable | LayerSpec,
+        layer: LayerArg,
         relu: bool = True,
         resize: str | None = "bilinear",
         *,
         alpha: float = 1.0,
         comparison: tuple[int, ...] = (1, 2, 3),
+        input_layout: InputLayout = None,
         **layer_options: Any,
     ):
-        AbstractCAM.__init__(self, model, layer, relu, resize, **layer_options)
+        AbstractCAM.__init__(
+            self, model, layer, relu, resize, input_layout=input_layout,
+            **layer_options,
+        )  # fmt: skip
         self.alpha = alpha
         self.comparison = tuple(comparison)
 
@@ -225,7 +254,7 @@ class FinerCAM(AbstractCAM):
         return self._map_and_scores(x, target, info, key)[0]
 
     def _map_and_scores(self, x, target, info, key):
-        score = make_objective(target, info.out.shape)
+        score = make_objective(target, info.out)
         objective = score
         if target is not None and not callable(target):
             n = info.out.shape[0]
@@ -236,9 +265,11 @@ class FinerCAM(AbstractCAM):
                 )
             main = jnp.asarray(target)
             objective = finer_objective(main, self.comparison, float(self.alpha), score)
-        scores, _, act, grad = self.spec.read(self.model, x, objective, info)
-        a, g = as_float(self.spec.maps(act)), as_float(self.spec.maps(grad))
-        return weighted_sum(jnp.mean(g, axis=(1, 2)), a), scores
+        spec = self._one_spec
+        scores, _, act, grad = spec.read(self.model, x, objective, info)
+        a = as_float(spec.maps(act))
+        g = as_float(spec.gradient_maps(grad, "FinerCAM"))
+        return self._weighted(jnp.mean(g, axis=(1, 2)), a), scores
 
 
 _LAYER = frozenset({"layer"})
@@ -253,6 +284,9 @@ ROWS = (
         layer_build(EigenGradCAM),
         needs=_LAYER,
         output="map",
+        differentiable=Differentiability(
+            1, 1, "through an SVD: undefined where the top singular values coincide"
+        ),
         benchmark=(None, _NO_PEER),
     ),
     MethodEntry(
@@ -263,6 +297,7 @@ ROWS = (
         layer_build(GradCAMElementWise),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, _NO_PEER),
     ),
     MethodEntry(
@@ -273,6 +308,7 @@ ROWS = (
         layer_build(ShapleyCAM),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, _NO_PEER),
     ),
     MethodEntry(
@@ -283,6 +319,7 @@ ROWS = (
         layer_build(FinerCAM),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, _NO_PEER),
     ),
 )

@@ -14,14 +14,19 @@ from jaxtyping import Array, Float
 from .._attribution import (
     check_choice,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._base import (
     AbstractCAM,
     check_agnostic_target,
     layer_build,
     read_activation,
 )
-from ._spec import LayerSpec
+from ._smoothing import check_no_eigen_smooth
+from ._spec import LayerArg, Layers
 
 __all__ = ["KPCACAM"]
 
@@ -96,28 +101,40 @@ class KPCACAM(AbstractCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
     kernel: str = eqx.field(static=True, default="sigmoid")
     gamma: float | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
         model: Callable[..., Any],
-        layer: Callable | LayerSpec,
+        layer: LayerArg,
         relu: bool = True,
         resize: str | None = "bilinear",
         *,
         kernel: str = "sigmoid",
         gamma: float | None = None,
+        input_layout: InputLayout = None,
         **layer_options: Any,
     ):
-        AbstractCAM.__init__(self, model, layer, relu, resize, **layer_options)
+        AbstractCAM.__init__(
+            self, model, layer, relu, resize, input_layout=input_layout,
+            **layer_options,
+        )  # fmt: skip
         self.kernel = kernel
         self.gamma = gamma
 
     def __check_init__(self):
+        check_no_eigen_smooth(
+            self.eigen_smooth,
+            "KPCACAM",
+            "its map is already a kernel principal component",
+        )
         check_choice(self.kernel, "kernel", KERNELS)
         if self.gamma is not None and not (
             isinstance(self.gamma, (int, float))
@@ -129,7 +146,7 @@ class KPCACAM(AbstractCAM):
             )
 
     def _map(self, x, target, info, key):
-        check_agnostic_target(target, info.out.shape)
+        check_agnostic_target(target, info.out)
         return kpca_map(read_activation(self, x, info), self.kernel, self.gamma)
 
 
@@ -145,6 +162,11 @@ ROWS = (
         layer_build(KPCACAM),
         needs=_LAYER,
         output="map",
+        differentiable=Differentiability(
+            1,
+            1,
+            "through an eigendecomposition: undefined where top eigenvalues tie",
+        ),
         benchmark=(None, _NO_PEER),
     ),
 )

@@ -18,9 +18,15 @@ from .._attribution import (
     Target,
     check_input,
     check_key,
-    forward_shape,
+    forward_output,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    channels_first,
+    input_layout_field,
+    resolve_input_layout,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._base import (
     AbstractCAM,
     Map,
@@ -29,9 +35,8 @@ from ._base import (
     layer_build,
     read_activation,
     spatial_size,
-    weighted_sum,
 )
-from ._spec import LayerSpec
+from ._spec import Layers
 
 __all__ = ["RandomCAM", "SobelCAM"]
 
@@ -57,16 +62,19 @@ class RandomCAM(AbstractCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _map(self, x, target, info, key):
         key = check_key(key, "RandomCAM")
-        check_agnostic_target(target, info.out.shape)
+        check_agnostic_target(target, info.out)
         a = read_activation(self, x, info)
         weights = jax.random.uniform(key, (a.shape[0],), a.dtype, -1.0, 1.0)
-        return weighted_sum(weights, a)
+        return self._weighted(weights, a)
 
 
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
@@ -111,7 +119,10 @@ class SobelCAM(AbstractAttribution):
 
     - `model`: maps one example to a 1-D vector of scores (not evaluated).
 
-    **Returns:** `method(x, target)` gives an `(H, W)` map over `x`'s last two
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]): where the channels are.
+
+    **Returns:** `method(x, target)` gives an `(H, W)` map over `x`'s spatial
     axes, in `x`'s dtype.
 
     ```python
@@ -120,14 +131,16 @@ class SobelCAM(AbstractAttribution):
     """
 
     model: Callable[..., Any]
+    input_layout: InputLayout = input_layout_field()
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
     ) -> Map:
         x = check_input(x)
-        spatial_size(x, "SobelCAM")
-        check_agnostic_target(target, forward_shape(self.model, x).shape)
-        return sobel_map(x).astype(x.dtype)
+        spatial_size(x, "SobelCAM", self.input_layout)
+        check_agnostic_target(target, forward_output(self.model, x))
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        return sobel_map(channels_first(x, layout)).astype(x.dtype)
 
 
 _LAYER = frozenset({"layer"})
@@ -142,6 +155,7 @@ ROWS = (
         layer_build(RandomCAM),
         needs=frozenset({"layer", "key"}),
         output="map",
+        differentiable=Differentiability(1, 1, "for a fixed key"),
         benchmark=(None, "a sanity baseline: nothing to time"),
     ),
     MethodEntry(
@@ -151,6 +165,9 @@ ROWS = (
         "Sobel-CAM (the input's edge magnitude; a model-independent baseline)",
         lambda c: SobelCAM(c.model),
         output="map",
+        differentiable=Differentiability(
+            1, 1, "does not depend on the parameters (derivative 0)"
+        ),
         benchmark=(None, "a sanity baseline: nothing to time"),
     ),
 )

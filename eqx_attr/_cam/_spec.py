@@ -122,6 +122,29 @@ class LayerSpec(eqx.Module):
             )
         return jnp.transpose(a, (2, 0, 1)) if self.layout == "hwc" else a
 
+    def gradient_maps(self, grad: Array, method: str) -> Array:
+        """[`maps`][eqx_attr.LayerSpec.maps] of the gradient `d target / d
+        activation`, refusing (via `eqx.error_if`) a token gradient that is zero
+        on every patch token but not on the class tokens: the target then depends
+        on the layer's class tokens alone, as after a ViT's last block, and every
+        gradient CAM would return an all-zero map. It depends on values (a
+        gradient), so it is checked at run time; `method` names the method in the
+        message."""
+        g = self.maps(grad)
+        if self.layout != "tokens" or self.n_prefix_tokens == 0:
+            return g
+        prefix = grad[: self.n_prefix_tokens]
+        only_prefix = jnp.all(g == 0) & jnp.any(prefix != 0)
+        return eqx.error_if(
+            g,
+            only_prefix,
+            f"{method}: the target depends only on the class token of `layer`'s "
+            "output, so the map would be all zero.\nAfter a ViT's last block only "
+            "the class token reaches the head: point `layer` at the last block's "
+            "input, e.g. `lambda m: m.blocks[-1].norm1` (a norm of the whole "
+            "`(N, D)` tokens) or the block before, `lambda m: m.blocks[-2]`.",
+        )
+
     def keep_mask(self, shape: tuple, k: Array) -> Array:
         """A 0/1 mask, in the layer's own layout, that zeroes channel `k`."""
         if self.layout == "chw":
@@ -134,6 +157,37 @@ class LayerSpec(eqx.Module):
         keep = jnp.arange(shape[1]).reshape(1, shape[1]) != k
         prefix = jnp.arange(shape[0]).reshape(shape[0], 1) < self.n_prefix_tokens
         return keep | prefix
+
+
+Layers = LayerSpec | tuple[LayerSpec, ...]
+"""What a CAM holds as `spec`: one layer, or a tuple of layers (one map each)."""
+
+LayerArg = Callable | LayerSpec | list | tuple
+"""What a CAM's `layer` argument takes: a `where` function, a `LayerSpec`, or a
+list / tuple of them (checked by `as_layer_specs`)."""
+
+
+def as_layer_specs(layer: Any, **options: Any) -> Layers:
+    """`layer` as a [`LayerSpec`][], or a list / tuple of `where` functions and
+    `LayerSpec`s as a tuple of them (layout `options` apply to the `where`
+    functions; a one-element list stays a tuple: it asks for the multi-layer
+    pipeline, scaled to `[0, 1]`)."""
+    if not isinstance(layer, (list, tuple)):
+        return as_layer_spec(layer, **options)
+    if not layer:
+        raise ValueError(
+            "`layer` is an empty list; pass a `where` function, a `LayerSpec`, or "
+            "a non-empty list of them."
+        )
+    specs = []
+    for item in layer:
+        if isinstance(item, (list, tuple)):
+            raise ValueError(
+                "`layer` must be a flat list of `where` functions or `LayerSpec`s, "
+                f"but it holds a {type(item).__name__}."
+            )
+        specs.append(as_layer_spec(item, **options))
+    return tuple(specs)
 
 
 def as_layer_spec(layer: Any, **options: Any) -> LayerSpec:

@@ -15,19 +15,29 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._attribution import make_objective
+from .._attribution import (
+    make_objective,
+)
 from .._layers import replace_layer_output
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+    map_over_channels,
+    resolve_input_layout,
+)
+from .._method_entry import CLIPPED_MAP, Differentiability, MethodEntry
 from ._base import (
     AbstractCAM,
     AbstractChannelScoreCAM,
     AbstractGradientCAM,
     as_float,
     layer_build,
+    output_sum,
     spatial_size,
     weighted_sum,
 )
-from ._spec import LayerSpec
+from ._smoothing import check_no_eigen_smooth, principal_projection
+from ._spec import Layers
 
 __all__ = [
     "AblationCAM",
@@ -73,16 +83,9 @@ def layercam_map(a: Array, g: Array) -> Array:
 
 
 def eigencam_map(a: Array) -> Array:
-    """Projection of the activations on their first principal component."""
-    c, h, w = a.shape
-    feats = a.reshape(c, h * w).T  # one row per location
-    centred = feats - jnp.mean(feats, axis=0, keepdims=True)
-    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
-    v = vt[0]
-    # An eigenvector's sign is arbitrary; orient it so its channel weights sum to
-    # >= 0, i.e. so the map correlates positively with the total activation.
-    v = jnp.where(jnp.sum(v) >= 0, v, -v)
-    return (centred @ v).reshape(h, w)
+    """Projection of the activations on their first principal component (sign:
+    the map correlates positively with the total activation)."""
+    return principal_projection(a)
 
 
 class GradCAMPlusPlus(AbstractGradientCAM):
@@ -106,9 +109,12 @@ class GradCAMPlusPlus(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _combine(self, a: Array, g: Array) -> Array:
         return gradcam_plus_plus_map(a, g)
@@ -132,9 +138,12 @@ class XGradCAM(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _combine(self, a: Array, g: Array) -> Array:
         return xgradcam_map(a, g)
@@ -159,9 +168,12 @@ class HiResCAM(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _combine(self, a: Array, g: Array) -> Array:
         return hirescam_map(a, g)
@@ -185,9 +197,12 @@ class LayerCAM(AbstractGradientCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
 
     def _combine(self, a: Array, g: Array) -> Array:
         return layercam_map(a, g)
@@ -219,15 +234,26 @@ class EigenCAM(AbstractCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
+    input_layout: InputLayout = input_layout_field()
+
+    def __check_init__(self):
+        check_no_eigen_smooth(
+            self.eigen_smooth,
+            "EigenCAM",
+            "its map is already the first principal component of the activations",
+        )
 
     def _map(self, x, target, info, key):
         if target is not None:  # class-agnostic, but a bad target still raises
             make_objective(target, info.out)
-        _, _, act, _ = self.spec.read(self.model, x, lambda s: jnp.sum(s), info)
-        return eigencam_map(as_float(self.spec.maps(act)))
+        spec = self._one_spec
+        _, _, act, _ = spec.read(self.model, x, output_sum, info)
+        return eigencam_map(as_float(spec.maps(act)))
 
 
 class ScoreCAM(AbstractChannelScoreCAM):
@@ -255,17 +281,21 @@ class ScoreCAM(AbstractChannelScoreCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
     chunk_size: int | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def _channel_score(self, x, objective, act, maps, k):
-        size = spatial_size(x, "ScoreCAM")
+        size = spatial_size(x, "ScoreCAM", self.input_layout)
         up = jax.image.resize(maps[k], size, "bilinear")
         lo, hi = jnp.min(up), jnp.max(up)
         mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1), 0)
-        mask = mask.reshape((1,) * (x.ndim - 2) + size)
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        mask = map_over_channels(mask, x.ndim, layout)
         return objective(self.model(x * mask.astype(x.dtype)))
 
     def _weights(self, scores, y):
@@ -284,6 +314,15 @@ class AblationCAM(AbstractChannelScoreCAM):
     tokens only (the class/register tokens are kept). The formula divides by `y`:
     a negative score flips the map's sign, as in the paper.
 
+    Differentiating the map (a penalty in a training loss): its derivative is the
+    exact derivative of the formula (checked against finite differences), but
+    the formula is singular at `y = 0`, where `w_k` and its derivative grow like
+    `1 / y` and `1 / y^2`. An optimiser that moves the target's score towards 0
+    meets that pole (the likely cause of a reported penalty that went from 0.58
+    to 2865 in five Adam steps): choose a `target` whose value stays away from
+    0, or penalise a map without the division ([`eqx_attr.GradCAM`][],
+    [`eqx_attr.ScoreCAM`][]).
+
     **Arguments:** as for [`eqx_attr.GradCAM`][] (`model`, `layer`, `relu`,
     `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`), and
 
@@ -298,16 +337,20 @@ class AblationCAM(AbstractChannelScoreCAM):
     """
 
     model: Callable[..., Any]
-    spec: LayerSpec
+    spec: Layers
     relu: bool = eqx.field(static=True, default=True)
     resize: str | None = eqx.field(static=True, default="bilinear")
+    eigen_smooth: bool = eqx.field(static=True, default=False)
+    aug_smooth: bool = eqx.field(static=True, default=False)
     chunk_size: int | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def _channel_score(self, x, objective, act, maps, k):
-        keep = self.spec.keep_mask(act.shape, k)
+        spec = self._one_spec
+        keep = spec.keep_mask(act.shape, k)
         value = jnp.where(keep, act, jnp.zeros((), act.dtype))
         rest = replace_layer_output(
-            self.model, self.spec.layer, value, call_index=self.spec.call_index
+            self.model, spec.layer, value, call_index=spec.call_index
         )
         return objective(rest(x))
 
@@ -327,6 +370,7 @@ ROWS = (
         aliases=("gradcampp", "gradcam++"),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, "no installable peer: Captum has no Grad-CAM++"),
     ),
     MethodEntry(
@@ -337,6 +381,7 @@ ROWS = (
         layer_build(XGradCAM),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, "no installable peer: Captum has no XGrad-CAM"),
     ),
     MethodEntry(
@@ -347,6 +392,7 @@ ROWS = (
         layer_build(HiResCAM),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, "no installable peer: Captum has no HiRes-CAM"),
     ),
     MethodEntry(
@@ -357,6 +403,7 @@ ROWS = (
         layer_build(LayerCAM),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, "no installable peer: Captum has no Layer-CAM"),
     ),
     MethodEntry(
@@ -367,6 +414,9 @@ ROWS = (
         layer_build(EigenCAM),
         needs=_LAYER,
         output="map",
+        differentiable=Differentiability(
+            1, 1, "through an SVD: undefined where the top singular values coincide"
+        ),
         benchmark=(None, "no installable peer: Captum has no Eigen-CAM"),
     ),
     MethodEntry(
@@ -377,6 +427,7 @@ ROWS = (
         layer_build(ScoreCAM, chunked=True),
         needs=_LAYER,
         output="map",
+        differentiable=CLIPPED_MAP,
         benchmark=(None, "no installable peer: Captum has no Score-CAM"),
     ),
     MethodEntry(
@@ -387,6 +438,11 @@ ROWS = (
         layer_build(AblationCAM, chunked=True),
         needs=_LAYER,
         output="map",
+        differentiable=Differentiability(
+            1,
+            1,
+            "divides by the target score y: the derivative grows like 1/y^2 as y -> 0",
+        ),
         benchmark=(None, "no installable peer: Captum has no Ablation-CAM"),
     ),
 )

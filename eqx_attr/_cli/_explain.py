@@ -234,12 +234,19 @@ def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) ->
     return 0
 
 
+def _orders(entry) -> str:
+    """The differentiability contract's orders, e.g. `2, 2` or `refused`."""
+    d = entry.differentiable
+    return "refused" if d.input == d.params == 0 else f"{d.input}, {d.params}"
+
+
 def cmd_methods(out: Callable[[str], None] = print) -> int:
     """List the registered methods (by family) and the zoo models."""
     out("methods (--method):")
     for entry in methods():
         needs = f" [needs {', '.join(sorted(entry.needs))}]" if entry.needs else ""
-        out(f"  {entry.name:<22} {entry.family:<12} {entry.summary}{needs}")
+        grad = f" [d/dx, d/dparams: {_orders(entry)}]"
+        out(f"  {entry.name:<22} {entry.family:<12} {entry.summary}{needs}{grad}")
     aliases = [f"{a} -> {e.name}" for e in methods() for a in e.aliases]
     out("aliases: " + ", ".join(aliases))
     out("models (--model):")

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .._compile_cache import enable_compile_cache
 from ._explain import CLIError, cmd_explain, cmd_methods
 from ._parser import build_parser
 
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # Every command compiles: a second run of the same command loads instead.
+    enable_compile_cache()
     try:
         if args.command == "demo":
             from ._demo import run_demo

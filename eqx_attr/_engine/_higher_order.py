@@ -165,4 +165,7 @@ def descend(interp: Evaluator, eqn: Any, invals: list, scope: Any = None) -> lis
     """Evaluate a higher-order `eqn` with its bodies under the rules, passing the
     static facts `scope` down (for a `match` hook that returns it)."""
     fn = HIGHER_ORDER[eqn.primitive.name]
-    return fn(interp, eqn, invals, interp.scopes(eqn, scope))
+    # A body traced inside jax or Equinox (`jnp.cumsum`'s jit) has no frame of
+    # the model's own: its errors name where the model made this call instead.
+    with ji.calling(eqn):
+        return fn(interp, eqn, invals, interp.scopes(eqn, scope))

@@ -89,12 +89,37 @@ def frames(eqn: Any) -> list[Frame]:
     return [Frame(f.file_name, f.function_name, f.line_num) for f in tb.frames]
 
 
-def where(eqn: Any) -> str:
-    """Where the model's code made `eqn`: its first frame outside jax and Equinox
-    (so an `eqx.nn.Lambda`'s activation points at the model, not at `Lambda`)."""
+# The higher-order equations whose bodies are being evaluated, innermost last.
+_CALLERS: list = []
+
+
+@contextlib.contextmanager
+def calling(eqn: Any):
+    """While evaluating the body of `eqn` (a `jit`, a custom derivative, a loop):
+    [`where`][] falls back to `eqn`'s location for the body's equations."""
+    _CALLERS.append(eqn)
+    try:
+        yield
+    finally:
+        _CALLERS.pop()
+
+
+def _model_frame(eqn: Any) -> str | None:
     for frame in frames(eqn):
         if not frame.file.startswith((JAX_DIR, EQX_DIR)):
             return f"{frame.file}:{frame.line} ({frame.function})"
+    return None
+
+
+def where(eqn: Any) -> str:
+    """Where the model's code made `eqn`: its first frame outside jax and Equinox
+    (so an `eqx.nn.Lambda`'s activation points at the model, not at `Lambda`), or
+    else where the model called the library function whose body holds `eqn`
+    (`jnp.cumsum` is a `jit` of its own)."""
+    for candidate in (eqn, *reversed(_CALLERS)):
+        found = _model_frame(candidate)
+        if found is not None:
+            return found
     return "an unknown location"
 
 

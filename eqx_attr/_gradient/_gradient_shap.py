@@ -18,7 +18,11 @@ from .._attribution import (
     check_positive_int,
     scalar_function,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ..baselines import AbstractBaseline, UniformNoise, as_baseline, draw_baselines
 
 __all__ = ["GradientShap"]
@@ -96,6 +100,7 @@ class GradientShap(AbstractCompiledAttribution):
     n_samples: int = eqx.field(static=True, default=5)
     stdev: float = eqx.field(static=True, default=0.0)
     chunk_size: int | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         check_positive_int(self.n_samples, "n_samples")
@@ -133,6 +138,9 @@ ROWS = (
         aliases=("gradientshap",),
         baselines="many",
         needs=frozenset({"baseline", "key"}),
+        differentiable=Differentiability(
+            1, 1, "for a fixed key; noise and sums in float32"
+        ),
         benchmark=(
             None,
             "not timed: its cost is n_samples gradients, as SmoothGrad's (timed); "

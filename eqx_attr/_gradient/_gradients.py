@@ -17,7 +17,11 @@ from .._attribution import (
     check_input,
     scalar_function,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import SMOOTH, MethodEntry
 
 __all__ = ["Gradients", "GradientsXInput"]
 
@@ -49,6 +53,7 @@ class Gradients(AbstractAttribution):
 
     model: Callable[..., Any]
     abs: bool = False
+    input_layout: InputLayout = input_layout_field()
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -75,6 +80,7 @@ class GradientsXInput(AbstractAttribution):
     """
 
     model: Callable[..., Any]
+    input_layout: InputLayout = input_layout_field()
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -91,6 +97,7 @@ ROWS = (
         "gradient of the score (saliency)",
         lambda c: Gradients(c.model),
         aliases=("saliency",),
+        differentiable=SMOOTH,
         benchmark=("run.py", "Captum Saliency (--methods grad)"),
     ),
     MethodEntry(
@@ -100,6 +107,7 @@ ROWS = (
         "input times gradient",
         lambda c: GradientsXInput(c.model),
         aliases=("gxi",),
+        differentiable=SMOOTH,
         benchmark=("run.py", "Captum InputXGradient (--methods gxi)"),
     ),
 )

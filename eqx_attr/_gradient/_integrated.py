@@ -26,7 +26,11 @@ from .._attribution import (
 )
 from .._engine import vmapped_size
 from .._engine._fast_derivatives import convolves_fast_in_loops, loop_body
-from .._method_entry import BuildContext, MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import BuildContext, Differentiability, MethodEntry
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
 
 __all__ = ["IntegratedGradients"]
@@ -121,6 +125,7 @@ class IntegratedGradients(AbstractAttribution):
     return_delta: bool = eqx.field(static=True, default=False)
     unroll_chunks: bool = eqx.field(static=True, default=False)
     parts: int = eqx.field(static=True, default=4)
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         quadrature(self.method, self.n_steps)  # validates method and n_steps
@@ -311,6 +316,9 @@ ROWS = (
         aliases=("ig",),
         needs=frozenset({"baseline"}),
         axioms=frozenset({"completeness"}),
+        differentiable=Differentiability(
+            1, 1, "the path's gradients are summed in float32 whatever x's dtype"
+        ),
         benchmark=(
             "run.py",
             "Captum IntegratedGradients (--methods ig,ig-chunk,ig-overhead,"

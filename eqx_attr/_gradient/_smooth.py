@@ -22,7 +22,13 @@ from .._attribution import (
     check_positive_int,
 )
 from .._engine._fast_derivatives import loop_body
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    from_channels_first,
+    input_layout_field,
+    resolve_input_layout,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._gradients import Gradients
 
 __all__ = ["SmoothGrad"]
@@ -49,6 +55,10 @@ class SmoothGrad(AbstractAttribution):
     - `kind`: `"smoothgrad"` (mean), `"smoothgrad_sq"` (mean of squares) or
         `"vargrad"` (variance).
     - `chunk_size`: attribute at most this many noisy copies at once.
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]): the noise is drawn
+        channels first, so one key gives the same (transposed) attribution in
+        either layout.
 
     **Returns:** the base method's output shape.
 
@@ -64,6 +74,7 @@ class SmoothGrad(AbstractAttribution):
     kind: str = eqx.field(static=True, default="smoothgrad")
     noise: str = eqx.field(static=True, default="relative")
     chunk_size: int | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     # Written out so that `base` comes first for type checkers too (they would
     # otherwise count the inherited abstract `model` as a constructor argument).
@@ -75,7 +86,10 @@ class SmoothGrad(AbstractAttribution):
         kind: str = "smoothgrad",
         noise: str = "relative",
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self.base = base
         self.n_samples = n_samples
         self.stdev = stdev
@@ -117,10 +131,15 @@ class SmoothGrad(AbstractAttribution):
             sigma = sigma * (jnp.max(x) - jnp.min(x)).astype(jnp.float32)
         all_keys = jax.random.split(key, 2 * self.n_samples)
         noise_keys, base_keys = all_keys[: self.n_samples], all_keys[self.n_samples :]
+        # The noise is drawn channels first and moved to `x`'s layout, so that
+        # one key gives the same (transposed) result for either layout.
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        cf_shape = (x.shape[-1], *x.shape[:-1]) if layout == "hwc" else x.shape
 
         def one(keys):
             k_noise, k_base = keys
-            eps = jax.random.normal(k_noise, x.shape, jnp.float32)
+            eps = jax.random.normal(k_noise, cf_shape, jnp.float32)
+            eps = from_channels_first(eps, layout)
             xn = (x + sigma * eps).astype(x.dtype)
             a = self.base(xn, target, key=k_base)
             if not isinstance(a, jax.Array):
@@ -192,6 +211,9 @@ ROWS = (
             stdev=c.option("stdev", 0.15),
         ),
         needs=frozenset({"key"}),
+        differentiable=Differentiability(
+            1, 1, "for a fixed key; noise and sums in float32"
+        ),
         benchmark=("run.py", "Captum NoiseTunnel(Saliency) (--methods smoothgrad)"),
     ),
 )

@@ -2,7 +2,8 @@
 
 - `_read.py`: the public entry points (`layer_activation` and friends);
 - `_tap.py`: the machinery (the tap, the hooks, the checks);
-- `_replace.py`: a model whose layer returns a given value.
+- `_replace.py`: a model whose layer returns a given value;
+- `_softmax.py`: a module's internal softmax exposed as a sub-module.
 """
 
 from ._read import (
@@ -15,6 +16,7 @@ from ._replace import (
     LayerOutputReplaced as LayerOutputReplaced,
     replace_layer_output as replace_layer_output,
 )
+from ._softmax import expose_softmax as expose_softmax
 from ._tap import (
     LayerInfo as LayerInfo,
     inspect_layer as inspect_layer,

@@ -31,7 +31,12 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array
 
-from .._attribution import check_index, check_where, model_rejected_input
+from .._attribution import (
+    MODEL_ERRORS,
+    check_index,
+    check_where,
+    model_rejected_input,
+)
 from .._engine._fast_derivatives import fast_derivatives
 
 # ---------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def _trace_calls(
 
     try:
         out = eqx.filter_eval_shape(run, model, x)
-    except (TypeError, ValueError) as e:
+    except MODEL_ERRORS as e:
         raise model_rejected_input(x, e) from e
     # A PyTree output (a dict, a tuple) is fine here: `make_objective` asks for a
     # callable target that reduces the whole output.
@@ -246,7 +251,8 @@ def _layer_info(
             "pass (typically `jax.vmap` over tokens or rows, e.g. a per-token "
             f"LayerNorm), so each call sees one slice of the activation. Point "
             f"{label} at the enclosing module that maps the whole activation, e.g. "
-            "the transformer block `lambda m: m.blocks[-1]` or a norm module that "
+            "a transformer block `lambda m: m.blocks[-2]` (with a class-token head, "
+            "the last block's patch tokens get no gradient) or a norm module that "
             "takes the whole `(N, D)` token array."
         )
     if not isinstance(act, jax.ShapeDtypeStruct):

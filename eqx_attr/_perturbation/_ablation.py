@@ -9,8 +9,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Target
-from .._method_entry import MethodEntry
+from .._attribution import (
+    Target,
+)
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import PERTURBATION, MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask, score, scored
 from ._defaults import baseline_or_zero, default_mask
@@ -47,6 +53,7 @@ class FeatureAblation(AbstractMaskedPerturbation):
     baseline: Any
     n_features: int = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -54,7 +61,10 @@ class FeatureAblation(AbstractMaskedPerturbation):
         mask: FeatureMask,
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self._init_masked(model, mask, baseline, chunk_size)
 
     def attribute(
@@ -85,6 +95,7 @@ ROWS = (
         ),
         aliases=("ablation",),
         needs=frozenset({"mask"}),
+        differentiable=PERTURBATION,
         benchmark=("bench_perturbation.py", "Captum FeatureAblation"),
     ),
 )

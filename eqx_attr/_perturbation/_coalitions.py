@@ -10,7 +10,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._attribution import Target, check_chunk_size
+from .._attribution import (
+    Target,
+    check_chunk_size,
+)
+from .._layout import (
+    InputLayout,
+)
 from ._common import (
     AbstractPerturbation,
     Baseline,
@@ -52,7 +58,8 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
     `_init_masked` in their `__init__`; `chunk_size` is checked here.
 
     **Arguments:** (of every concrete method) `model`, `mask` (integer feature
-    ids broadcastable to `x`), `baseline` (a number or an array broadcastable to
+    ids broadcastable to `x`; an `(H, W)` mask covers every channel, for either
+    `input_layout`), `baseline` (a number or an array broadcastable to
     `x`), `chunk_size` (evaluate at most this many perturbed inputs at once).
 
     **Returns:** calling the method gives an array shaped like `x`.
@@ -63,6 +70,7 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
     baseline: eqx.AbstractVar[Any]
     n_features: eqx.AbstractVar[int]
     chunk_size: eqx.AbstractVar[int | None]
+    input_layout: eqx.AbstractVar[InputLayout]
 
     def _init_masked(
         self,
@@ -82,7 +90,8 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
 
     def _broadcast(self, x: Array) -> tuple[Array, Array]:
         """The mask and the baseline, broadcast to `x`."""
-        return broadcast_mask(self.mask, x), broadcast_baseline(self.baseline, x)
+        mask = broadcast_mask(self.mask, x, self.input_layout)
+        return mask, broadcast_baseline(self.baseline, x)
 
     def _coalition_scores(
         self, x: Array, target: Target, coalitions: Array

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +25,14 @@ from .._attribution import (
     batched_map,
     resolve_target,
 )
+from .._layout import (
+    InputLayout,
+    map_over_channels,
+    resolve_input_layout,
+    spatial_shape,
+)
 
-FeatureMask = Shaped[Array, "*dims"] | Shaped[np.ndarray, "*dims"]
+FeatureMask = Shaped[Array, "*mask_dims"] | Shaped[np.ndarray, "*mask_dims"]
 Baseline = float | int | Float[Array, "*dims"] | Float[np.ndarray, "*dims"]
 
 
@@ -62,17 +69,31 @@ def relabel_mask(mask: Any) -> tuple[Array, int]:
     return jnp.asarray(inverse.reshape(m.shape), jnp.int32), int(ids.size)
 
 
-def broadcast_mask(mask: Array, x: Array) -> Array:
-    """The mask broadcast to `x`'s shape, with an error naming `mask` if it can't."""
+def broadcast_mask(mask: Array, x: Array, input_layout: InputLayout = None) -> Array:
+    """The mask broadcast to `x`'s shape, with an error naming `mask` if it can't.
+
+    A per-pixel `(H, W)` mask on a 3-D image covers every channel of the image's
+    layout (`input_layout`, or inferred from `x`'s shape): `mask[None]` for
+    `(C, H, W)`, `mask[..., None]` for `(H, W, C)`.
+    """
+    layout = resolve_input_layout(x.shape, input_layout)
+    if mask.ndim == 2 and x.ndim == 3:
+        if mask.shape == spatial_shape(x, layout, "`mask`"):
+            mask = map_over_channels(mask, x.ndim, layout)
     try:
         if mask.ndim > x.ndim:
             raise ValueError
         return jnp.broadcast_to(mask, x.shape)
     except ValueError:
+        if layout == "hwc":
+            hint = "per pixel as (H, W, 1) (`mask[..., None]`) or (H, W)"
+        else:
+            hint = "per pixel as (1, H, W) (`mask[None]`) or (H, W)"
         raise ValueError(
             f"`mask` of shape {mask.shape} does not broadcast to `x` of shape "
-            f"{x.shape}; give one id per element, or per pixel as (1, H, W) or "
-            "(H, W) for all channels."
+            f"{x.shape} (`input_layout={layout!r}`); give one id per element, or "
+            f"{hint} for all channels; for a channels-last image pass "
+            "`input_layout='hwc'` if its shape is ambiguous."
         ) from None
 
 
@@ -130,4 +151,9 @@ class AbstractPerturbation(AbstractCompiledAttribution):
     A concrete method implements `attribute(x, target, key)`; `__call__` is the
     compiled call of `AbstractCompiledAttribution` (the whole batch of
     perturbations compiled once, other class indices reusing the compilation).
+    Every concrete method owns `input_layout` (`"chw"`, `"hwc"` or `None`:
+    inferred from `x`), the layout of `x`'s channel axis: an `(H, W)` mask or
+    RISE's masks cover every channel of it.
     """
+
+    input_layout: eqx.AbstractVar[InputLayout]

@@ -16,7 +16,11 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import PERTURBATION_KEYED, MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
 from ._defaults import baseline_or_zero, default_mask
@@ -78,6 +82,7 @@ class KernelShap(AbstractMaskedPerturbation):
     n_features: int = eqx.field(static=True)
     n_samples: int = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -86,7 +91,10 @@ class KernelShap(AbstractMaskedPerturbation):
         n_samples: int = 256,
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self._init_masked(model, mask, baseline, chunk_size)
         self.n_samples = n_samples
 
@@ -131,6 +139,7 @@ ROWS = (
         ),
         aliases=("kernelshap",),
         needs=frozenset({"mask", "key"}),
+        differentiable=PERTURBATION_KEYED,
         benchmark=("bench_perturbation.py", "Captum KernelShap"),
     ),
 )

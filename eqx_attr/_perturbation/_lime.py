@@ -15,7 +15,11 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
 from ._defaults import baseline_or_zero, default_mask
@@ -89,6 +93,7 @@ class Lime(AbstractMaskedPerturbation):
     alpha: float = eqx.field(static=True)
     n_sweeps: int = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -100,7 +105,10 @@ class Lime(AbstractMaskedPerturbation):
         baseline: Baseline = 0.0,
         n_sweeps: int = 500,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self._init_masked(model, mask, baseline, chunk_size)
         self.n_samples = n_samples
         self.kernel_width = float(kernel_width)
@@ -149,6 +157,12 @@ ROWS = (
             chunk_size=c.options.get("chunk_size"),
         ),
         needs=frozenset({"mask", "key"}),
+        differentiable=Differentiability(
+            1,
+            1,
+            "fixed masks for a fixed key; the lasso is piecewise (zeroed "
+            "coefficients have derivative 0); float32 sums",
+        ),
         benchmark=(
             None,
             "not timed: the same coalition batch as KernelShap (timed) plus a "

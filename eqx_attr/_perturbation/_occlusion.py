@@ -11,8 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Target, check_chunk_size
-from .._method_entry import MethodEntry
+from .._attribution import (
+    Target,
+    check_chunk_size,
+)
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import PERTURBATION, MethodEntry
 from ._common import (
     AbstractPerturbation,
     Baseline,
@@ -106,6 +113,7 @@ class Occlusion(AbstractPerturbation):
     strides: tuple[int, ...] = eqx.field(static=True)
     baseline: Any
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -114,7 +122,10 @@ class Occlusion(AbstractPerturbation):
         strides: int | tuple[int, ...] = 1,
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self.model = model
         self.window = _as_tuple(window, "window")
         self.strides = _as_tuple(strides, "strides")
@@ -171,6 +182,7 @@ ROWS = (
             baseline_or_zero(c),
             c.options.get("chunk_size"),
         ),
+        differentiable=PERTURBATION,
         benchmark=("bench_perturbation.py", "Captum Occlusion"),
     ),
 )

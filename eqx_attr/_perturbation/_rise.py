@@ -18,7 +18,14 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+    map_over_channels,
+    resolve_input_layout,
+    spatial_shape,
+)
+from .._method_entry import PERTURBATION_KEYED, MethodEntry
 from ._common import AbstractPerturbation, scored
 
 __all__ = ["RISE"]
@@ -92,11 +99,15 @@ class RISE(AbstractPerturbation):
 
     **Arguments:**
 
-    - `model`: maps one example, `(..., H, W)`, to a vector of scores.
+    - `model`: maps one example, `(C, H, W)` or `(H, W, C)`, to a vector of
+        scores.
     - `n_masks`: number of random masks (static). Default 2000.
     - `cell_size`: the side of one mask cell in pixels (static). Default 4.
     - `p`: the probability that a cell is kept, in (0, 1]. Default 0.5.
     - `chunk_size`: evaluate at most this many masks at once (`None`: all).
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]): which axes of `x` are
+        `(H, W)`; each mask multiplies every channel.
 
     **Returns:** an `(H, W)` map. Needs `key`; mask `i` uses
     `jax.random.split(key, n_masks)[i]`.
@@ -112,6 +123,7 @@ class RISE(AbstractPerturbation):
     cell_size: int = eqx.field(static=True)
     p: float = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -120,7 +132,10 @@ class RISE(AbstractPerturbation):
         cell_size: int = 4,
         p: float = 0.5,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self.model = model
         self.n_masks = n_masks
         self.cell_size = cell_size
@@ -140,9 +155,8 @@ class RISE(AbstractPerturbation):
         self, x: Array, target: Target, key: PRNGKeyArray | None
     ) -> Float[Array, "h w"]:
         key = check_key(key, "RISE")
-        if x.ndim < 2:
-            raise ValueError(f"RISE needs an input with (H, W) axes, got {x.shape}.")
-        hw = (x.shape[-2], x.shape[-1])
+        hw = spatial_shape(x, self.input_layout, "RISE")
+        layout = resolve_input_layout(x.shape, self.input_layout)
         if self.cell_size > max(hw):
             raise ValueError(
                 f"`cell_size={self.cell_size}` is larger than `x` ({hw} pixels); use a "
@@ -155,7 +169,7 @@ class RISE(AbstractPerturbation):
 
         def masked(k):
             m = make(k).astype(x.dtype)
-            return x * m.reshape((1,) * (x.ndim - 2) + hw)
+            return x * map_over_channels(m, x.ndim, layout)
 
         s = scored(self.model, x, target, masked, keys, self.chunk_size)
         heat = _weighted_mask_sum(make, keys, s, self.chunk_size, hw)
@@ -201,6 +215,7 @@ ROWS = (
         ),
         needs=frozenset({"key"}),
         output="map",
+        differentiable=PERTURBATION_KEYED,
         benchmark=(
             None,
             "no installable peer: RISE's reference code is not on PyPI",

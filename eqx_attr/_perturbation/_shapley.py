@@ -17,7 +17,11 @@ from .._attribution import (
     check_key,
     check_positive_int,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import PERTURBATION, PERTURBATION_KEYED, MethodEntry
 from ._coalitions import AbstractMaskedPerturbation
 from ._common import Baseline, FeatureMask
 from ._defaults import baseline_or_zero, default_mask, exact_mask
@@ -81,6 +85,7 @@ class ShapleyValues(AbstractMaskedPerturbation):
     baseline: Any
     n_features: int = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -88,7 +93,10 @@ class ShapleyValues(AbstractMaskedPerturbation):
         mask: FeatureMask,
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self._init_masked(model, mask, baseline, chunk_size)
 
     def __check_init__(self):
@@ -142,6 +150,7 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
     n_features: int = eqx.field(static=True)
     n_permutations: int = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -150,7 +159,10 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
         n_permutations: int = 25,
         baseline: Baseline = 0.0,
         chunk_size: int | None = None,
+        *,
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         self._init_masked(model, mask, baseline, chunk_size)
         self.n_permutations = n_permutations
 
@@ -201,6 +213,7 @@ ROWS = (
             c.model, exact_mask(c), baseline_or_zero(c), c.options.get("chunk_size")
         ),
         needs=frozenset({"mask"}),
+        differentiable=PERTURBATION,
         benchmark=(
             None,
             "not timed: 2**F forwards, the same batch as FeatureAblation's per "
@@ -221,6 +234,7 @@ ROWS = (
         ),
         aliases=("svs",),
         needs=frozenset({"mask", "key"}),
+        differentiable=PERTURBATION_KEYED,
         benchmark=("bench_perturbation.py", "Captum ShapleyValueSampling"),
     ),
 )

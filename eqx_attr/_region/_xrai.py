@@ -22,7 +22,14 @@ from .._attribution import (
     check_positive_int,
 )
 from .._gradient._integrated import QUADRATURES, IntegratedGradients
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    channels_first,
+    input_layout_field,
+    resolve_input_layout,
+    spatial_shape,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ..baselines import AbstractBaseline, as_baseline
 from . import _xrai_regions as regions
 
@@ -93,6 +100,32 @@ def _rank(options: dict[str, Any], attr, masks: regions.SparseMasks):
     )
 
 
+_NOT_DIFFERENTIABLE = (
+    "XRAI is not differentiable with respect to `x` or the model's parameters: "
+    "its regions are segmented and ranked on the host (a greedy, piecewise-"
+    "constant search, through `jax.pure_callback`). Differentiate the attribution "
+    "it ranks regions by instead, `xa.IntegratedGradients` (see "
+    "`XRAI.integrated_gradients()`), or another method whose registry row states "
+    "`differentiable` orders >= 1 (docs: Differentiating explanations)."
+)
+
+
+@jax.custom_jvp
+def _refuse_derivatives(data: Array, attr: Array) -> tuple[Array, Array]:
+    """The identity, whose derivative raises at trace time (forward or reverse).
+
+    JAX calls the JVP rule only when a tangent is not a symbolic zero: plain
+    calls, `jit` and `vmap` pass through, and so does differentiating something
+    else (a tangent that does not reach XRAI's inputs).
+    """
+    return data, attr
+
+
+@_refuse_derivatives.defjvp
+def _refuse_derivatives_jvp(primals, tangents):
+    raise ValueError(_NOT_DIFFERENTIABLE)
+
+
 class XRAI(AbstractCompiledAttribution):
     """XRAI (Kapishnikov et al., ICCV 2019), as PAIR's `saliency.core.XRAI`.
 
@@ -109,12 +142,15 @@ class XRAI(AbstractCompiledAttribution):
 
     Segmentation and ranking are NumPy / scikit-image on the host, called through
     `jax.pure_callback`: XRAI works under `jit` and `vmap` (the host part then runs
-    example by example) but is not differentiable. A segmentation is cached by
-    image content, so several targets of one image segment it once.
+    example by example) but is not differentiable: `jax.grad` or `jax.jvp` of
+    the map with respect to `x` or the parameters raises a `ValueError` at trace
+    time (differentiate [`eqx_attr.IntegratedGradients`][] instead). A
+    segmentation is cached by image content, so several targets of one image
+    segment it once.
 
     **Arguments:**
 
-    - `model`: maps one `(C, H, W)` image to a vector of scores.
+    - `model`: maps one `(C, H, W)` (or `(H, W, C)`) image to a vector of scores.
     - `n_steps`: integration steps per baseline (static). Default 100 (PAIR's).
     - `baseline`: `None` (PAIR's: the image's minimum and maximum), or any
         baseline [`eqx_attr.IntegratedGradients`][] takes; draws are averaged.
@@ -131,6 +167,9 @@ class XRAI(AbstractCompiledAttribution):
     - `dilation_radius`: dilate each segment by a disk of this radius (0: not).
         Default 5.
     - `chunk_size`: IG's chunk of path points (bounded memory).
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]); `segments` and the
+        result are `(H, W)` in either layout.
 
     **Returns:** the `(H, W)` XRAI heat map in `x`'s dtype.
     [`eqx_attr.XRAI.heat_and_ranks`][] returns the regions' ranks too.
@@ -161,6 +200,7 @@ class XRAI(AbstractCompiledAttribution):
     resize: tuple[int, int] | None = eqx.field(static=True, default=regions.RESIZE)
     dilation_radius: int = eqx.field(static=True, default=regions.DILATION_RADIUS)
     chunk_size: int | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         check_positive_int(self.n_steps, "n_steps")
@@ -238,7 +278,8 @@ class XRAI(AbstractCompiledAttribution):
         _check_image(x, "x")
         ig = self.integrated_gradients()
         attr, _ = ig.attribute_with_delta(x, target, key=key)  # IG's `__call__`
-        return self._regions(x, attr)
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        return self._regions(channels_first(x, layout), channels_first(attr, layout))
 
     def from_attribution(
         self, x: Image, attribution: Shaped[Array, "..."] | np.ndarray
@@ -256,12 +297,18 @@ class XRAI(AbstractCompiledAttribution):
         x = check_input(x)
         _check_image(x, "x")
         attribution = check_input(attribution, "attribution")
-        if attribution.shape not in (x.shape, x.shape[-2:]):
+        hw = spatial_shape(x, self.input_layout, "XRAI")
+        if attribution.shape not in (x.shape, hw):
             raise ValueError(
                 f"`attribution` has shape {attribution.shape}; it must be shaped "
-                f"like `x` {x.shape} or its (H, W) = {x.shape[-2:]}."
+                f"like `x` {x.shape} or its (H, W) = {hw}."
             )
-        return call_compiled(self._regions, x, attribution)
+        layout = resolve_input_layout(x.shape, self.input_layout)
+        return call_compiled(
+            self._regions,
+            channels_first(x, layout),
+            channels_first(attribution, layout),
+        )
 
     def _regions(self, x: Array, attr: Array) -> tuple[Array, Array]:
         h, w = x.shape[-2:]
@@ -282,6 +329,7 @@ class XRAI(AbstractCompiledAttribution):
                     f"image's (H, W) = {(h, w)}; pass (K, {h}, {w}) masks."
                 )
             callback, data = _host_from_segments, self.segments
+        data, attr_map = _refuse_derivatives(data, attr_map)
         heat, ranks = jax.pure_callback(
             lambda d, a: callback(options, d, a),
             out,
@@ -307,6 +355,7 @@ class XRAI(AbstractCompiledAttribution):
             return np.asarray(self.segments)
         x = check_input(x)
         _check_image(x, "x")
+        x = channels_first(x, resolve_input_layout(x.shape, self.input_layout))
         image = np.moveaxis(np.asarray(x, np.float32), 0, -1)
         opts = self._options()
         masks = regions.image_masks(
@@ -343,8 +392,8 @@ class XRAI(AbstractCompiledAttribution):
 def _check_image(x: Array, name: str) -> None:
     if x.ndim != 3:
         raise ValueError(
-            f"XRAI segments an image: `{name}` must be ONE image shaped (C, H, W), "
-            f"got shape {x.shape}."
+            f"XRAI segments an image: `{name}` must be ONE image shaped (C, H, W) "
+            f"or (H, W, C) (`input_layout='hwc'`), got shape {x.shape}."
         )
 
 
@@ -363,6 +412,9 @@ ROWS = (
             chunk_size=c.options.get("chunk_size"),
         ),
         output="map",
+        differentiable=Differentiability(
+            0, 0, "region search on the host; differentiate integrated_gradients"
+        ),
         benchmark=("bench_xrai.py", "PAIR saliency XRAI"),
     ),
 )

@@ -19,7 +19,11 @@ from .._attribution import (
     make_objective,
 )
 from .._engine import _interpreter as it
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ..baselines import (
     AbstractBaseline,
     UniformNoise,
@@ -35,8 +39,8 @@ Delta = Float[Array, ""]
 
 
 def _score(model: Callable, target: Target, x: Array) -> Array:
-    scores = model(x)
-    return make_objective(target, jnp.shape(scores))(scores)
+    out = model(x)  # an array of scores, or a PyTree for a callable target
+    return make_objective(target, out)(out)
 
 
 def deeplift_multipliers(
@@ -96,6 +100,9 @@ class AbstractDeepLift(AbstractCompiledAttribution):
     - `return_delta`: if `True`, calls return `(attribution, delta)`.
     - `eps`: below this `|x - x0|` the Rescale rule uses the plain derivative.
     - `plain`: names of primitives that may pass their plain gradient.
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (inferred), keyword-only;
+        checked, and otherwise without effect: the attribution is shaped like `x`
+        in either layout.
 
     **Returns:** `method(x, target)` gives an attribution shaped like `x` (or
     `(attribution, delta)` with `return_delta=True`).
@@ -106,6 +113,7 @@ class AbstractDeepLift(AbstractCompiledAttribution):
     return_delta: eqx.AbstractVar[bool]
     eps: eqx.AbstractVar[float]
     plain: eqx.AbstractVar[tuple[str, ...]]
+    input_layout: eqx.AbstractVar[InputLayout]
 
     def attribute(
         self, x: Array, target: Target, key: PRNGKeyArray | None
@@ -157,13 +165,21 @@ class DeepLift(AbstractDeepLift):
     linear operations pass the multipliers through. Attributions are the
     multipliers times `x - baseline` and sum to `f(x) - f(baseline)`.
 
+    The target is part of the function the rule engine evaluates: for a
+    callable target `t` (one of `xa.targets`, or `lambda out: out["logits"][3]`
+    on a model returning a PyTree, which `t` sees whole) the attributions are
+    those of `x -> t(model(x))` and sum to `t(f(x)) - t(f(baseline))`; for a
+    target linear in the output they are the same combination of the classes'
+    attributions.
+
     An operation with no DeepLIFT rule (a product or quotient of two activations,
     a `jnp.where` on the input, an unknown primitive) raises a `ValueError`
     naming it and its source line; `plain=("mul",)` accepts its plain gradient.
 
     **Arguments:**
 
-    - `model`: maps one example to a 1-D vector of scores.
+    - `model`: maps one example to a 1-D vector of scores (or to any PyTree,
+        explained through a callable `target`).
     - `baseline`: `None`/number/array, or one `eqx_attr.baselines` draw.
     - `return_delta`: also return the 0-d `sum(a) - (f(x) - f(baseline))`.
     - `eps`: where `|x - x0| < eps` the plain derivative is used (Captum: 1e-10).
@@ -181,6 +197,7 @@ class DeepLift(AbstractDeepLift):
     return_delta: bool = eqx.field(static=True, default=False)
     eps: float = eqx.field(static=True, default=1e-10)
     plain: tuple[str, ...] = eqx.field(static=True, default=())
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         _check_options(self.eps, self.plain)
@@ -223,6 +240,7 @@ class DeepLiftShap(AbstractDeepLift):
     return_delta: bool = eqx.field(static=True, default=False)
     eps: float = eqx.field(static=True, default=1e-10)
     plain: tuple[str, ...] = eqx.field(static=True, default=())
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         _check_options(self.eps, self.plain)
@@ -248,6 +266,9 @@ ROWS = (
         aliases=("deep_lift",),
         baselines="one",
         needs=frozenset({"baseline"}),
+        differentiable=Differentiability(
+            1, 1, "Rescale rule; the plain derivative within 1e-10 of the baseline"
+        ),
         benchmark=("bench_rules.py", "Captum DeepLift"),
     ),
     MethodEntry(
@@ -265,6 +286,7 @@ ROWS = (
         aliases=("deepliftshap",),
         baselines="many",
         needs=frozenset({"baseline", "key"}),
+        differentiable=Differentiability(1, 1, "Rescale rule; for a fixed key"),
         benchmark=("bench_rules.py", "Captum DeepLiftShap"),
     ),
 )

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._engine import _interpreter as it, _jax_internals as ji
+from .._engine._patterns import elementwise_region, region_fn
 from ._match import Facts, Known, relu_operand, sub_known
 
 # Linear in every tracked operand: multipliers pass through as gradients.
@@ -51,7 +52,6 @@ UNITS = (
     "celu", "selu", "gelu", "mish", "hard_tanh", "hard_sigmoid", "hard_silu",
     "hard_swish", "log_sigmoid", "squareplus", "sparse_plus", "soft_sign",
 )  # fmt: skip
-SOFTMAX = ("softmax", "_softmax")
 
 HINT = (
     "DeepLIFT is defined for linear operations and nonlinearities of one "
@@ -66,12 +66,11 @@ def _safe_div(num: jax.Array, den: jax.Array, eps: float) -> jax.Array:
     return jnp.where(small, 0, num / jnp.where(small, jnp.ones_like(den), den))
 
 
-def rescale(f: Callable, eps: float, normalise: bool = False) -> Callable:
+def rescale(f: Callable, eps: float) -> Callable:
     """The Rescale rule of the elementwise `f` on a two-stream value.
 
     Backward: `g * (f(x) - f(x0)) / (x - x0)`, or the plain derivative where
-    `|x - x0| < eps` (as Captum). With `normalise` (Captum's softmax), the
-    multipliers then have their mean over the example subtracted.
+    `|x - x0| < eps` (as Captum).
     """
 
     @jax.custom_vjp
@@ -88,8 +87,6 @@ def rescale(f: Callable, eps: float, normalise: bool = False) -> Callable:
         _, vjp = jax.vjp(f, s[0])
         (plain,) = vjp(g[0])
         m = jnp.where(jnp.abs(dx) < eps, plain, g[0] * _safe_div(dy, dx, eps))
-        if normalise:
-            m = m - jnp.mean(m)
         return (jnp.stack([m, jnp.zeros_like(m)]).astype(s.dtype),)
 
     apply.defvjp(fwd, bwd)
@@ -124,6 +121,40 @@ def max_pool_rule(f: Callable, eps: float) -> Callable:
         dx = s[0] - s[1]
         m = jnp.where(jnp.abs(dx) < eps, plain, _safe_div(to_x + to_r, dx, eps))
         return (jnp.stack([m, jnp.zeros_like(m)]).astype(s.dtype),)
+
+    apply.defvjp(fwd, bwd)
+    return apply
+
+
+def product_rule(f: Callable) -> Callable:
+    """The rule of a bilinear `f(a, b)` of two activations (an elementwise
+    product, a matrix product: attention's `q @ k.T`, LayerNorm's
+    `(x - mean) * (1 / std)`) on two-stream values.
+
+    The difference splits exactly, each factor's difference meeting the mean of
+    the other factor's two streams:
+    `f(a, b) - f(a0, b0) = f(a - a0, (b + b0) / 2) + f((a + a0) / 2, b - b0)`,
+    so the multipliers are the derivatives of those two terms (the Shapley
+    value of the two factors' differences).
+    """
+
+    @jax.custom_vjp
+    def apply(sa, sb):
+        return jax.vmap(f)(sa, sb)
+
+    def fwd(sa, sb):
+        return jax.vmap(f)(sa, sb), (sa, sb)
+
+    def bwd(res, g):
+        sa, sb = res
+        half = jnp.asarray(0.5, sa.dtype)
+        a_mean, b_mean = half * (sa[0] + sa[1]), half * (sb[0] + sb[1])
+        (ma,) = jax.vjp(lambda a: f(a, b_mean), sa[0])[1](g[0])
+        (mb,) = jax.vjp(lambda b: f(a_mean, b), sb[0])[1](g[0])
+        return (
+            jnp.stack([ma, jnp.zeros_like(ma)]).astype(sa.dtype),
+            jnp.stack([mb, jnp.zeros_like(mb)]).astype(sb.dtype),
+        )
 
     apply.defvjp(fwd, bwd)
     return apply
@@ -181,6 +212,9 @@ class DeepLiftRules:
 
     def bilinear(self, interp: it.Interpreter, eqn: Any, invals: list) -> list:
         tracked = _tracked(invals)
+        if len(tracked) == 2 and len(invals) == 2:
+            f = lambda a, b: ji.bind(eqn, [a, b])[0]
+            return [it.Act(product_rule(f)(invals[0].streams, invals[1].streams))]
         allowed = BILINEAR[eqn.primitive.name]
         if len(tracked) > 1 or (allowed is not None and tracked[0] not in allowed):
             what = f"`{eqn.primitive.name}` of two activations"
@@ -193,6 +227,13 @@ class DeepLiftRules:
         tracked = _tracked(invals)
         if name == "div" and tracked == [0]:  # x / c is linear
             return it.on_streams(interp, eqn, invals)
+        if name == "div" and tracked == [0, 1]:
+            # a / b = a * (1 / b): Rescale on the reciprocal, then the product
+            # rule; both sum to their differences, so the quotient does too (a
+            # softmax's normalisation, a norm's division by its scale).
+            a, b = invals
+            recip = rescale(lambda t: 1 / t, self.eps)(b.streams)
+            return [it.Act(product_rule(jnp.multiply)(a.streams, recip))]
         if name == "select_n" and 0 not in _tracked(invals):  # a fixed mask
             return it.on_streams(interp, eqn, invals)
         (out,) = eqn.outvars
@@ -211,7 +252,7 @@ class DeepLiftRules:
         f = one_operand(invals, k, lambda vals: ji.bind(eqn, vals)[0])
         return [it.Act(max_pool_rule(f, self.eps)(invals[k].streams))]
 
-    def unit(self, normalise: bool) -> it.Handler:
+    def unit(self) -> it.Handler:
         """A named activation of one operand (one `jit` or custom_jvp call)."""
 
         def handler(interp: it.Interpreter, eqn: Any, invals: list) -> list:
@@ -219,7 +260,7 @@ class DeepLiftRules:
             if not isinstance(x, it.Act):
                 return it.bind_plain(interp, eqn, invals)
             f = lambda a: ji.bind(eqn, [a])[0]
-            return [it.Act(rescale(f, self.eps, normalise)(x.streams))]
+            return [it.Act(rescale(f, self.eps)(x.streams))]
 
         return handler
 
@@ -240,28 +281,42 @@ class DeepLiftRules:
         eqn = eqns[i]
         name = ji.name_of(eqn)
         n_out = len(eqn.outvars)
-        if name in UNITS + SOFTMAX and n_out == 1 and self._one_input(eqn):
-            return it.Unit(self.unit(name in SOFTMAX))
-        frame = ji.nn_function(eqn, UNITS + SOFTMAX)
+        if name in UNITS and n_out == 1 and self._one_input(eqn):
+            return it.Unit(self.unit())
+        frame = ji.nn_function(eqn, UNITS)
         if frame is not None:
             n = 1
             while i + n < len(eqns) and ji.nn_function(eqns[i + n], (frame,)):
                 n += 1
-            return it.Unit(self.region(frame in SOFTMAX), n, region=True)
+            return it.Unit(self.region(), n, region=True)
         if facts is not None:
             idx = relu_operand(eqn, facts)
             if idx is not None:
                 return it.Unit(self.relu(idx))
+        # Any other elementwise function of one activation, however written
+        # (`x * jax.nn.sigmoid(x)`, `jnp.where(x > 0, x, 0.1 * x)`): one Rescale.
+        is_act = lambda v: eqns.has(v) and isinstance(eqns.read(v), it.Act)
+        found = elementwise_region(eqns, i, is_act)
+        if found is not None:
+            return self.elementwise_region(*found, eqns)
         return None
 
-    def region(self, normalise: bool) -> Callable:
+    def elementwise_region(self, region: list, inp: Any, out: Any, frame) -> it.Unit:
+        fn = region_fn(region, inp, out, frame.read)
+
+        def handler(interp: it.Interpreter, eqn: Any, invals: list) -> list:
+            return [it.Act(rescale(fn, self.eps)(frame.read(inp).streams))]
+
+        return it.Unit(handler, fuses=tuple(region[1:]), outvars=(out,))
+
+    def region(self) -> Callable:
         """The equations traced inside a `jax.nn` activation that is not jitted."""
 
         def handler(interp: it.Interpreter, fn: Callable, invals: list) -> list:
             (x,) = invals
             if not isinstance(x, it.Act):
                 return [fn(x)]
-            return [it.Act(rescale(fn, self.eps, normalise)(x.streams))]
+            return [it.Act(rescale(fn, self.eps)(x.streams))]
 
         return handler
 

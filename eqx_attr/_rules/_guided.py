@@ -16,7 +16,11 @@ from .._attribution import (
     check_input,
     resolve_target,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._relu import POLICIES
 from ._swap import swap_relu
 
@@ -45,13 +49,16 @@ class AbstractSwappedGradient(AbstractAttribution):
     """Base of the gradients taken with every ReLU's backward pass replaced.
 
     Holds `model` and `other_activations` (see [`eqx_attr.swap_relu`][]); a
-    concrete subclass names its backward `rule` (`"guided"` or `"deconvnet"`).
+    concrete subclass names its backward `rule` (`"guided"` or `"deconvnet"`) and
+    owns `input_layout` (`"chw"`, `"hwc"` or `None`: checked, and otherwise
+    without effect, as the gradient is shaped like `x` in either layout).
     """
 
     model: Callable[..., Any]
     # `eqx.AbstractClassVar` must not be a string annotation: hence no
     # `from __future__ import annotations` in this module.
     rule: eqx.AbstractClassVar[str]
+    input_layout: eqx.AbstractVar[InputLayout]
     other_activations: str = eqx.field(static=True, default="raise")
 
     def __check_init__(self):
@@ -92,6 +99,7 @@ class GuidedBackprop(AbstractSwappedGradient):
     """
 
     rule: ClassVar[str] = "guided"
+    input_layout: InputLayout = input_layout_field()
 
 
 class Deconvolution(AbstractSwappedGradient):
@@ -120,6 +128,7 @@ class Deconvolution(AbstractSwappedGradient):
     """
 
     rule: ClassVar[str] = "deconvnet"
+    input_layout: InputLayout = input_layout_field()
 
 
 ROWS = (
@@ -130,6 +139,7 @@ ROWS = (
         "Guided Backpropagation",
         lambda c: GuidedBackprop(c.model),
         aliases=("guided_bp",),
+        differentiable=Differentiability(1, 1, "the ReLU rule is piecewise in x"),
         benchmark=("run.py", "Captum GuidedBackprop (--methods guided)"),
     ),
     MethodEntry(
@@ -139,6 +149,7 @@ ROWS = (
         "Deconvnet",
         lambda c: Deconvolution(c.model),
         aliases=("deconvnet",),
+        differentiable=Differentiability(1, 1, "the ReLU rule is piecewise in x"),
         benchmark=("run.py", "Captum Deconvolution (--methods deconv)"),
     ),
 )

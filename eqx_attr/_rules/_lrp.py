@@ -15,7 +15,11 @@ from .._attribution import (
     Target,
     resolve_target,
 )
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 from ._lrp_bn import training_batch_norms, training_error
 from ._lrp_canon import prepare
 from ._lrp_composites import (
@@ -39,8 +43,19 @@ def _model_name(model: Any) -> str:
 class LRP(AbstractCompiledAttribution):
     """Layer-wise Relevance Propagation (Bach et al. 2015), as Zennit computes it.
 
-    The relevance starts as the target's score `f_t(x)` at the target output
-    (`s * d objective / d s` for a callable target) and flows back through every
+    The relevance starts at the model's output `out` as `out * dt/dout` (leaf by
+    leaf for a PyTree output, zero on integer leaves), where `t` is the target
+    as a function of the whole output. For `target=c`,
+    `xa.targets.ClassIndex(c)` or `lambda out: out[c]` this is the usual start:
+    the score `f_c(x)` at class `c` and zero elsewhere. Every rule is linear in
+    the relevance it receives, so for any target the result is
+    `sum_i dt/dout_i * LRP(class i)`: `xa.targets.Margin(c)` gives
+    `LRP(c) - LRP(runner-up)`, and a nonlinear target (`xa.targets.LogSoftmax`)
+    its first-order split. The input relevances then sum to about
+    `sum_i out_i dt/dout_i`, which is `t(out)` when `t` is linear in the output
+    (a class, a label set, a segmentation region, `lambda out: out["logits"][3]`)
+    and 0 for a scale-invariant target (`xa.targets.EmbeddingSimilarity`). The
+    relevance then flows back through every
     operation of the model by a rule: the composite's rule for dense layers and
     convolutions (a special one for the first layer), a proportional split
     (`Norm`) for average pools, means and the sums of skip connections, and the
@@ -55,7 +70,8 @@ class LRP(AbstractCompiledAttribution):
 
     **Arguments:**
 
-    - `model`: maps one example to a 1-D vector of scores.
+    - `model`: maps one example to a 1-D vector of scores, or to any PyTree (a
+        dict, a tuple of heads) explained through a callable `target`.
     - `composite`: an `xa.lrp` composite (`EpsilonPlusFlat()` by default,
         `EpsilonPlus()`, `EpsilonAlpha2Beta1()`, `EpsilonGammaBox(low, high)`).
     - `rule`: instead of a composite, one rule for every dense layer,
@@ -77,6 +93,7 @@ class LRP(AbstractCompiledAttribution):
     composite: AbstractComposite
     overrides: tuple
     allow_gradient: tuple[str, ...] = eqx.field(static=True)
+    input_layout: InputLayout = input_layout_field()
 
     def __init__(
         self,
@@ -86,7 +103,9 @@ class LRP(AbstractCompiledAttribution):
         rule: AbstractRule | None = None,
         overrides: tuple | list = (),
         allow_gradient: tuple[str, ...] | list[str] = (),
+        input_layout: InputLayout = None,
     ):
+        self.input_layout = input_layout
         if composite is not None and rule is not None:
             raise ValueError(
                 "Pass either `composite=` or `rule=` to LRP, not both; to change the "
@@ -151,11 +170,25 @@ class LRP(AbstractCompiledAttribution):
         allow = frozenset(self.allow_gradient)
 
         def forward(z):
-            return run(model, z, self.composite, allow, name)
+            # The floating leaves carry relevance; the others (integer labels of a
+            # PyTree output) ride along for the target.
+            return eqx.partition(
+                run(model, z, self.composite, allow, name), eqx.is_inexact_array
+            )
 
-        scores, pull = jax.vjp(forward, x)
-        relevance = scores * jax.grad(objective)(scores)
-        return pull(relevance.astype(scores.dtype))[0]
+        scores, pull, other = jax.vjp(forward, x, has_aux=True)
+        return pull(output_relevance(objective, scores, other))[0]
+
+
+def output_relevance(objective: Callable, scores: Any, other: Any = None) -> Any:
+    """The relevance LRP starts from: `out * d objective / d out`, leaf by leaf.
+
+    For `objective = lambda out: out[c]` this is the usual start (the score at
+    `c`, zero elsewhere). `scores` holds the output's floating leaves, `other`
+    the rest of the output (combined back before calling `objective`).
+    """
+    grads = jax.grad(lambda s: objective(eqx.combine(s, other)))(scores)
+    return jax.tree_util.tree_map(lambda s, g: (s * g).astype(s.dtype), scores, grads)
 
 
 ROWS = (
@@ -172,6 +205,9 @@ ROWS = (
                 low=c.option("low", 0.0),
                 high=c.option("high", 1.0),
             ),
+        ),
+        differentiable=Differentiability(
+            1, 1, "the stabiliser's sign(z) and rule selection are piecewise"
         ),
         benchmark=("bench_lrp.py", "Zennit EpsilonPlusFlat and Captum LRP"),
     ),

@@ -3,7 +3,9 @@
 An operation is one of four kinds: `"linear"` (a dense layer, `x @ w`, `einsum`),
 `"conv"` (a convolution), `"norm"` (an average pool, a global mean, the sum of two
 branches) and activations (always passed through). A composite names a rule for
-each kind, and optionally a different rule for the network's first layer.
+each kind, and optionally a different rule for the network's first layer. A
+composite for transformers also names the rules of products of two activations
+and of the softmax ([`AttnLRP`][eqx_attr.lrp.AttnLRP]); the others refuse those.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import equinox as eqx
 
+from ._lrp_attn_rules import Softmax, Uniform
 from ._lrp_rules import (
     AbstractRule,
     AlphaBeta,
@@ -55,6 +58,16 @@ class AbstractComposite(eqx.Module):
 
     def stabilizer_value(self) -> float:
         return 1e-6
+
+    def product_rule(self) -> AbstractRule | None:
+        """The rule of a product of two activations (attention's `q @ k.T`), or
+        None to refuse one (every composite but [`AttnLRP`][eqx_attr.lrp.AttnLRP])."""
+        return None
+
+    def softmax_rule(self, axes: tuple[int, ...]) -> AbstractRule | None:
+        """The rule of a softmax over `axes`, or None to refuse one."""
+        del axes
+        return None
 
 
 class SingleRule(AbstractComposite):
@@ -193,11 +206,53 @@ class EpsilonGammaBox(AbstractComposite):
         return self.stabilizer
 
 
+class AttnLRP(AbstractComposite):
+    """AttnLRP (Achtibat et al., ICML 2024): LRP for transformers and modern layers.
+
+    `Epsilon` on every dense layer and convolution (or `Gamma(gamma)` when
+    `gamma` is given, as LXT does for vision transformers), the uniform rule on
+    products of two activations ([`eqx_attr.lrp.Uniform`][]: attention's
+    `q @ k.T` and `weights @ v`, gated units), the softmax rule
+    ([`eqx_attr.lrp.Softmax`][]), and, as in every composite, the identity rule
+    on elementwise functions (GELU, SiLU, ...) and on normalisers (LayerNorm's
+    `1 / std` is held constant). The rules are found in the traced program, not
+    bound to module types: `eqx.nn.MultiheadAttention`, `eqx.nn.LayerNorm`, and
+    the same written inline are all covered.
+
+    **Arguments:** `epsilon` (default `1e-6`), `gamma` (default `None`: Epsilon
+    on the layers).
+
+    **Returns:** a composite, to pass to [`eqx_attr.LRP`][] as `composite=`.
+
+    ```python
+    a = xa.LRP(vit, composite=xa.lrp.AttnLRP())(x, 3)
+    ```
+    """
+
+    epsilon: float = eqx.field(static=True, default=1e-6)
+    gamma: float | None = eqx.field(static=True, default=None)
+
+    def layer_rule(self, kind: str) -> AbstractRule:
+        if self.gamma is not None:
+            return Gamma(self.gamma, self.epsilon)
+        return Epsilon(self.epsilon)
+
+    def stabilizer_value(self) -> float:
+        return self.epsilon
+
+    def product_rule(self) -> AbstractRule | None:
+        return Uniform(self.epsilon)
+
+    def softmax_rule(self, axes: tuple[int, ...]) -> AbstractRule | None:
+        return Softmax(axes)
+
+
 COMPOSITE_NAMES = (
     "epsilon_plus_flat",
     "epsilon_plus",
     "epsilon_alpha2_beta1",
     "epsilon_gamma_box",
+    "attn_lrp",
 )
 """The Zennit names of the composites, as [`eqx_attr.lrp.composite_by_name`][] and the
 CLI accept them."""
@@ -233,4 +288,5 @@ def composite_by_name(
         "epsilon_plus_flat": EpsilonPlusFlat,
         "epsilon_plus": EpsilonPlus,
         "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+        "attn_lrp": AttnLRP,
     }[key]()

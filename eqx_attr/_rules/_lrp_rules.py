@@ -34,6 +34,18 @@ def _map(f: Callable, tree: Any) -> Any:
     return None if tree is None else jax.tree.map(f, tree)
 
 
+def _widen(tree: Any) -> Any:
+    """Floating leaves in at least float32 (a bfloat16/float16 one is upcast)."""
+    return _map(
+        lambda a: (
+            a.astype(jnp.promote_types(a.dtype, jnp.float32))
+            if jnp.issubdtype(a.dtype, jnp.floating)
+            else a
+        ),
+        tree,
+    )
+
+
 def _pos(tree: Any) -> Any:
     return _map(lambda a: jnp.maximum(a, jnp.zeros_like(a)), tree)
 
@@ -68,7 +80,8 @@ def _scale(c: float, tree: Any) -> Any:
 def _pass(fn: Callable, x: Any, w: Any, b: Any) -> tuple[Any, Callable]:
     """One modified forward pass: its output and its vector-Jacobian product in x."""
     z, pull = jax.vjp(lambda x_: fn(x_, w, b), x)
-    return z, lambda g: pull(g)[0]
+    # `g` may be wider than the pass (float32 ratios of a bfloat16 model).
+    return z, lambda g: pull(jax.tree.map(lambda a, r: a.astype(r.dtype), g, z))[0]
 
 
 def _broadcast_to(value: Any, x: Any) -> Any:
@@ -400,7 +413,11 @@ def apply_rule(
 
     def bwd(res, r):
         d, x_, w_, b_ = res
-        rin = eqx.combine(d, static).relevance(fn, x_, w_, b_, r)
+        # A half-precision model: the rule's ratios r / z are taken in float32
+        # (`_widen`), the operation's own pass runs in its dtype (`_pass`), and
+        # the input relevance goes back in x's dtype, as a cotangent must.
+        rin = eqx.combine(d, static).relevance(fn, x_, w_, b_, _widen(r))
+        rin = jax.tree.map(lambda a, ref: a.astype(ref.dtype), rin, x_)
         zeros = jax.tree.map(jnp.zeros_like, (d, w_, b_))
         return zeros[0], rin, zeros[1], zeros[2]
 

@@ -14,11 +14,19 @@ handler of the table, and `jit` bodies are evaluated with the same rules:
   (looking through `squeeze`/`reshape`-like steps in between, as `eqx.nn.Conv`
   does), and an `eqx.nn.BatchNorm` in inference mode right after them folded in
   (`_lrp_bn`);
-- sums of two activations, `reduce_sum` (`jnp.mean`, `jnp.sum`) and
-  `reduce_window_sum` (average pools) get the composite's `norm_rule`;
-- activations (`jax.nn.relu`, `relu6`, `softplus`, `silu`, `sigmoid`,
-  `jnp.maximum(x, 0)`, `tanh`, `logistic`) and products or quotients with a
-  constant pass the relevance through unchanged;
+- sums and differences of two activations, `reduce_sum` (`jnp.mean`, `jnp.sum`)
+  and `reduce_window_sum` (average pools) get the composite's `norm_rule`; an
+  activation plus a constant that is not a layer's bias (a positional
+  embedding, an offset) gets it too, with the constant as its bias;
+- elementwise functions of one activation, found by their primitives however
+  they are written (ReLU, GELU, SiLU, softplus, ELU, leaky ReLU, `tanh`, inline
+  `jnp.where(x > 0, x, a * x)`, ...: `_engine/_patterns.py`), and products or quotients
+  with a constant pass the relevance through unchanged (the identity rule);
+- a product or quotient by a normaliser (an operand broadcast from fewer
+  values: LayerNorm's `1 / std`) holds the normaliser constant; other products
+  of two activations get the composite's `product_rule` and a softmax its
+  `softmax_rule` (AttnLRP's; the other composites refuse them);
+- `stop_gradient` makes a constant;
 - shape-only operations and max pools keep their gradient (relevance is moved or
   routed to the winner, never rescaled);
 - rules attached in the PyTree (overrides, pools) are kept as they are;
@@ -30,12 +38,18 @@ differentiable, and each operation's backward pass is a `jax.custom_vjp`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 
 from .._engine import _interpreter as it, _jax_internals as ji
+from .._engine._patterns import (
+    elementwise_region,
+    is_statistic,
+    region_fn,
+    softmax_region,
+)
 from ._lrp_bn import (
     fold as _bn_fold,
     in_batch_norm,
@@ -44,6 +58,7 @@ from ._lrp_bn import (
     unmerged_error,
 )
 from ._lrp_composites import AbstractComposite
+from ._lrp_fusion import follow as _follow, fused_fn as _fused_fn
 from ._lrp_rules import LAYER_TAG, RULE_TAG, Pass, apply_rule
 
 _LINEAR = {"dot_general": "linear", "conv_general_dilated": "conv"}
@@ -63,16 +78,22 @@ _STRUCTURAL = (
     "dynamic_slice",
     "gather",
     "concatenate",
+    "stack",
+    "split",
     "pad",
     "rev",
     "reduce_max",
     "reduce_window_max",
+    "select_n",
 )
-# Steps allowed between a linear operation and the `add` of its bias.
-_CHAIN = ("squeeze", "reshape", "expand_dims", "transpose", "convert_element_type")
 _ACTIVATION_CALLS = ("relu", "relu6", "softplus", "silu", "sigmoid")
 _ACTIVATION_PRIMS = ("tanh", "logistic")
 _SCALE = ("mul", "div", "neg")
+_PRODUCTS = ("mul", "div", "dot_general")
+_ATTN_HINT = (
+    " For transformers and gated units, `composite=xa.lrp.AttnLRP()` has rules for "
+    "products of two activations and for the softmax."
+)
 
 
 def _is_float(aval: Any) -> bool:
@@ -126,56 +147,6 @@ def _call_name(eqn) -> str:
     return str(eqn.params.get("name") or ji.fn_name(eqn.params.get("call_jaxpr")))
 
 
-def _follow(jaxpr, i: int, uses: dict, act: Container, terminals: tuple):
-    """The equation that completes linear equation `i`, if there is one.
-
-    Follows single-use shape steps (`_CHAIN`) from the equation's output to an
-    equation in `terminals` (the bias `add` of a layer, the `div` of a mean) whose
-    other operand is a constant and whose output keeps the shape. Returns the
-    steps in between, that equation, and the linear branch's operand position.
-    """
-    var = jaxpr.eqns[i].outvars[0]
-    chain = []
-    while True:
-        users = uses.get(var, [])
-        if len(users) != 1 or users[0] < 0:
-            return None
-        eqn = jaxpr.eqns[users[0]]
-        if eqn.primitive.name in _CHAIN and len(eqn.invars) == 1:
-            chain.append(eqn)
-            var = eqn.outvars[0]
-            continue
-        if eqn.primitive.name not in terminals or len(eqn.invars) != 2:
-            return None
-        pos = 0 if eqn.invars[0] is var else 1
-        other = eqn.invars[1 - pos]
-        if not isinstance(other, ji.Literal) and other in act:
-            return None
-        if eqn.outvars[0].aval.shape != var.aval.shape:
-            return None
-        if eqn.primitive.name == "div" and pos != 0:
-            return None
-        return chain, eqn, pos
-
-
-def _fused_fn(eqn, xpos: int, chain: list, end, bpos: int) -> Callable:
-    """`fn(x, w, b)`: equation `eqn` with its operand `xpos` as `x` and the others
-    as the tuple `w`, then the shape steps `chain` and the terminal `end` with
-    `b` as its constant operand (see `_follow`)."""
-
-    def fn(x, w, b):
-        ops = list(w)
-        ops.insert(xpos, x)
-        (y,) = ji.bind(eqn, ops)
-        for step in chain:
-            (y,) = ji.bind(step, [y])
-        if end is not None and b is not None:  # a rule may drop the bias
-            (y,) = ji.bind(end, [y, b] if bpos == 0 else [b, y])
-        return y
-
-    return fn
-
-
 class _Lrp:
     """One LRP pass: the composite's rules as the handlers of the engine's
     interpreter (one stream), the fusions as its `match` hook."""
@@ -200,6 +171,9 @@ class _Lrp:
         for p in _SCALE:
             table[p] = checked(self._scale)
         table["add"] = checked(self._add)
+        table["sub"] = checked(self._add)
+        # What `jax.lax.stop_gradient` stops is a constant: no relevance flows back.
+        table["stop_gradient"] = self._constant
         self.interp = it.Interpreter(
             table=table,
             method="LRP",
@@ -210,7 +184,7 @@ class _Lrp:
 
     # -- errors ---------------------------------------------------------------------
 
-    def no_rule(self, eqn, what: str) -> it.NoRuleError:
+    def no_rule(self, eqn, what: str, hint: str = "") -> it.NoRuleError:
         prim = eqn.primitive.name
         return it.NoRuleError(
             f"LRP has no rule for {what} (`{prim}`) at {ji.where(eqn)} in the forward "
@@ -219,7 +193,7 @@ class _Lrp:
             "`overrides=((lambda m: m.that_layer, xa.lrp.Epsilon()),)` (any rule in "
             "`xa.lrp`; `xa.lrp.Pass()` for an elementwise operation), or accept the "
             "plain gradient through this operation type with "
-            f"`allow_gradient=('{prim}',)`."
+            f"`allow_gradient=('{prim}',)`.{hint}"
         )
 
     # -- the match hook: what is evaluated as one unit ------------------------------
@@ -230,15 +204,85 @@ class _Lrp:
         flags = _flags(eqn, [frame.read(v) for v in eqn.invars])
         if not any(flags):
             return it.Unit(self._constant)
-        if prim in ji.JIT:
-            return None  # inlined by the interpreter: its body gets these rules
         if prim in self.allow:
             return it.Unit(self._moved)
+        if not in_batch_norm(eqn):  # a batch norm's equations have their own errors
+            unit = self._modern(frame, i)
+            if unit is not None:
+                return unit
+        if prim in ji.JIT:
+            return None  # inlined by the interpreter: its body gets these rules
+        if prim in _PRODUCTS and len(flags) == 2 and all(flags):
+            return self._product(frame, i)
         if prim in _LINEAR:
             return self._linear(frame, i, flags)
         if prim in _NORM:
             return self._norm(frame, i, flags)
         return None  # the table
+
+    def _modern(self, frame: it.Frame, i: int) -> it.Unit | None:
+        """A softmax (its rule) or an elementwise function of one activation
+        (GELU, SiLU, ...: the identity rule), starting at equation `i`."""
+        acts = _Acts(frame)
+        is_act = lambda v: v in acts
+        read = lambda atom: _plain(frame.read(atom))
+        if frame[i].primitive.name in ("reduce_max", "exp"):
+            found = softmax_region(frame, i, is_act)
+            if found is not None:
+                eqns, inp, out, axes = found
+                axes = tuple(int(a) for a in axes)
+                rule = self.composite.softmax_rule(axes)
+                if rule is None:
+                    raise self.no_rule(eqns[-1], "a softmax", _ATTN_HINT)
+                return self._region_unit(eqns, inp, out, rule, read)
+        found = elementwise_region(frame, i, is_act)
+        if found is None:
+            return None
+        eqns, inp, out = found
+        return self._region_unit(eqns, inp, out, Pass(), read)
+
+    def _region_unit(self, eqns, inp, out, rule, read) -> it.Unit:
+        fn = region_fn(eqns, inp, out, read)
+
+        def handler(interp, eqn, invals):
+            x = read(inp)
+            y = apply_rule(rule, lambda x_, w, b: fn(x_), x)
+            return [it.Act(jnp.expand_dims(y, 0))]
+
+        return it.Unit(handler, fuses=tuple(eqns[1:]), outvars=(out,))
+
+    def _product(self, frame: it.Frame, i: int) -> it.Unit:
+        """A product or quotient of two activations. An operand broadcast from
+        fewer values (a norm's `1 / std`) is a normaliser, held constant (the
+        identity rule on normalisers); otherwise the composite's product rule."""
+        eqn = frame[i]
+        prim = eqn.primitive.name
+        out = eqn.outvars[0]
+        stats = [is_statistic(v, out, frame.producers) for v in eqn.invars]
+        if prim != "dot_general" and stats.count(True) == 1:
+            keep = stats.index(False)
+            if prim == "div" and keep != 0:
+                raise self.no_rule(eqn, "a quotient by an activation")
+            flags = [k == keep for k in range(2)]
+
+            def normalised(interp, eqn, invals):
+                values = [_plain(v) for v in invals]
+                return _wrap(eqn, self._pass_with_constant(eqn, values, flags, what))
+
+            what = "a normalisation"
+            return it.Unit(normalised)
+        if prim == "div":
+            raise self.no_rule(eqn, "a quotient of two activations")
+        rule = self.composite.product_rule()
+        if rule is None:
+            raise self.no_rule(eqn, "a product of two activations", _ATTN_HINT)
+
+        def product(interp, eqn, invals):
+            a, b = (_plain(v) for v in invals)
+            fn = lambda x_, w, b_: ji.bind(eqn, list(x_))[0]
+            return [it.Act(jnp.expand_dims(apply_rule(rule, fn, (a, b)), 0))]
+
+        return it.Unit(product)
 
     def _layer_rule(self, eqn):
         """The composite's rule for linear equation `eqn` (the first layer's, once)."""
@@ -303,15 +347,19 @@ class _Lrp:
         xpos = flags.index(True)
         found = _follow(frame.jaxpr, i, frame.uses, _Acts(frame), terminals)
         chain, end, bpos = found if found is not None else ([], None, 0)
-        const = None if end is None else _plain(frame.read(end.invars[1 - bpos]))
         fn = _fused_fn(eqn, xpos, chain, end, bpos)
 
         def handler(interp, eqn, invals):
+            const = None if end is None else _plain(frame.read(end.invars[1 - bpos]))
             invals = [_plain(v) for v in invals]
             others = tuple(v for k, v in enumerate(invals) if k != xpos)
             return [it.Act(jnp.expand_dims(apply(fn, invals[xpos], others, const), 0))]
 
         out = eqn.outvars[0] if end is None else end.outvars[0]
+        if end is not None and not frame.has(end.invars[1 - bpos]):
+            # The bias is computed after the layer (e.g. broadcast in between):
+            # evaluated at the bias `add`, once it is there.
+            return it.Unit(handler, fuses=tuple(chain), outvars=(out,), at=end)
         fuses = (*chain, *([end] if end is not None else []))
         return it.Unit(handler, fuses=fuses, outvars=(out,))
 
@@ -374,15 +422,24 @@ class _Lrp:
         return self._pass_with_constant(eqn, values, flags, "a scaling")
 
     def _add(self, eqn, values: list, flags: list) -> list:
+        """A sum or difference: of two activations (branches, a mean subtracted),
+        the composite's `norm_rule`; of an activation and a constant (a
+        positional embedding, an offset), the same rule with the constant as the
+        bias it is, which absorbs its share of the relevance."""
+        rule = self.composite.norm_rule()
         if all(flags):
-            rule = self.composite.norm_rule()
-            fn = lambda x, w, b: ji.bind(eqn, list(x))[0]
-            return [apply_rule(rule, fn, tuple(values))]
-        raise self.no_rule(
-            eqn,
-            "an addition of a constant to an activation that is not the bias of a "
-            "linear layer (e.g. a batch norm that does not follow a convolution)",
-        )
+            branches = lambda x, w, b: ji.bind(eqn, list(x))[0]
+            return [apply_rule(rule, branches, tuple(values))]
+        xpos = flags.index(True)
+        x, c = values[xpos], values[1 - xpos]
+        if jnp.shape(x) != eqn.outvars[0].aval.shape:
+            raise self.no_rule(eqn, "a constant added to an activation it broadcasts")
+
+        def fn(x_, w, b):
+            b = jnp.zeros_like(c) if b is None else b  # a rule may drop the bias
+            return ji.bind(eqn, [x_, b] if xpos == 0 else [b, x_])[0]
+
+        return [apply_rule(rule, fn, x, None, c)]
 
     def _pass_with_constant(self, eqn, values, flags, what) -> list:
         xpos = flags.index(True)

@@ -37,9 +37,14 @@ def guided_relu(x: Float[ArrayLike, " *dims"]) -> Float[Array, " *dims"]:
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
 
+# The forward rules compute the primal with plain operations, not by calling the
+# custom-VJP function again: differentiating the map (a gradient of the model)
+# differentiates these forward rules as ordinary code, and the forward pass's own
+# derivative must be the ReLU's, not the guided rule (issue 33: calling
+# `guided_relu` here made the map's derivative clip negative cotangents).
 def _guided_fwd(x):
     x = jnp.asarray(x)
-    return guided_relu(x), x > 0
+    return jnp.where(x > 0, x, jnp.zeros_like(x)), x > 0
 
 
 def _guided_bwd(positive, g):
@@ -72,7 +77,8 @@ def deconvnet_relu(x: Float[ArrayLike, " *dims"]) -> Float[Array, " *dims"]:
 
 
 def _deconvnet_fwd(x):
-    return deconvnet_relu(x), None
+    x = jnp.asarray(x)
+    return jnp.where(x > 0, x, jnp.zeros_like(x)), None
 
 
 def _deconvnet_bwd(_, g):

@@ -13,9 +13,11 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._attribution import AbstractAttribution, check_positive_int, forward_shape
+from .._compile_cache import enable_compile_cache
 from .._version import __version__
 from . import _dispatch, _fingerprint, _loop, _store
 from ._inputs import check_rows_like, check_targets, num_rows, storage_dtype
+from ._targets import TargetRows, is_target_stack, target_rows
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -45,7 +47,10 @@ def _explain_batch(static, scores: bool, arrays, xs, targets, rows, key):
             # CAMs that read a gradient); else one more forward pass: cheap next
             # to IG's many, but as much as Grad-CAM's whole cost.
             logits = own if own is not None else jax.vmap(method.model)(xs)
-        score = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        if is_target_stack(targets):  # each row's own target of the output
+            score = jax.vmap(lambda o, t: t(o))(logits, targets)
+        else:
+            score = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
         out["scores"] = score.astype(jnp.float32)
     return out
 
@@ -93,8 +98,13 @@ def explain_dataset(
         `model` attribute), e.g. `xa.IntegratedGradients(model)`.
     - `xs`: the examples, `(N, *example shape)`: any indexable array-like (NumPy,
         a memmap, a Zarr array); read one batch at a time.
-    - `targets`: `(N,)` integer class indices, or `"predicted"` (the model's
-        arg-max).
+    - `targets`: `(N,)` integer class indices, `"predicted"` (the model's
+        arg-max), or one target per row as a stack of `xa.targets` (a target
+        whose array fields have a leading axis of `N`, e.g.
+        `xa.targets.SegmentationRegion(jnp.full(N, 1), masks)` or
+        `xa.targets.LogSoftmax(labels)`; row `i` is explained for the target
+        holding row `i` of every field). A stack is the way to explain a model
+        returning a PyTree (a dict, a tuple): its targets see the whole output.
     - `out`: the Zarr store's path.
     - `batch_size`: rows per batch, and per chunk of the store.
     - `key`: PRNG key for random methods; row `i` uses `fold_in(key, i)`, so the
@@ -114,8 +124,9 @@ def explain_dataset(
 
     **Returns:**
 
-    The Zarr group: `attributions` `(N, *attribution shape)`, `targets` `(N,)`,
-    `scores` `(N,)` (the target's score, unless `scores=False`), `done` `(N,)`;
+    The Zarr group: `attributions` `(N, *attribution shape)`, `targets` `(N,)`
+    (for class indices; a stack of targets is not stored), `scores` `(N,)` (the
+    target's score, unless `scores=False`), `done` `(N,)`;
     its attribute `eqx_attr` records the configuration, data fingerprint, batch size,
     throughput and wall time.
 
@@ -129,6 +140,8 @@ def explain_dataset(
     """
     check_positive_int(batch_size, "batch_size")
     _check_method(method)
+    # A rerun of the same job (resumed, or the next shard) compiles nothing.
+    enable_compile_cache()
     job = _job(method, xs, targets, out, int(batch_size), key, scores, chunk_rows)
     return _loop.run_job(job, overwrite=overwrite, resume=resume, progress=progress)
 
@@ -145,15 +158,23 @@ def _job(
 ) -> _loop.Job:
     """`explain_dataset`'s run: the store's layout and identity, and its batches."""
     n = num_rows(xs, "xs")
-    predicted = _check_targets(targets, n)
+    stack = target_rows(targets, n)  # None unless a stack of target objects
+    predicted = stack is None and _check_targets(targets, n)
     path = _store.check_out(out)
     x0 = jnp.asarray(np.asarray(xs[0])) if n else None
-    n_classes, a_shape, a_dtype = _shapes(method, x0, key)
+    t0 = 0 if stack is None or not n else stack.row(0)
+    n_classes, a_shape, a_dtype = _shapes(method, x0, key, t0)
     outputs = {
         "attributions": (a_shape, a_dtype),
-        "targets": ((), np.int32),
+        **({"targets": ((), np.int32)} if stack is None else {}),
         **({"scores": ((), np.float32)} if scores else {}),
     }
+    if stack is not None:
+        sources = {"xs": xs, **stack.sources}
+    elif predicted:
+        sources = {"xs": xs}
+    else:
+        sources = {"xs": xs, "targets": targets}
     chunk_rows = _store.resolve_chunk_rows(chunk_rows, n, batch_size, outputs)
     config = _fingerprint.describe(method)
     identity = _identity(method, config, xs, targets, batch_size, chunk_rows, key)
@@ -163,10 +184,10 @@ def _job(
         n=n,
         batch_size=batch_size,
         chunk_rows=chunk_rows,
-        sources={"xs": xs} if predicted else {"xs": xs, "targets": targets},
+        sources=sources,
         nan_checked=("xs",),
         outputs=outputs,
-        compute=_batch_computer(method, scores, key),
+        compute=_batch_computer(method, scores, key, stack),
         identity=identity,
         record={"version": __version__, "method_config": config},
         check_rows=check_rows_like(n_classes),
@@ -219,24 +240,32 @@ def _identity(
     }
 
 
-def _batch_computer(method: Any, scores: bool, key: Any) -> Callable:
+def _batch_computer(
+    method: Any, scores: bool, key: Any, stack: TargetRows | None
+) -> Callable:
     """`compute(batch, rows) -> outputs` for the runner's loop (see `_loop.Job`)."""
     arrays, static = _dispatch.split(method)
 
     def compute(batch, rows):
-        t = batch.get("targets")  # None: predicted
         r = None if key is None else rows
+        if stack is not None:  # the batch's rows of every field of the targets
+            t = stack.batch(batch)
+            return _explain_batch(static, scores, arrays, batch["xs"], t, r, key)
+        t = batch.get("targets")  # None: predicted
         out = _explain_batch(static, scores, arrays, batch["xs"], t, r, key)
         return out if t is None else {**out, "targets": t}
 
     return compute
 
 
-def _shapes(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:
-    """Number of classes, and shape and storage dtype of one attribution."""
+def _shapes(
+    method: Any, x0: Any, key: Any, t0: Any = 0
+) -> tuple[int | None, tuple, Any]:
+    """Number of classes, and shape and storage dtype of one attribution for the
+    first row's target `t0`."""
     if x0 is None:
         return None, (), np.float32
-    leaves, treedef = jax.tree_util.tree_flatten(method)
+    leaves, treedef = jax.tree_util.tree_flatten((method, t0))
     signature = (
         treedef,
         tuple((np.shape(v), str(getattr(v, "dtype", type(v)))) for v in leaves),
@@ -248,26 +277,31 @@ def _shapes(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:
         hash(signature)
     except TypeError:  # an unhashable static field: trace without the cache
         return _shapes_uncached(method, x0, key)
-    return _shapes_cached(signature, method, x0, key)
+    return _shapes_cached(signature, method, x0, key, t0)
 
 
 _SHAPES_CACHE: dict[Any, tuple[int | None, tuple, Any]] = {}
 
 
-def _shapes_cached(signature, method, x0, key):
+def _shapes_cached(signature, method, x0, key, t0):
     # Tracing a method to learn its output shape costs as much as a small batch;
     # repeated runs of the same method on the same shapes reuse it.
     if signature not in _SHAPES_CACHE:
         if len(_SHAPES_CACHE) > 64:
             _SHAPES_CACHE.clear()
-        _SHAPES_CACHE[signature] = _shapes_uncached(method, x0, key)
+        _SHAPES_CACHE[signature] = _shapes_uncached(method, x0, key, t0)
     return _SHAPES_CACHE[signature]
 
 
-def _shapes_uncached(method: Any, x0: Any, key: Any) -> tuple[int | None, tuple, Any]:
-    out = forward_shape(method.model, x0)
-    n_classes = out.shape[0] if len(out.shape) == 1 else None
+def _shapes_uncached(
+    method: Any, x0: Any, key: Any, t0: Any = 0
+) -> tuple[int | None, tuple, Any]:
+    if isinstance(t0, int):  # class indices: the model must return scores
+        out = forward_shape(method.model, x0)
+        n_classes = out.shape[0] if len(out.shape) == 1 else None
+    else:  # a target object sees the whole output, PyTree included
+        n_classes = None
     a = eqx.filter_eval_shape(
-        lambda x: method(x, 0, key=key) if key is not None else method(x, 0), x0
+        lambda x: method(x, t0, key=key) if key is not None else method(x, t0), x0
     )
     return n_classes, tuple(a.shape), storage_dtype(a.dtype)

@@ -111,4 +111,12 @@ def targets_fingerprint(targets: Any) -> Any:
     """`"predicted"`, or the hash of every target (targets are small)."""
     if isinstance(targets, str):
         return targets
+    if callable(targets):  # a stack of target objects: its structure and fields
+        leaves = jax.tree_util.tree_leaves(targets)
+        arrays = [np.asarray(v) for v in leaves]
+        return {
+            "n": int(arrays[0].shape[0]) if arrays else 0,
+            "structure": type(targets).__qualname__,
+            "hash": _hash_bytes(*arrays),
+        }
     return {"n": int(targets.shape[0]), "hash": _hash_bytes(np.asarray(targets[:]))}

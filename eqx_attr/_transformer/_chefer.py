@@ -9,8 +9,16 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Image, Target, check_input
-from .._method_entry import MethodEntry
+from .._attribution import (
+    Image,
+    Target,
+    check_input,
+)
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 
 __all__ = ["CheferRelevance"]
 from ._common import (
@@ -72,6 +80,7 @@ class CheferRelevance(AbstractAttentionMap):
     grid: tuple[int, int] | None = eqx.field(
         static=True, default=None, converter=grid_converter
     )
+    input_layout: InputLayout = input_layout_field()
 
     def __call__(
         self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
@@ -95,6 +104,9 @@ ROWS = (
         aliases=("chefer",),
         needs=frozenset({"attention"}),
         output="map",
+        differentiable=Differentiability(
+            1, 1, "clips negative relevance: piecewise; attention read in float32"
+        ),
         benchmark=("bench_transformer.py", "torch hooks and autograd"),
     ),
 )

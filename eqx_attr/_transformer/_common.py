@@ -24,7 +24,11 @@ from .._attribution import (
     check_choice,
     make_objective,
 )
-from .._layers import inspect_layers, read_layers
+from .._layers import expose_softmax, inspect_layers, read_layers
+from .._layout import (
+    InputLayout,
+    spatial_shape,
+)
 from .._tokens import token_grid
 
 RESIZES = ("bilinear", "nearest")
@@ -39,7 +43,9 @@ class AbstractAttentionMap(AbstractAttribution):
     """Base of the methods that explain a transformer through its attention maps.
 
     Declares the options they share (documented on
-    [`eqx_attr.AttentionRollout`][]) and checks them at construction.
+    [`eqx_attr.AttentionRollout`][]) and checks them at construction;
+    `input_layout` (`"chw"`, `"hwc"` or `None`: inferred) says which axes of `x`
+    give the `(H, W)` the map is resized to.
     """
 
     model: eqx.AbstractVar[Callable[..., Any]]
@@ -47,6 +53,7 @@ class AbstractAttentionMap(AbstractAttribution):
     n_prefix_tokens: eqx.AbstractVar[int]
     resize: eqx.AbstractVar[str | None]
     grid: eqx.AbstractVar[tuple[int, int] | None]
+    input_layout: eqx.AbstractVar[InputLayout]
 
     def __check_init__(self):
         check_attention_options(self)
@@ -95,9 +102,31 @@ def _check_probabilities(a: Array) -> Array:
     )
 
 
+def _is_probabilities_shape(shape: tuple) -> bool:
+    return len(shape) == 3 and shape[1] == shape[2]
+
+
+def attention_view(model: Any, attention: Callable, x: Array) -> tuple:
+    """`(model, attention, infos)` with every selected module's probabilities
+    readable: a selected module whose output is not `(heads, N, N)` but which
+    computes one softmax (`eqx.nn.MultiheadAttention`) is wrapped so that its
+    softmax output is a sub-module's output (`_layers.expose_softmax`)."""
+    infos = inspect_layers(model, attention, x, name="attention")
+    which = [
+        i for i, info in enumerate(infos) if not _is_probabilities_shape(info.act.shape)
+    ]
+    if which:
+        model, attention = expose_softmax(model, attention, which)
+        infos = inspect_layers(model, attention, x, name="attention")
+    return model, attention, _checked(infos)
+
+
 def inspect_attention(model: Any, attention: Callable, x: Array) -> tuple:
     """Trace once; check every selected output is `(heads, N, N)` with one `N`."""
-    infos = inspect_layers(model, attention, x, name="attention")
+    return attention_view(model, attention, x)[2]
+
+
+def _checked(infos: tuple) -> tuple:
     shapes = [info.act.shape for info in infos]
     for i, s in enumerate(shapes):
         if len(s) != 3 or s[1] != s[2]:
@@ -125,16 +154,34 @@ def read_attention(
     `(attentions, gradients, grid)`; checks shapes at trace time and
     probabilities at run time.
     """
-    infos = inspect_attention(method.model, method.attention, x)
+    model, attention, infos = attention_view(method.model, method.attention, x)
     shapes = [info.act.shape for info in infos]
-    grid = token_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
+    try:
+        grid = token_grid(shapes[0][1], method.n_prefix_tokens, method.grid)
+    except ValueError as e:
+        raise ValueError(
+            f"`attention` selects outputs of shape {shapes[0]}, read as attention "
+            f"probabilities `(heads, N, N)` over N={shapes[0][1]} tokens, but: {e} "
+            "If these are not attention maps (a convolution's `(C, h, w)` output "
+            "has this shape too), point `attention` at the attention modules, e.g. "
+            "`lambda m: [b.attn for b in m.blocks]`."
+        ) from None
     if gradients:
         objective = make_objective(target, infos[0].out)
     else:
-        objective = lambda s: jnp.sum(s)  # noqa: E731
-    _, _, acts, grads = read_layers(method.model, method.attention, x, objective, infos)
+        # Any scalar will do (its backward pass is dead code); summing every
+        # floating leaf accepts a PyTree output too.
+        objective = _sum_of_leaves
+    _, _, acts, grads = read_layers(model, attention, x, objective, infos)
     acts = [_check_probabilities(a) for a in acts]
     return acts, [g.astype(jnp.float32) for g in grads], grid
+
+
+def _sum_of_leaves(out: Any) -> Array:
+    leaves = [
+        jnp.sum(v) for v in jax.tree_util.tree_leaves(out) if eqx.is_inexact_array(v)
+    ]
+    return sum(leaves, jnp.zeros((), jnp.float32))
 
 
 def class_token_map(
@@ -145,8 +192,9 @@ def class_token_map(
     if method.resize is not None:
         if x.ndim < 2:
             raise ValueError(
-                f"`resize={method.resize!r}` maps onto the input's last two axes, "
+                f"`resize={method.resize!r}` maps onto the input's spatial axes, "
                 f"but `x` has shape {x.shape}; pass an image or `resize=None`."
             )
-        m = jax.image.resize(m, x.shape[-2:], method.resize)
+        size = spatial_shape(x, method.input_layout, type(method).__name__)
+        m = jax.image.resize(m, size, method.resize)
     return m.astype(x.dtype)

@@ -28,10 +28,39 @@ from .._attribution import (
     scalar_function,
 )
 from .._layers import resolve_layers
-from .._method_entry import MethodEntry
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 
 __all__ = ["ConservativeLRP", "conservative_model"]
-from ._common import inspect_attention
+from ._common import attention_view
+
+
+@jax.custom_vjp
+def detach_backward(x: Array) -> Array:
+    """`x`, with a zero backward pass: the map's `jax.lax.stop_gradient`.
+
+    Inside the rewritten model's own backward pass (the one that computes the
+    relevance) this is `stop_gradient`. Unlike it, differentiating the relevance
+    itself (a loss of the map, `jax.grad` over the method) sees the identity: the
+    forward rule returns `x` as plain code, so the map's derivative is the exact
+    derivative of the computed map (issue 33: with `stop_gradient`, the detached
+    scales and attention looked constant to that derivative too).
+    """
+    return x
+
+
+def _detach_fwd(x):
+    return x, None
+
+
+def _detach_bwd(_, g):
+    return (jnp.zeros_like(g),)
+
+
+detach_backward.defvjp(_detach_fwd, _detach_bwd)
 
 
 class DetachedOutput(eqx.Module):
@@ -40,7 +69,7 @@ class DetachedOutput(eqx.Module):
     module: Callable[..., Any]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return jax.lax.stop_gradient(self.module(*args, **kwargs))
+        return jax.tree_util.tree_map(detach_backward, self.module(*args, **kwargs))
 
 
 class DetachedLayerNorm(eqx.Module):
@@ -59,7 +88,7 @@ class DetachedLayerNorm(eqx.Module):
         del key
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        y = (x - mean) * jax.lax.stop_gradient(jax.lax.rsqrt(var + self.eps))
+        y = (x - mean) * detach_backward(jax.lax.rsqrt(var + self.eps))
         shape = (1,) * (x.ndim - 1) + (-1,)
         if self.weight is not None:
             y = y * self.weight.reshape(shape)
@@ -82,7 +111,7 @@ class PassThrough(eqx.Module):
         y = self.module(z)
         nonzero = z != 0
         gate = jnp.where(nonzero, y / jnp.where(nonzero, z, 1), 0)
-        return z * jax.lax.stop_gradient(gate).astype(z.dtype)
+        return z * detach_backward(gate).astype(z.dtype)
 
 
 def _detached_norm(module: Any) -> DetachedLayerNorm:
@@ -206,6 +235,7 @@ class ConservativeLRP(AbstractAttribution):
     attention: Callable = eqx.field(static=True)
     norms: Callable | None = eqx.field(static=True, default=None)
     activations: Callable | None = eqx.field(static=True, default=None)
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         for name in ("attention", "norms", "activations"):
@@ -225,10 +255,10 @@ class ConservativeLRP(AbstractAttribution):
     ) -> Attribution:
         del key
         x = check_input(x)
-        inspect_attention(self.model, self.attention, x)
-        model = conservative_model(
-            self.model, self.attention, self.norms, self.activations
-        )
+        # A selected module computing its probabilities inside (an
+        # `eqx.nn.MultiheadAttention`) has them exposed as a sub-module first.
+        model, attention, _ = attention_view(self.model, self.attention, x)
+        model = conservative_model(model, attention, self.norms, self.activations)
         f = scalar_function(model, x, target)
         return (x * jax.grad(f)(x)).astype(x.dtype)
 
@@ -242,6 +272,9 @@ ROWS = (
         lambda c: ConservativeLRP(c.model, c.need("attention")),
         aliases=("cp_lrp",),
         needs=frozenset({"attention"}),
+        differentiable=Differentiability(
+            1, 1, "norms and attention are detached in its own backward pass only"
+        ),
         benchmark=(
             None,
             "no installable peer: CP-LRP's reference code is not on PyPI; "

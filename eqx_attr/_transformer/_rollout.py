@@ -9,8 +9,17 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._attribution import Image, Target, check_choice, check_input
-from .._method_entry import MethodEntry
+from .._attribution import (
+    Image,
+    Target,
+    check_choice,
+    check_input,
+)
+from .._layout import (
+    InputLayout,
+    input_layout_field,
+)
+from .._method_entry import Differentiability, MethodEntry
 
 __all__ = ["AttentionRollout"]
 from ._common import (
@@ -83,6 +92,9 @@ class AttentionRollout(AbstractAttentionMap):
     - `resize`: `"bilinear"` (default) or `"nearest"` to resize to the input's
         spatial size, `None` to keep the patch grid.
     - `grid`: the patch grid `(h, w)`; `None` infers a square grid.
+    - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
+        shape, see [`eqx_attr.AbstractAttribution`][]): which axes of `x` give the
+        size the map is resized to.
 
     **Returns:** an `(H, W)` map (or the patch grid `(h, w)` with `resize=None`).
 
@@ -101,6 +113,7 @@ class AttentionRollout(AbstractAttentionMap):
     grid: tuple[int, int] | None = eqx.field(
         static=True, default=None, converter=grid_converter
     )
+    input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
         check_choice(self.head_fusion, "head_fusion", HEAD_FUSIONS)
@@ -134,6 +147,7 @@ ROWS = (
         aliases=("rollout",),
         needs=frozenset({"attention"}),
         output="map",
+        differentiable=Differentiability(1, 1, "attention is read in float32"),
         benchmark=("bench_transformer.py", "torch forward hooks (timm twin)"),
     ),
 )

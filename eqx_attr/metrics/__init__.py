@@ -5,6 +5,13 @@ from ._agreement import (
     Sufficiency as Sufficiency,
     first_signs as first_signs,
 )
+from ._arcc import (
+    ARCC as ARCC,
+    Coherency as Coherency,
+    arcc_score as arcc_score,
+    coherency_pearson as coherency_pearson,
+    scale_cam as scale_cam,
+)
 from ._base import AbstractMetric as AbstractMetric
 from ._cam_mult import (
     CamMultImageConfidenceChange as CamMultImageConfidenceChange,

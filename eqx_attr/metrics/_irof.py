@@ -73,10 +73,12 @@ class IROF(AbstractCurveMetric):
     ) -> Float[Array, " n_segments"]:
         """The normalised score after each removal."""
         x, a = checked_pair(x, a)
-        if segments is None or jnp.shape(segments) != x.shape[-2:]:
+        # A missing `segments` reports shape `()`, as `jnp.shape(None)` does.
+        shape = () if segments is None else jnp.shape(segments)
+        if segments is None or shape != x.shape[-2:]:
             raise ValueError(
                 f"`segments` must be an integer label map of shape {x.shape[-2:]} "
-                f"(the input's (H, W)), got {jnp.shape(segments)}."
+                f"(the input's (H, W)), got {shape}."
             )
         segments = jnp.asarray(segments)
         if not jnp.issubdtype(segments.dtype, jnp.integer):

@@ -15,20 +15,30 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._batch import batch_runner
+from ._arcc import arcc_score, coherency_of_maps, scale_cam
+from ._base import spatial_map
 from ._complexity import Sparseness
 from ._deletion import Deletion, Insertion
+from ._efficient_mprt import discrete_entropy
 from ._randomisation import _layer_count, randomise_layers
-from ._road import ROAD
+from ._road import ROAD, ROADConfidenceChange
 from ._similarity import spearman
 
-COLUMNS = ("deletion", "insertion", "road_morf", "sparseness", "mprt")
+COLUMNS = (
+    "deletion", "insertion", "road_morf", "sparseness", "mprt", "efficient_mprt",
+    "arcc",
+)  # fmt: skip
 _HEADERS = {
     "deletion": "deletion AUC (lower)",
     "insertion": "insertion AUC (higher)",
     "road_morf": "ROAD MoRF (lower)",
     "sparseness": "sparseness",
     "mprt": "MPRT full random (lower)",
+    "efficient_mprt": "eMPRT (higher)",
+    "arcc": "ARCC (higher)",
 }
+# pytorch-grad-cam's ARCC: ROADCombined at these percentiles.
+ARCC_PERCENTILES = (20, 40, 60, 80)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,33 +107,54 @@ _randomise = eqx.filter_jit(randomise_layers)
 
 
 @eqx.filter_jit
-def _scores(model, road, deletion, insertion, xs, targets, attrs, keys):
-    def one(x, t, a, k):
+def _scores(model, road, deletion, insertion, arcc_road, xs, targets, attrs, keys):
+    def one(x, t, a, k, k_arcc):
         curve = deletion.curve(x, t, a)
+        m = scale_cam(spatial_map(a))  # ARCC's map: grad-cam's scaling
         return {
             "deletion_curve": curve,
             "deletion": jnp.sum(curve) - (curve[0] + curve[-1]) / 2,
             "insertion": insertion(x, t, a),
             "road_morf": road(x, t, a, key=k),
             "sparseness": Sparseness()(a),
+            "arcc_map": m,
+            "arcc_mixed": (x * jnp.broadcast_to(m, x.shape)).astype(x.dtype),
+            "arcc_complexity": jnp.mean(jnp.abs(m)),
+            # ARCC's own split of its key: (ROAD, method)
+            "arcc_road": arcc_road(x, t, m, key=jax.random.split(k_arcc)[0]),
         }
 
-    out = jax.vmap(one)(xs, targets, attrs, keys)
+    out = jax.vmap(one)(xs, targets, attrs, keys[0], keys[1])
     out["deletion"] = out["deletion"] / deletion.n_steps
     return out
 
 
-def _mprt_full(method: Any, xs, targets, attrs, keys, key) -> Array:
-    n = _layer_count(method)
-    if n == 0:
-        return jnp.full(xs.shape[0], jnp.nan)
-    randomised = _randomise(method, tuple(range(n)), key)
-    return _abs_spearman(attrs, _attribute(randomised, xs, targets, keys))
+@jax.jit
+def _method_keys(keys: Array) -> Array:
+    return jax.vmap(lambda k: jax.random.split(k)[1])(keys)
 
 
 @jax.jit
-def _abs_spearman(a: Array, b: Array) -> Array:
-    return jax.vmap(lambda u, v: spearman(jnp.abs(u), jnp.abs(v)))(a, b)
+def _coherency(new: Array, maps: Array) -> Array:
+    return jax.vmap(coherency_of_maps)(new, maps)
+
+
+def _mprt_full(method: Any, xs, targets, attrs, keys, key) -> tuple[Array, Array]:
+    """MPRT's last cascading step and EfficientMPRT, from one randomised model."""
+    n = _layer_count(method)
+    if n == 0:
+        return jnp.full(xs.shape[0], jnp.nan), jnp.full(xs.shape[0], jnp.nan)
+    randomised = _randomise(method, tuple(range(n)), key)
+    return _randomisation_scores(attrs, _attribute(randomised, xs, targets, keys))
+
+
+@jax.jit
+def _randomisation_scores(a: Array, b: Array) -> tuple[Array, Array]:
+    def one(u, v):
+        h0 = discrete_entropy(u)
+        return spearman(jnp.abs(u), jnp.abs(v)), (discrete_entropy(v) - h0) / h0
+
+    return jax.vmap(one)(a, b)
 
 
 def leaderboard(
@@ -143,10 +174,14 @@ def leaderboard(
     Columns: [`eqx_attr.metrics.Deletion`][] and [`eqx_attr.metrics.Insertion`][]
     AUC (softmax probability, `n_steps`, `baseline`), [`eqx_attr.metrics.ROAD`][]
     most-relevant-first accuracy at `road_percentages`,
-    [`eqx_attr.metrics.Sparseness`][], and the
+    [`eqx_attr.metrics.Sparseness`][], the
     Spearman similarity of |a| before and after randomising every layer (the last
     cascading step of [`eqx_attr.metrics.MPRT`][]; near 1 means the method
-    ignores the model). Every metric runs jitted and vmapped over the examples.
+    ignores the model), [`eqx_attr.metrics.EfficientMPRT`][] on the same
+    randomised model (the relative rise of the explanation's entropy; higher is
+    better), and pytorch-grad-cam's [`eqx_attr.metrics.ARCC`][] of the map summed
+    over channels and min-max scaled to [0, 1] (`ARCC(model, method, scale=True)`;
+    higher is better). Every metric runs jitted and vmapped over the examples.
 
     **Arguments:** `model`, `methods` (name -> attribution method of `model`),
     `xs`, `targets` (integer classes), `key`, `n_steps`, `baseline`,
@@ -164,25 +199,51 @@ def leaderboard(
     """
     start = time.perf_counter()
     n = xs.shape[0]
-    deletion = Deletion(model, n_steps, baseline, chunk_size=chunk_size)
-    insertion = Insertion(model, n_steps, baseline, chunk_size=chunk_size)
+    # By keyword: pyright reads the fields' order (`baseline` first), not the
+    # `__init__` that Deletion and Insertion inherit.
+    deletion = Deletion(
+        model,
+        n_steps=n_steps,
+        baseline=baseline,
+        score="probability",
+        chunk_size=chunk_size,
+    )
+    insertion = Insertion(
+        model,
+        n_steps=n_steps,
+        baseline=baseline,
+        score="probability",
+        chunk_size=chunk_size,
+    )
     road = ROAD(model, percentages=road_percentages)
+    arcc_road = ROADConfidenceChange(model, ARCC_PERCENTILES, order="combined")
     scores: dict[str, dict[str, float]] = {}
     curves: dict[str, np.ndarray] = {}
     for i, (name, method) in enumerate(methods.items()):
         k_attr, k_road, k_mprt = jax.random.split(jax.random.fold_in(key, i), 3)
         keys = jax.random.split(k_attr, n)
         attrs = _attribute(method, xs, targets, keys)
+        # ARCC's per-example keys, apart from the existing ones.
+        arcc_keys = jax.random.split(jax.random.fold_in(k_road, 1), n)
         out = _scores(
-            model, road, deletion, insertion, xs, targets, attrs,
-            jax.random.split(k_road, n),
+            model, road, deletion, insertion, arcc_road, xs, targets, attrs,
+            (jax.random.split(k_road, n), arcc_keys),
         )  # fmt: skip
-        mprt = _mprt_full(method, xs, targets, attrs, keys, k_mprt)
+        mprt, efficient = _mprt_full(method, xs, targets, attrs, keys, k_mprt)
+        # ARCC's coherency: the method's maps of x times its scaled map, through
+        # the program already compiled for the method's attributions.
+        remapped = _attribute(
+            method, out["arcc_mixed"], targets, _method_keys(arcc_keys)
+        )
+        coherency = _coherency(remapped, out["arcc_map"])
+        arcc = arcc_score(coherency, out["arcc_complexity"], out["arcc_road"])
         scores[name] = {
             c: float(jnp.mean(out[c])) for c in ("deletion", "insertion", "road_morf")
         }
         scores[name]["sparseness"] = float(jnp.mean(out["sparseness"]))
         scores[name]["mprt"] = float(jnp.mean(mprt))
+        scores[name]["efficient_mprt"] = float(jnp.mean(efficient))
+        scores[name]["arcc"] = float(jnp.mean(arcc))
         curves[name] = np.asarray(jnp.mean(out["deletion_curve"], axis=0))
     return Leaderboard(scores, curves, time.perf_counter() - start, n)
 

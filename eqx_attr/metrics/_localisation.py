@@ -1,7 +1,9 @@
 """Localisation metrics: does the attribution fall on the object's (H, W) mask?
 
 All follow Quantus's definitions. The attribution (shaped like the input, or an
-`(H, W)` map) is summed over channels first; `mask` is a boolean `(H, W)` array.
+`(H, W)` map) is summed over channels first (the last axis of an `(H, W, C)`
+attribution, inferred as the methods' `input_layout=None`); `mask` is a boolean
+`(H, W)` array.
 An empty mask gives NaN, as in Quantus (there is nothing to localise). `Focus`
 takes the mosaic's four target quadrants instead of a mask.
 """
@@ -11,7 +13,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
 
-from .._attribution import check_positive_int
+from .._attribution import (
+    check_positive_int,
+)
+from .._layout import (
+    channels_first,
+    resolve_input_layout,
+)
 from ._base import (
     AbstractMetric,
     check_attribution,
@@ -23,7 +31,10 @@ from ._base import (
 
 
 def _prepare(a: Array, mask: Array, absolute: bool = False) -> tuple[Array, Array]:
-    s = spatial_map(check_attribution(a))
+    a = check_attribution(a)
+    # A channels-last `(H, W, C)` attribution (its layout inferred as the methods'
+    # `input_layout=None` does) is summed over its last axis, not its first.
+    s = spatial_map(channels_first(a, resolve_input_layout(a.shape, None)))
     if absolute:
         s = jnp.abs(s)
     return s, check_mask(mask, s.shape)

@@ -197,8 +197,9 @@ class _AbstractPIC(AbstractMetric):
         if isinstance(self.blur, str):
             return griddata_blur(x, kept, self.blur)
         h, w = kept.shape
-        kept = kept.at[jnp.array([0, 0, h - 1, h - 1]), jnp.array([0, w - 1, 0, w - 1])]
-        return self.blur(x, kept.set(True)).astype(jnp.float32)
+        rows, cols = jnp.array([0, 0, h - 1, h - 1]), jnp.array([0, w - 1, 0, w - 1])
+        kept = kept.at[rows, cols].set(True)  # the four corners
+        return self.blur(x, kept).astype(jnp.float32)
 
     def random_mask(self, shape: tuple[int, int], key: PRNGKeyArray) -> Array:
         """PAIR's `generate_random_mask`: `int(H W fraction)` pixels, no repeats."""
@@ -223,7 +224,8 @@ class _AbstractPIC(AbstractMetric):
         x, a = checked_pair(x, a)
         s = spatial_map(a)
         if random_mask is None:
-            random_mask = self.random_mask(s.shape, check_key(key, "PIC"))
+            h, w = s.shape
+            random_mask = self.random_mask((h, w), check_key(key, "PIC"))
         random_mask = check_mask(random_mask, s.shape)
         f = self._scorer(x, target)
         q = jnp.quantile(s, 1 - jnp.asarray(self.thresholds, jnp.float32))

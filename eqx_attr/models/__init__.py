@@ -21,7 +21,12 @@ from ._resnet import (
     resnet101 as resnet101,
     resnet152 as resnet152,
 )
+from ._segmenter import (
+    SmallSegmenter as SmallSegmenter,
+    digit_masks as digit_masks,
+)
 from ._small import MLP as MLP, SmallCNN as SmallCNN
+from ._state import WithState as WithState, with_state as with_state
 from ._vgg import (
     VGG as VGG,
     vgg11 as vgg11,

@@ -104,8 +104,9 @@ class Mlp(eqx.Module):
 class Block(eqx.Module):
     """Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 
-    Maps the token sequence `(N, D)` to `(N, D)`; `m.blocks[-1]` and
-    `m.blocks[-1].norm1` are the usual ViT Grad-CAM layers.
+    Maps the token sequence `(N, D)` to `(N, D)`; `m.blocks[-1].norm1` is the
+    usual ViT Grad-CAM layer (after the last block a class-token head reads only
+    the class token, so `m.blocks[-1]`'s patch tokens have no gradient).
 
     **Arguments:** the token `dim`, the number of `heads`, the MLP's `hidden`
     width, and the PRNG `key`.

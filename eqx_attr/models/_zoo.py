@@ -17,7 +17,7 @@ from typing import Any
 
 import equinox as eqx
 
-from . import _resnet, _small, _vgg, _vit
+from . import _resnet, _segmenter, _small, _vgg, _vit
 from ._paths import where_from_path
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -182,6 +182,22 @@ def _read_mlp(shapes: Shapes) -> dict[str, Any]:
     return dict(width=weights[0][0], depth=n - 1, n_classes=weights[n - 1][0])
 
 
+def _segmenter_config(m: _segmenter.SmallSegmenter) -> dict[str, Any]:
+    conv = m.local.layers[0]
+    return dict(
+        in_channels=_size(conv, "in_channels"),
+        n_classes=_size(m.head, "out_channels"),
+        width=_size(conv, "out_channels"),
+    )
+
+
+def _read_segmenter(shapes: Shapes) -> dict[str, Any]:
+    conv, head = shapes.get("local.0.weight"), shapes.get("head.weight")
+    if conv and head and len(conv) == 4:
+        return dict(n_classes=head[0], in_channels=conv[1], width=conv[0])
+    return {}
+
+
 def _read_cnn(shapes: Shapes) -> dict[str, Any]:
     conv, fc = shapes.get("conv1.0.weight"), shapes.get("fc.weight")
     if conv and fc and len(conv) == 4:
@@ -250,6 +266,16 @@ def _specs() -> tuple[ModelSpec, ...]:
             _read_cnn,
             _cnn_config,
             classifier="fc",
+        ),
+        # Per-pixel logits (11, 28, 28): explained through a segmentation target.
+        ModelSpec(
+            "small_segmenter",
+            _segmenter.SmallSegmenter,
+            _segmenter.SmallSegmenter,
+            28,
+            "context",
+            _read_segmenter,
+            _segmenter_config,
         ),
     ]
     for depth, plan in _vgg._CONFIGS.items():
