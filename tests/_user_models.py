@@ -15,6 +15,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+import eqx_attr as xa
+from eqx_attr._registry import BuildContext
+
 C, HW, K = 4, 8, 5  # channels, image side, classes (Finer-CAM compares 3 more)
 
 
@@ -254,4 +257,19 @@ def all_active(model):
         lambda m: [m.conv1.weight, m.conv2.weight, m.fc.weight],
         model,
         replace_fn=jnp.abs,
+    )
+
+
+def build_context(um, model):
+    """The registry's `BuildContext` for gallery model `um` (its layer, classifier,
+    attention and masks; few steps and samples, to keep the suite cheap)."""
+    return BuildContext(
+        model=model,
+        layer=um.where,
+        classifier=um.classifier,
+        attention=um.attention,
+        n_prefix_tokens=1 if um.transformer else 0,
+        mask=xa.masks.grid((HW, HW), (4, 4)),
+        options={"n_steps": 4, "n_samples": 4},
+        input_shape=um.shape,
     )

@@ -27,24 +27,8 @@ import pytest
 import eqx_attr as xa
 
 from .helpers import assert_close, digit_like
+from .test_pytree_outputs import Dict, Plain
 from .test_transformer_mha import GRID, MhaViT
-
-
-class Plain(eqx.Module):
-    inner: eqx.Module
-
-    def __call__(self, x):
-        return self.inner(x)
-
-
-class Dict(eqx.Module):
-    """The scores in a dict, beside a tuple of a float and an integer."""
-
-    inner: eqx.Module
-
-    def __call__(self, x):
-        s = self.inner(x)
-        return {"logits": s, "aux": (2.0 * s[:2], jnp.argmax(s))}
 
 
 class Scaled(eqx.Module):

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._registry import BuildContext, methods
+from eqx_attr._registry import methods
 
-from ._user_models import GALLERY, HW, all_active, without_biases
+from ._user_models import GALLERY, HW, all_active, build_context, without_biases
 from .helpers import assert_close
 
 _CNN = next(u for u in GALLERY if u.name == "c_inline")
@@ -54,18 +54,7 @@ def _pair(transformer: bool, dtype_name: str):
 
 
 def _build(entry, um, model):
-    return entry.build(
-        BuildContext(
-            model=model,
-            layer=um.where,
-            classifier=um.classifier,
-            attention=um.attention,
-            n_prefix_tokens=1 if um.transformer else 0,
-            mask=xa.masks.grid((HW, HW), (4, 4)),
-            options={"n_steps": 4, "n_samples": 4},
-            input_shape=um.shape,
-        )
-    )
+    return entry.build(build_context(um, model))
 
 
 @eqx.filter_jit

@@ -21,9 +21,16 @@ import numpy as np
 import pytest
 
 import eqx_attr as xa
-from eqx_attr._registry import BuildContext, methods
+from eqx_attr._registry import methods
 
-from ._user_models import GALLERY, HW, ChannelsLastCNN, DropoutCNN, InlineCNN
+from ._user_models import (
+    GALLERY,
+    HW,
+    ChannelsLastCNN,
+    DropoutCNN,
+    InlineCNN,
+    build_context,
+)
 from .helpers import assert_close, jcall
 
 _BY_NAME = {um.name: um for um in GALLERY}
@@ -65,18 +72,7 @@ def _build(entry, um, model):
             norms=lambda m: [b.norm for b in m.blocks],
             activations=lambda m: [b.mlp.activation for b in m.blocks],
         )
-    return entry.build(
-        BuildContext(
-            model=model,
-            layer=um.where,
-            classifier=um.classifier,
-            attention=um.attention,
-            n_prefix_tokens=1 if um.transformer else 0,
-            mask=xa.masks.grid((HW, HW), (4, 4)),
-            options={"n_steps": 4, "n_samples": 4},
-            input_shape=um.shape,
-        )
-    )
+    return entry.build(build_context(um, model))
 
 
 def _applies(um, entry) -> bool:
