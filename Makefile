@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned to the local CPU wheel, so nothing pulls a CUDA build.
 	$(PIP) install "torch==2.13.0" $(FILTER)
 	$(PIP) install -e ".[dev,bench]" $(FILTER)
-	# zennit's metadata requires torchvision, which would replace torch with a CUDA
-	# build: install it without dependencies (its tests stub torchvision).
-	$(PIP) install --no-deps "zennit>=0.5" $(FILTER)
-	$(BIN)/python -c "import eqx_attr, torch, captum, saliency, zarr, importlib.util as u; assert u.find_spec('zennit') and u.find_spec('quantus')"
+	# zennit's (and zennit-crp's) metadata requires torchvision, which would replace
+	# torch with a CUDA build: install them without dependencies (their tests stub
+	# torchvision).
+	$(PIP) install --no-deps "zennit>=0.5" "zennit-crp==0.6.0" $(FILTER)
+	$(BIN)/python -c "import eqx_attr, torch, captum, saliency, zarr, importlib.util as u; assert u.find_spec('zennit') and u.find_spec('crp') and u.find_spec('quantus')"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -289,6 +289,32 @@ def _segmentation_figure(path: pathlib.Path, data: Any, fast: bool) -> None:
     _grid(path, xs, maps, labels)
 
 
+def _crp_figure(path: pathlib.Path, model: Any, xs: Any, ts: Any) -> None:
+    """CRP: each digit's explanation conditioned on each of the three channels of
+    `conv2` with the most relevance for its class (zennit-crp's picture)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import eqx_attr as xa
+
+    xs, ts = xs[:4], ts[:4]
+    layer = lambda m: m.conv2  # noqa: E731
+
+    @eqx.filter_jit
+    def run(model, xs, ts):
+        rel = eqx.filter_vmap(xa.ChannelRelevance(model, layer))(xs, ts)
+        top = jnp.argsort(-rel, axis=1)[:, :3]
+
+        def per_digit(x, t, ids):
+            return eqx.filter_vmap(lambda c: xa.CRP(model, layer, c)(x, t))(ids)
+
+        return top, eqx.filter_vmap(per_digit)(xs, ts, top)
+
+    top, maps = run(model, xs, ts)
+    labels = [f"channels {', '.join(str(int(c)) for c in row)}" for row in top]
+    _grid(path, xs, {f"CRP, top channel {k + 1}": maps[:, k] for k in range(3)}, labels)
+
+
 def _models(fast: bool) -> tuple[Any, Any]:
     import equinox as eqx
     import jax
@@ -355,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     _benchmark_figure(out / "benchmarks.png")
     _attacks_figure(out / "attacks.png", model, data, args.fast)
     _segmentation_figure(out / "segmentation.png", data, args.fast)
+    _crp_figure(out / "crp.png", model, xs, ts)
     print(f"wrote {len(list(out.glob('*.png')))} figures to {out} "
           f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
 

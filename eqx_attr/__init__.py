@@ -25,6 +25,10 @@ from ._layers import (
     layers_activation_and_gradient as layers_activation_and_gradient,
     replace_layer_output as replace_layer_output,
 )
+from ._memory import (
+    memory_budget as memory_budget,
+    set_memory_budget as set_memory_budget,
+)
 from ._runner._evaluate import evaluate_dataset as evaluate_dataset
 from ._runner._explain import explain_dataset as explain_dataset
 from ._version import __version__ as __version__
@@ -34,6 +38,7 @@ from ._version import __version__ as __version__
 # new method needs no line here.
 from ._cam import *  # noqa: F403
 from ._gradient import *  # noqa: F403
+from ._neuron import *  # noqa: F403
 from ._perturbation import *  # noqa: F403
 from ._region import *  # noqa: F403
 from ._rules import *  # noqa: F403

@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 from ._engine._fast_derivatives import fast_derivatives, loop_body
 from ._layout import check_input_layout
+from ._memory import resolve_chunk_size
 from ._model_errors import MODEL_ERRORS as MODEL_ERRORS, model_rejected_input
 
 # A target is: a class index (Python int or 0-d integer array), a callable that maps
@@ -139,14 +140,14 @@ def check_input(x: Any, name: str = "x") -> Array:
             f"`{name}` is empty (shape {x.shape}); attributions need at least one "
             "value. Pass ONE example shaped as the model expects."
         )
-    x = eqx.error_if(
-        x,
-        jnp.any(~jnp.isfinite(x)),
-        f"`{name}` contains NaN or inf; attributions of a non-finite input are "
-        "meaningless. Clean, clip or impute the input first "
-        f"(e.g. `jnp.nan_to_num({name})`).",
-    )
-    return x
+    return eqx.error_if(x, jnp.any(~jnp.isfinite(x)), _NON_FINITE.format(name=name))
+
+
+_NON_FINITE = (
+    "`{name}` contains NaN or inf; attributions of a non-finite input are "
+    "meaningless. Clean, clip or impute the input first "
+    "(e.g. `jnp.nan_to_num({name})`)."
+)
 
 
 def check_key(key: Any, method: str) -> PRNGKeyArray:
@@ -373,28 +374,31 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown `{name}={value!r}`; choose one of {options}.")
 
 
-def batched_map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:
+def batched_map(fn: Callable, xs: Any, chunk_size: int | str | None) -> Any:
     """Map `fn` over the leading axis of `xs`, vectorised.
 
-    With `chunk_size=None` all elements run in one `vmap`; otherwise
+    With `chunk_size=None` all elements run in one `vmap`; with an int,
     `jax.lax.map(..., batch_size=chunk_size)` bounds the memory to `chunk_size`
-    elements at a time.
+    elements at a time; `"auto"` picks the int from the memory budget
+    (`eqx_attr/_memory.py`), or `None` when every element fits it.
     """
+    chunk_size = resolve_chunk_size(chunk_size, fn, xs)
     if chunk_size is None:
         return jax.vmap(fn)(xs)
     with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
         return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
-def check_chunk_size(chunk_size: Any, *, allow_auto: bool = False) -> None:
+def check_chunk_size(chunk_size: Any, *, allow_auto: bool = True) -> None:
     """Trace-time check of an optional `chunk_size`: `None` (everything at once), an
-    int >= 1, or, where `allow_auto`, `"auto"` (the method picks it)."""
+    int >= 1, or, where `allow_auto`, `"auto"` (chunks that fit the memory budget,
+    [`eqx_attr.set_memory_budget`][])."""
     if chunk_size is None or (allow_auto and chunk_size == "auto"):
         return
     if allow_auto and isinstance(chunk_size, str):
         raise ValueError(
             f"`chunk_size` must be an integer >= 1, None (everything at once) or "
-            f'"auto", got {chunk_size!r}.'
+            f'"auto" (fit the memory budget), got {chunk_size!r}.'
         )
     check_positive_int(chunk_size, "chunk_size")
 
@@ -421,6 +425,29 @@ def call_compiled(fn: Callable[..., Any], *args: Any) -> Any:
     static options shares the compilation. Inside a caller's `jit` it is inlined.
     """
     return fn(*args)
+
+
+class _FiniteXChecked(eqx.Module):
+    """`fn` whose outputs carry `check_input`'s run-time check of `x`: a map that
+    does not depend on `x`'s values (the gradient at a layer followed only by
+    linear operations) would otherwise let XLA drop the check as dead code."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, x: Array, target: Target, key: PRNGKeyArray | None) -> Any:
+        bad = jnp.any(~jnp.isfinite(x))
+        return jax.tree.map(
+            lambda o: (
+                eqx.error_if(o, bad, _NON_FINITE.format(name="x"))
+                if eqx.is_inexact_array(o)
+                else o
+            ),
+            self.fn(x, target, key),
+        )
+
+
+def _finite_x_checked(fn: Callable[..., Any]) -> _FiniteXChecked:
+    return _FiniteXChecked(fn)
 
 
 class AbstractCompiledAttribution(AbstractAttribution):
@@ -456,7 +483,9 @@ class AbstractCompiledAttribution(AbstractAttribution):
         """`fn(x, target, key)` (a method of `self`) after the call's checks, as
         one compiled program."""
         x = check_input(x)
-        return call_compiled(fn, x, self._checked_target(x, target), key)
+        return call_compiled(
+            _finite_x_checked(fn), x, self._checked_target(x, target), key
+        )
 
     def _checked_target(self, x: Array, target: Target) -> Target:
         """The trace-time checks of a call; the target as `attribute` takes it.

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from ._attribution import AbstractAttribution
 
 
-Family = Literal["gradient", "rules", "cam", "perturbation", "region", "transformer"]
+Family = Literal[
+    "gradient", "rules", "cam", "perturbation", "region", "transformer", "neuron"
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,10 @@ class MethodEntry:
     - `aliases`: other CLI names.
     - `needs`: what the build needs from the context (`layer`, `key`, ...).
     - `output`: `"input"` when the attribution is shaped like `x`, `"map"` for an
-        `(H, W)` map.
+        `(H, W)` map, `"layer"` when it is shaped like the output of the layer
+        the method was built for (the layer family).
+    - `takes_target`: `False` for methods that explain what they were built for
+        (a neuron) rather than a class: their call takes `target=None` only.
     - `baselines`: for entries that need a baseline, whether they take exactly
         one (`"one"`, DeepLIFT), a set of draws to average over (`"many"`,
         DeepLiftShap, GradientShap) or either (`"any"`, IG).
@@ -157,7 +162,8 @@ class MethodEntry:
     build: Callable[[BuildContext], AbstractAttribution]
     aliases: tuple[str, ...] = ()
     needs: frozenset[str] = frozenset()
-    output: Literal["input", "map"] = "input"
+    output: Literal["input", "map", "layer"] = "input"
+    takes_target: bool = True
     axioms: frozenset[str] = frozenset()
     baselines: Literal["one", "many", "any"] = "any"
     benchmark: tuple[str | None, str] = dataclasses.field(kw_only=True)

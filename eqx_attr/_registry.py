@@ -18,7 +18,7 @@ import functools
 import sys
 from types import ModuleType
 
-from . import _cam, _gradient, _perturbation, _region, _rules, _transformer
+from . import _cam, _gradient, _neuron, _perturbation, _region, _rules, _transformer
 from ._method_entry import (
     BuildContext as BuildContext,
     Family as Family,
@@ -33,6 +33,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     _perturbation,
     _region,
     _transformer,
+    _neuron,
 )
 
 

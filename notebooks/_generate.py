@@ -9,8 +9,10 @@ with `EQX_ATTR_FAST=1` (fewer digits, steps and epochs).
 import pathlib
 
 import nbformat
+from _crp_notebook import crp_cells
 from _decoy_notebook import decoy_cells
 from _metrics_notebook import evaluating_cells
+from _tcav_notebook import tcav_cells
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = pathlib.Path(__file__).parent
@@ -523,6 +525,19 @@ print(f"sum(Gradients×Input) = {float(jnp.sum(gxi)):.3f} vs f(x) - f(0) = "
 ]
 
 
+INSIDE = [
+    "md:# Inside the network: concepts (TCAV) and conditional relevance (CRP)\n\n"
+    "Which directions of a hidden layer encode a concept, and which channels "
+    "of a layer carry the relevance of a decision: TCAV (Kim et al., ICML 2018) "
+    "and CRP (Achtibat et al., Nature Machine Intelligence 2023) on the MNIST CNN.",
+    SETUP,
+    MODEL,
+    DIGITS,
+    *tcav_cells(),
+    *crp_cells(),
+]
+
+
 def main():
     for name, cells in [
         ("01_mnist_tour", TOUR),
@@ -531,6 +546,7 @@ def main():
         ("04_axioms", AXIOMS),
         ("05_evaluating_explanations", evaluating_cells(SETUP, MODEL, DIGITS)),
         ("06_decoy_mnist", decoy_cells()),
+        ("07_inside_the_network", INSIDE),
     ]:
         path = HERE / f"{name}.ipynb"
         nbformat.write(nb(cells), path)

@@ -10,6 +10,7 @@ need what SmallCNN cannot offer (a transformer's attention) are listed in
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -145,7 +146,7 @@ class MethodSpec:
 
     name: str
     build: Callable[[eqx.Module], xa.AbstractAttribution]
-    output: str = "input"  # "input": shaped like x; "map": (H, W) like the input
+    output: str = "input"  # "input": like x; "map": (H, W); "layer": like conv2
     random: bool = False
     # Class-agnostic methods (Eigen-CAM, attention rollout) accept and ignore
     # `target`; the fuzz tests then do not expect target errors from them.
@@ -157,6 +158,11 @@ class MethodSpec:
     # looped): None is the policy's default for the dtype; a larger one comes
     # with what amplifies rounding.
     rtol: float | None = None
+    # Methods that explain a neuron named at construction take `target=None`
+    # only; `neuron_build(model, neuron)` builds one for another neuron (an int
+    # array, so that many neurons are a vmap over the build).
+    takes_target: bool = True
+    neuron_build: Callable[[eqx.Module, Any], xa.AbstractAttribution] | None = None
 
     def make(self, model: eqx.Module, shape: tuple[int, ...]):
         """The method for inputs of `shape`."""
@@ -197,6 +203,10 @@ def _sized_specs(*rows) -> list[MethodSpec]:
         )
         for name, random, output, sized in rows
     ]
+
+
+def _neuron_ablation(m, shape: tuple[int, ...], neuron):
+    return xa.NeuronFeatureAblation(m, _conv2, neuron, feature_mask=_grid(shape, 4))
 
 
 # The one list of every public method, used by parametrised tests. Methods that
@@ -341,6 +351,14 @@ METHODS: list[MethodSpec] = [
     # by 0.01, so two programs agree to 100x the float32 default.
     MethodSpec("BlurIG", lambda m: xa.BlurIG(m, max_sigma=4.0, steps=4), rtol=1e-3),
     MethodSpec("GuidedIG", lambda m: xa.GuidedIG(m, steps=4)),
+    # Its feature mask is made for the input's size; the neuron is conv2's first.
+    MethodSpec(
+        "NeuronFeatureAblation",
+        lambda m: _neuron_ablation(m, (1, 28, 28), 0),
+        sized=lambda m, s: _neuron_ablation(m, s, 0),
+        takes_target=False,
+        neuron_build=lambda m, n: _neuron_ablation(m, (1, 28, 28), n),
+    ),
 ]
 
 
@@ -354,19 +372,28 @@ def _cells(side: int = 28, cell: int = 7) -> np.ndarray:
 
 
 def _registry_spec(entry: MethodEntry) -> MethodSpec:
-    def build(m):
+    def build(m, **options):
         return entry.build(
             BuildContext(
                 model=m,
                 layer=_conv2,
                 classifier=lambda m: _unwrap(m).fc,
-                mask=jnp.asarray(_cells()),
-                options={"n_steps": 8, "n_samples": 4, "chunk_size": 8},
+                mask=_cells(),  # NumPy: concrete even when built inside jit
+                options={"n_steps": 8, "n_samples": 4, "chunk_size": 8, **options},
                 input_shape=(1, 28, 28),
             )
         )
 
-    return MethodSpec(entry.cls.__name__, build, entry.output, entry.random)
+    return MethodSpec(
+        entry.cls.__name__,
+        build,
+        entry.output,
+        entry.random,
+        # The layer's activation does not depend on the class it is given.
+        class_agnostic=entry.name == "layer_activation",
+        takes_target=entry.takes_target,
+        neuron_build=(None if entry.takes_target else lambda m, n: build(m, neuron=n)),
+    )
 
 
 def registry_specs(

@@ -184,9 +184,10 @@ FLOORS: tuple[frozenset[str], ...] = tuple(
     for names in (
         "_engine",  # tracer, the one interpreter, JAX internals, CPU passes
         # the contract and the rows of the method table
-        "_version _attribution _layout _method_entry _model_errors _tokens",
+        "_version _attribution _layout _memory _method_entry _model_errors _tokens",
         "_layers baselines masks images models targets",  # shared mechanisms
-        "_gradient _cam _rules _perturbation _transformer _region lrp",  # families
+        # the families
+        "_gradient _cam _rules _perturbation _transformer _region _neuron lrp",
         "_registry _batch metrics losses attacks",  # join, batch, score, train, attack
         "_runner viz training _train_loop datasets torch_twins _compile_cache",  # tools
         "_cli",  # the command line on top

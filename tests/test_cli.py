@@ -99,6 +99,31 @@ def test_explain_ig_with_target_and_normalisation(capsys, files):
     assert_close(np.load(d / "ig.npy"), jcall(ig, x, 7))
 
 
+def test_explain_layer_and_neuron_methods(capsys, files):
+    # A layer's attribution is drawn summed over channels (its numbers are saved
+    # as they are); a neuron method explains its neuron, whatever the class.
+    d = files["dir"]
+    x = jnp.asarray(files["digit"], jnp.float32)[None] / 255.0
+    top = int(np.argmax(np.asarray(files["cnn"](x))))
+    layer = lambda m: m.conv2  # noqa: E731
+    cases = (
+        ("layer_gradient_x_activation", [], xa.LayerGradientXActivation, top),
+        ("neuron_gradient", ["--neuron", 5], None, None),
+    )
+    for name, extra, cls, target in cases:
+        code, out, err = _run(
+            capsys, "explain", "--model", "small_cnn", "--weights",
+            d / "cnn.safetensors", "--image", d / "digit.png", "--method", name,
+            "--out", d / f"{name}.png", "--save-array", d / f"{name}.npy", *extra,
+        )  # fmt: skip
+        assert code == 0, err
+        assert (d / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        method = cls(files["cnn"], layer) if cls else None
+        if method is None:
+            method = xa.NeuronGradient(files["cnn"], layer, 5)
+        assert_close(np.load(d / f"{name}.npy"), jcall(method, x, target))
+
+
 def test_explain_resnet_rgb_resize_and_crop(capsys, files):
     d = files["dir"]
     code, out, err = _run(
@@ -189,7 +214,8 @@ def test_demo_builds_every_method_runs_a_subset_and_reports(capsys, tmp_path):
     shown = {c.entry.name for c in all_columns}
     for entry in registry_methods():
         assert entry.name in shown or any(
-            s.startswith(entry.name + " (needs") for s in skipped
+            s.startswith((entry.name + " (needs", entry.name + " (inside the network"))
+            for s in skipped
         ), entry.name
     assert all(isinstance(c.build(), xa.AbstractAttribution) for c in all_columns)
     columns = _demo.select_columns(all_columns, DEMO_SUBSET)

@@ -1,17 +1,17 @@
 """The call contract, for every method of the registry (`tests/helpers.METHODS`).
 
-Shape and dtype (float32 and bfloat16); one compile for repeated calls; vmap over
-inputs and over targets equals the loop (batch-size invariance, to the suite's one
-tolerance policy: `tests/helpers.assert_close`); the caller's model is untouched;
-bad target, shape and dtype raise at trace time, naming the argument. The
+Shape and dtype; one compile for repeated calls; vmap over inputs and over
+targets equals the loop (batch-size invariance, to the suite's one tolerance
+policy: `tests/helpers.assert_close`); the caller's model is untouched; bad
+target, shape and dtype raise at trace time, naming the argument. The
 transformer entries, which SmallCNN cannot run, get the same batch checks on a
-tiny ViT.
+tiny ViT. (Half precision, for every registry row, is checked against float32 by
+tests/test_half_precision.py.)
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import eqx_attr as xa
@@ -33,17 +33,21 @@ from .helpers import (
 
 
 def _call(spec: MethodSpec, method, x, t, key):
+    # A neuron method explains the neuron it was built for: no target.
+    t = t if spec.takes_target else None
     return method(x, t, key=key) if spec.random else method(x, t)
 
 
 def _expected_shape(spec: MethodSpec, x):
+    if spec.output == "layer":  # shaped like the layer's output (conv2)
+        layer = lambda m: m.conv2  # noqa: E731
+        return eqx.filter_eval_shape(xa.layer_activation, small_cnn(), layer, x).shape
     return x.shape if spec.output == "input" else x.shape[-2:]
 
 
 # One test per method shares its compiled programs between the checks (compiling
-# is most of what they cost): the jitted single call serves the retrace count, the
-# loops that the two vmaps are compared with, and the float32 reference of the
-# bfloat16 run.
+# is most of what they cost): the jitted single call serves the retrace count and
+# the loops that the two vmaps are compared with.
 @pytest.mark.parametrize("spec", METHODS, ids=repr)
 def test_jit_vmap_and_dtypes(spec):
     traces: list = []
@@ -80,6 +84,9 @@ def test_jit_vmap_and_dtypes(spec):
             batched[i], singles[i], rtol=spec.rtol, err_msg=f"vmap over inputs, row {i}"
         )
 
+    if spec.neuron_build is not None:
+        _vmap_over_neurons(spec, model, xs[0], keys[0], singles[0])
+        return
     # vmap over targets (one input, one key) equals the loop over classes.
     per_class = eqx.filter_jit(
         eqx.filter_vmap(one, in_axes=(None, 0, None))
@@ -93,26 +100,26 @@ def test_jit_vmap_and_dtypes(spec):
         per_class[1], singles[0], rtol=spec.rtol, err_msg="vmap over targets, class 1"
     )
 
-    # A bfloat16 image goes with a bfloat16 model (mixed dtypes are the model's
-    # business: a conv refuses them); same shape, bfloat16 out, close to float32.
-    m_cast = jax.tree.map(
-        lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a,
-        small_cnn(),
+
+def _vmap_over_neurons(spec: MethodSpec, model, x, key, first):
+    # Many neurons are a vmap over the method's build; a new neuron index never
+    # retraces; neuron 0 is the registry build's default.
+    assert spec.neuron_build is not None
+    traces: list = []
+    counted = counting(model, traces)
+    one = eqx.filter_jit(
+        lambda n, x, k: _call(spec, spec.neuron_build(counted, n), x, None, k)
     )
-    x, t, key = digit_like(4), jnp.asarray(2, jnp.int32), jax.random.key(1)
-    ref = one(x, t, key)
-    out = eqx.filter_jit(lambda m, x: _call(spec, spec.build(m), x, t, key))(
-        m_cast, x.astype(jnp.bfloat16)
+    singles = {n: one(jnp.asarray(n, jnp.int32), x, key) for n in (0, 4, 9)}
+    n_first = len(traces)
+    one(jnp.asarray(5, jnp.int32), x, key)
+    assert len(traces) == n_first
+    per_neuron = eqx.filter_jit(eqx.filter_vmap(one, in_axes=(0, None, None)))(
+        jnp.arange(10, dtype=jnp.int32), x, key
     )
-    assert out.shape == _expected_shape(spec, xs[0])
-    assert out.dtype == jnp.bfloat16
-    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
-    # bfloat16 has 8 bits of mantissa: compare in aggregate, not elementwise.
-    a = np.asarray(out, np.float32).ravel()
-    b = np.asarray(ref, np.float32).ravel()
-    if np.linalg.norm(b) > 0:
-        cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
-        assert cos > 0.9
+    for n, want in singles.items():
+        assert_close(per_neuron[n], want, rtol=spec.rtol, err_msg=f"neuron {n}")
+    assert_close(singles[0], first, rtol=spec.rtol, err_msg="neuron 0, the default")
 
 
 _ATTENTION = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
@@ -155,17 +162,22 @@ def test_methods_are_attributions_and_random_ones_need_a_key(spec):
     assert isinstance(method, xa.AbstractAttribution)
     if spec.random:
         with pytest.raises(ValueError, match="key"):
-            method(digit_like(), 1)
+            method(digit_like(), 1 if spec.takes_target else None)
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=repr)
 def test_bad_target_shape_and_dtype_raise(spec):
     method = spec.build(small_cnn())
     x, key = digit_like(), jax.random.key(0)
-    with pytest.raises(ValueError, match="target"):
-        _call(spec, method, x, 10, key)  # out of range for 10 classes
-    with pytest.raises(ValueError, match="target"):
-        _call(spec, method, x, jnp.array([1, 2]), key)  # not a single class
+    if spec.takes_target:
+        with pytest.raises(ValueError, match="target"):
+            _call(spec, method, x, 10, key)  # out of range for 10 classes
+        with pytest.raises(ValueError, match="target"):
+            _call(spec, method, x, jnp.array([1, 2]), key)  # not a single class
+    else:  # the neuron is the method's; any target is refused
+        kw = {"key": key} if spec.random else {}
+        with pytest.raises(ValueError, match="target"):
+            method(x, 1, **kw)
     with pytest.raises((ValueError, TypeError), match="x|input|shape"):
         _call(spec, method, jnp.ones((2, 28, 28)), 1, key)  # wrong channels
     with pytest.raises(TypeError, match="dtype|float"):

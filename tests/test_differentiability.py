@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import eqx_attr as xa
 from eqx_attr._method_entry import BuildContext, Differentiability, MethodEntry
 from eqx_attr._registry import methods
 
@@ -72,6 +73,11 @@ FLOAT32_INSIDE = {
     "rise": "scores and the sum are float32",
     "attention_rollout": "attention is read as float32",
     "chefer_relevance": "attention and its gradient are read as float32",
+    "layer_integrated_gradients": "the path's gradients are summed in float32",
+    "internal_influence": "the path's gradients are summed in float32",
+    "neuron_integrated_gradients": "the path's gradients are summed in float32",
+    "neuron_conductance": "the path's gradients are summed in float32",
+    "neuron_gradient_shap": "the draws and the sum are float32",
 }
 _RTOL32 = 1e-4
 # Blur IG's path derivative is a forward difference in sigma over 0.01 of two
@@ -88,6 +94,12 @@ _RULES = frozenset(
         "deeplift",
         "deeplift_shap",
         "lrp",
+        "layer_deeplift",
+        "layer_lrp",
+        "neuron_guided_backprop",
+        "neuron_deconvolution",
+        "neuron_deeplift",
+        "crp",
     }
 )
 # The target and the random methods' key: with these every map but the ones in
@@ -98,6 +110,9 @@ _ZERO = {
     ("lime", "input"): "the lasso (alpha=0.01) zeroes every coefficient here",
     ("lime", "params"): "the lasso (alpha=0.01) zeroes every coefficient here",
     ("sobelcam", "params"): "the Sobel map of x does not involve the model",
+    ("internal_influence", "input"): (
+        "conv2 feeds a mean and a linear layer: its gradient does not depend on x"
+    ),
 }
 _ATTENTION = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
 
@@ -199,11 +214,15 @@ def _problem(entry: MethodEntry):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     key = jax.random.key(0)
     shape = x.shape if entry.output == "input" else x.shape[-2:]
+    if entry.output == "layer":  # the layer family: shaped like the layer's output
+        layer = ctx["layer"]
+        shape = eqx.filter_eval_shape(xa.layer_activation, model, layer, x).shape
     w = jax.random.normal(jax.random.key(3), shape, jnp.float64)
+    target = _TARGET if entry.takes_target else None  # a neuron method: its neuron
 
     def F(p, x):
         method = _build(entry, eqx.combine(p, static), ctx)
-        out = method(x, _TARGET, key=key) if entry.random else method(x, _TARGET)
+        out = method(x, target, key=key) if entry.random else method(x, target)
         return jnp.sum(out * w)
 
     return F, params, x, _normal(4, params), _normal(5, x)
@@ -327,10 +346,13 @@ def _check_row(entry: MethodEntry) -> None:
                 assert_close(analytic, fd, rtol=_RTOL2, err_msg=label)
 
 
-def _check_every_row_float64() -> None:
-    """Every row of the table against its contract; reports every failing row."""
+def _check_every_row_float64(layer_family: bool) -> None:
+    """Every row of the table (the layer and neuron family's, or every other)
+    against its contract; reports every failing row."""
     failures = []
     for entry in methods():
+        if (entry.family == "neuron") != layer_family:
+            continue
         start = time.process_time()
         try:
             _check_row(entry)
@@ -340,10 +362,12 @@ def _check_every_row_float64() -> None:
     assert not failures, "\n\n".join(failures)
 
 
-def test_derivatives_equal_finite_differences():
-    # One float64 process for the whole table (a process start and the models'
-    # compilation, paid once); every row of the registry, so a new row is covered.
-    in_float64(_check_every_row_float64)
+@pytest.mark.parametrize("layer_family", [False, True], ids=["inputs", "inside"])
+def test_derivatives_equal_finite_differences(layer_family):
+    # One float64 process per half of the table (a process start and the models'
+    # compilation, paid once each; the two halves run on two workers); every row
+    # of the registry, so a new row is covered.
+    in_float64(_check_every_row_float64, layer_family)
 
 
 def test_every_row_states_its_contract_and_the_docs_table_agrees():

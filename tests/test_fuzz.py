@@ -56,6 +56,10 @@ _run = eqx.filter_jit(_call)
 
 
 def _expected_shape(spec: MethodSpec, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if spec.output == "layer":  # the layer family reads SmallCNN's conv2
+        x = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
+        layer = lambda m: m.conv2  # noqa: E731
+        return eqx.filter_eval_shape(xa.layer_activation, _model(), layer, x).shape
     return tuple(x_shape) if spec.output == "input" else tuple(x_shape[-2:])
 
 
@@ -159,7 +163,9 @@ def test_fuzz_call_is_valid_or_names_the_argument(spec: MethodSpec, data):
     method = _method(spec)
     key = KEY if spec.random else None
     case = data.draw(st.sampled_from(["x", "target", "good", "key"]), label="case")
-    if case == "key" and not spec.random:
+    if (case == "key" and not spec.random) or (
+        case == "target" and not spec.takes_target
+    ):
         case = "good"
     x, target, argument = np.ones(SHAPE, np.float32), 3, None
     if case == "x":
@@ -184,6 +190,8 @@ def test_fuzz_call_is_valid_or_names_the_argument(spec: MethodSpec, data):
             ),
             label="good target",
         )
+    if not spec.takes_target:  # a neuron method explains its neuron
+        target = None
     try:
         out = eqx.filter_eval_shape(_call, method, x, target, key)
     except (ValueError, TypeError) as e:
@@ -230,9 +238,10 @@ def test_fuzz_values_finite_or_runtime_error(spec: MethodSpec, values):
     x, target = values
     key = KEY if spec.random else None
     finite = bool(np.all(np.isfinite(x)))
-    in_range = 0 <= target < N_CLASSES or spec.class_agnostic
+    in_range = 0 <= target < N_CLASSES or spec.class_agnostic or not spec.takes_target
+    t = jnp.asarray(target, jnp.int32) if spec.takes_target else None
     try:
-        out = _run(_method(spec), jnp.asarray(x), jnp.asarray(target, jnp.int32), key)
+        out = _run(_method(spec), jnp.asarray(x), t, key)
         out = np.asarray(jax.block_until_ready(out), np.float32)
     except eqx.EquinoxRuntimeError as e:
         message = str(e)

@@ -67,9 +67,10 @@ def _family(family, um_name, low, high, x_low, x_high, key):
         if entry.name in _NOT_BUILT:
             continue
         kw = {"key": key} if entry.random else {}
+        t = 1 if entry.takes_target else None  # a neuron method: its neuron
         out[entry.name] = (
-            _build(entry, um, low)(x_low, 1, **kw),
-            _build(entry, um, high)(x_high, 1, **kw),
+            _build(entry, um, low)(x_low, t, **kw),
+            _build(entry, um, high)(x_high, t, **kw),
         )
     return out, high(x_high)[1]
 
@@ -77,6 +78,7 @@ def _family(family, um_name, low, high, x_low, x_high, key):
 # Score differences: the rounding of each score is relative to the score.
 _DIFFERENCES = {"occlusion", "feature_ablation", "shapley_values"}
 _DIFFERENCES |= {"shapley_value_sampling", "kernel_shap", "lime", "ablationcam"}
+_DIFFERENCES |= {"layer_feature_ablation", "neuron_feature_ablation"}
 # ConservativeLRP's registry build needs the zoo ViT's norms (see
 # test_user_models.py for the ViT of Equinox modules); it is run there in float32.
 _NOT_BUILT = {"conservative_lrp"}

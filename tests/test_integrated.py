@@ -201,78 +201,119 @@ def _conv_scores(groups: int = 1, wrap=lambda f: f):
     return model
 
 
-def test_auto_chunks_hold_about_32_digits_over_the_batch(monkeypatch):
-    # "auto" (the default) on CPU: under vmap, chunks of about 32 MNIST digits
-    # over the whole batch, at least one point per example; outside a vmap, on
-    # other backends, or when one chunk would hold every point: all at once.
+def test_auto_chunks_follow_the_memory_budget():
+    # "auto" (the default): as many path points as fit the budget, over the whole
+    # batch under vmap; all at once (None) when every point fits.
+    # (tests/test_memory_budget.py checks XLA's planned memory against it.)
     digit = jnp.zeros((1, 28, 28))
-
     conv = _conv_scores()
 
-    def chunk(batch, n_points=50, x=digit, model=conv, parts=1):
+    def chunk(batch, n_points=50):
         got = []
-        jax.vmap(lambda v: got.append(auto_chunk_size(model, v, n_points, parts)) or v)(
-            jnp.stack([x] * batch)
+        jax.vmap(lambda v: got.append(auto_chunk_size(conv, v, n_points)) or v)(
+            jnp.stack([digit] * batch)
         )
         return got[0]
 
-    assert [chunk(b) for b in (2, 8, 16, 32, 64, 256)] == [16, 4, 2, 1, 1, 1]
-    assert chunk(16, n_points=2) is None and chunk(1) is None
-    assert auto_chunk_size(_conv_scores(), digit, 50) is None  # no vmap
-    # One point per example over the batch at most 256 digits' worth: not 512
-    # digits, nor eight 224x224 RGB images.
-    assert chunk(512) is None and chunk(8, x=jnp.zeros((3, 224, 224))) is None
-    # A chunk must hold fewer points than each of the `parts` slices of every
-    # point at once: 50 points in 4 slices hold 12 or 13 each.
-    assert [chunk(b, parts=4) for b in (2, 4, 8, 64)] == [None, 8, 4, 1]
-    image = jnp.zeros((3, 64, 64))
-    assert chunk(8, n_points=4, x=image, parts=4) is None
-    assert chunk(8, n_points=8, x=image, parts=4) == 1
-    # Convolutions inside `jax.jit` are computed as matrix products in the scan.
-    assert chunk(16, model=_conv_scores(wrap=jax.jit)) == 2
-    # Only models whose every convolution the loop body rewrites are chunked:
-    # not dense ones (one large matrix product is fastest), nor ones with a
-    # grouped convolution or a convolution inside a checkpoint (XLA's own
-    # convolution then runs in the loop body, several times slower).
-    dense = lambda v: v.reshape(-1)[:10] * 2.0
-    assert chunk(16, model=dense) is None
-    assert chunk(16, x=jnp.zeros((2, 28, 28)), model=_conv_scores(groups=2)) is None
-    assert chunk(16, model=_conv_scores(wrap=jax.checkpoint)) is None
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert chunk(16) is None
+    try:
+        xa.set_memory_budget("1GiB")
+        assert auto_chunk_size(conv, digit, 50) is None and chunk(8) is None
+        xa.set_memory_budget("1MiB")
+        one = auto_chunk_size(conv, digit, 50)
+        assert one is not None and 1 <= one < 50
+        # Twice the batch: about half the points per chunk (at least one).
+        assert chunk(2) == max(1, one // 2) and chunk(64) == 1
+        xa.set_memory_budget(1)
+        assert auto_chunk_size(conv, digit, 50) == 1  # never an empty chunk
+    finally:
+        xa.set_memory_budget(None)
 
 
-def test_auto_chunks_agree_and_scan_only_under_vmap():
+def test_auto_chunks_agree_with_unchunked():
     model = xa.models.SmallCNN(width=4, key=jax.random.key(0))
-    # 16 digits: chunks of 2 points per digit (fewer than 12 / 4 parts).
-    xs = jax.random.uniform(jax.random.key(1), (16, 1, 28, 28))
-    ts = jnp.arange(16) % 10
+    xs = jax.random.uniform(jax.random.key(1), (4, 1, 28, 28))
+    ts = jnp.arange(4) % 10
     run = eqx.filter_jit(
         lambda ig, xs, ts: eqx.filter_vmap(lambda x, t: ig(x, t))(xs, ts)
     )
     auto = xa.IntegratedGradients(model, n_steps=12)
     assert auto.chunk_size == "auto"
-    # The same program as chunks of 2. (Chunked against unchunked conv IG differ
-    # by rounding: the loop body's convolutions are im2col products, and a ReLU
-    # within an ulp of 0 may flip; `test_chunked_equals_unchunked` and
-    # tests/test_fast_conv.py check those equalities where they are exact.)
-    two = xa.IntegratedGradients(model, n_steps=12, chunk_size=2)
-    assert_close(run(auto, xs, ts), run(two, xs, ts))
+    try:
+        xa.set_memory_budget("2MiB")
+        batched = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: auto(x, 3))(xs))(xs)
+        assert "scan" in _primitives(batched.jaxpr)
+        a = np.asarray(run(auto, xs, ts))
+    finally:
+        xa.set_memory_budget(None)
     whole = xa.IntegratedGradients(model, n_steps=12, chunk_size=None)
-    a, b = np.asarray(run(auto, xs, ts)), np.asarray(run(whole, xs, ts))
-    # Equal up to rounding, but for the few pixels a flipped ReLU may touch.
-    close = close_mask(a, b)
-    assert close.mean() > 0.999, close.mean()
-    batched = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: auto(x, 3))(xs))(xs)
-    assert "scan" in _primitives(batched.jaxpr)
-    one = jax.make_jaxpr(lambda x: auto(x, 3))(xs[0])
-    assert "scan" not in _primitives(one.jaxpr)
-    mlp = xa.IntegratedGradients(xa.models.MLP(key=jax.random.key(0)), n_steps=12)
-    dense = jax.make_jaxpr(lambda xs: jax.vmap(lambda x: mlp(x, 3))(xs))(xs)
-    assert "scan" not in _primitives(dense.jaxpr)
+    b = np.asarray(run(whole, xs, ts))
+    # Chunked against unchunked conv IG differ by rounding: the loop body's
+    # convolutions are im2col products, and a ReLU within an ulp of 0 may flip;
+    # equal up to rounding but for the few pixels a flipped ReLU may touch.
+    assert close_mask(a, b).mean() > 0.999
     # Caught by the beartype check in the test run (a TypeError), else by ours.
     with pytest.raises((ValueError, TypeError), match="chunk_size"):
         xa.IntegratedGradients(model, chunk_size="fast")  # pyright: ignore
+
+
+def test_auto_steps_equal_the_fixed_trapezoid_rule():
+    # rtol=0 never converges: the refinement runs to the cap, and each level
+    # equals the fixed-step trapezoid rule with that many points.
+    f = smooth_net(jax.random.key(5))
+    x = jax.random.normal(jax.random.key(6), (3, 4))
+    for cap, expected in ((9, 9), (17, 17), (40, 33), (65, 65)):
+        ig = xa.IntegratedGradients(f, n_steps="auto", rtol=0.0, max_steps=cap)
+        a, steps, residual = jcall(ig.attribute_with_info, x, 1)
+        assert int(steps) == expected  # the cap: the largest 8 * 2^k + 1 <= cap
+        fixed = xa.IntegratedGradients(
+            f, n_steps=expected, method="riemann_trapezoid", chunk_size=None
+        )
+        assert_close(a, jcall(fixed, x, 1))
+        # The residual, by hand: |sum(a) - (f(x) - f(0))|.
+        by_hand = jnp.abs(jnp.sum(a) - (f(x)[1] - f(jnp.zeros_like(x))[1]))
+        assert_close(residual, by_hand, scale=float(jnp.abs(f(x)[1])))
+    assert jcall(xa.IntegratedGradients(f, n_steps="auto"), x, 1).shape == x.shape
+
+
+def test_auto_steps_stop_early_and_at_the_cap():
+    w = jax.random.normal(jax.random.key(7), (3, 12))
+    linear = lambda v: w @ v.reshape(-1)  # noqa: E731
+    x = jax.random.normal(jax.random.key(8), (3, 4))
+    ig = xa.IntegratedGradients(linear, n_steps="auto", rtol=1e-3)
+    a, steps, residual = jcall(ig.attribute_with_info, x, 0)
+    assert int(steps) == 9  # level 0 is exact on a linear model
+    assert float(residual) <= 1e-3 * abs(float(linear(x)[0]))
+    # A ReLU net converges slowly: the cap is honoured.
+    net = smooth_net(jax.random.key(9))
+    relu = lambda v: net(jax.nn.relu(v) - jax.nn.relu(-v - 0.3))  # noqa: E731
+    capped = xa.IntegratedGradients(relu, n_steps="auto", rtol=0.0, max_steps=33)
+    assert int(jcall(capped.attribute_with_info, x, 0)[1]) == 33
+    # Refinement reaches the tolerance, under jit and vmap: one count per example.
+    smooth = xa.IntegratedGradients(net, n_steps="auto", rtol=1e-4)
+    xs = jnp.stack([x, 2 * x, 0.1 * x])
+    attrs, steps, residuals = jax.jit(
+        jax.vmap(lambda v: smooth.attribute_with_info(v, 0))
+    )(xs)
+    assert attrs.shape == xs.shape and steps.shape == (3,)
+    for v, s, r in zip(xs, steps, residuals, strict=True):
+        diff = abs(float(net(v)[0] - net(jnp.zeros_like(v))[0]))
+        assert int(s) == 257 or float(r) <= 1e-4 * diff
+        alone = jcall(smooth.attribute_with_info, v, 0)
+        assert int(alone[1]) == int(s)
+    # The int form reports its own steps and |delta|.
+    fixed = xa.IntegratedGradients(net, n_steps=16)
+    _, s16, r16 = jcall(fixed.attribute_with_info, x, 0)
+    assert int(s16) == 16
+    assert_close(r16, jnp.abs(jcall(fixed.attribute_with_delta, x, 0)[1]))
+
+
+def test_bad_auto_steps_options():
+    with pytest.raises(ValueError, match="nest"):
+        xa.IntegratedGradients(saturating, n_steps="auto", method="riemann_middle")
+    with pytest.raises((ValueError, TypeError), match="rtol"):
+        xa.IntegratedGradients(saturating, n_steps="auto", rtol=-1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        xa.IntegratedGradients(saturating, n_steps="auto", max_steps=5)
 
 
 def test_parts_split_the_points_and_agree():

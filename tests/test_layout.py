@@ -137,19 +137,23 @@ def _with_layout(method, layout):
     return out
 
 
-def _call(method, x, key):
-    return method(x, 3) if key is None else method(x, 3, key=key)
+def _call(method, x, key, target=3):
+    return method(x, target) if key is None else method(x, target, key=key)
 
 
 @eqx.filter_jit
-def _both(chw, hwc, x, key):
+def _both(chw, hwc, x, key, target):
     """The channels-first method on `x` and the channels-last one (inferred and
     explicit) on `x` transposed, as ONE compiled program (one compile per
     method keeps the file cheap; XLA merges the two identical channels-last
     computations)."""
     x_hwc = jnp.transpose(x, (1, 2, 0))
     explicit = _with_layout(hwc, "hwc")
-    return _call(chw, x, key), _call(hwc, x_hwc, key), _call(explicit, x_hwc, key)
+    return (
+        _call(chw, x, key, target),
+        _call(hwc, x_hwc, key, target),
+        _call(explicit, x_hwc, key, target),
+    )
 
 
 def _rtol(name):
@@ -164,12 +168,15 @@ def test_channels_last_equals_channels_first_transposed(entry):
     chw, hwc = entry.build(ctx_chw), entry.build(ctx_hwc)
     x = _image(ctx_chw.input_shape[0])
     key = jax.random.key(2) if entry.random else None
-    # The channels-last layout inferred from (8, 8, C), and explicit.
-    want, inferred, explicit = _both(chw, hwc, x, key)
+    # The channels-last layout inferred from (8, 8, C), and explicit; a neuron
+    # method explains its neuron (no target). A layer's output is the same in
+    # both nets (the twin transposes before its first layer).
+    target = 3 if entry.takes_target else None
+    want, inferred, explicit = _both(chw, hwc, x, key, target)
     if entry.output == "input":
         assert want.shape == x.shape
         want = jnp.transpose(want, (1, 2, 0))
-    else:
+    elif entry.output == "map":
         assert want.shape == x.shape[1:]
     for layout, got in (("inferred", inferred), ("explicit", explicit)):
         assert got.shape == want.shape, layout

@@ -1,4 +1,9 @@
-"""Execute every tutorial notebook end to end (fast settings: EQX_ATTR_FAST=1)."""
+"""Execute every tutorial notebook end to end (fast settings: EQX_ATTR_FAST=1).
+
+The notebooks run one after the other in ONE kernel (starting a kernel and
+importing JAX costs seconds per notebook); each starts from an empty namespace
+(`%reset -f`), so none can lean on another's variables.
+"""
 
 import json
 import pathlib
@@ -7,6 +12,7 @@ import sys
 import nbclient
 import nbformat
 import pytest
+from jupyter_core.utils import run_sync
 
 NOTEBOOKS = sorted(
     (pathlib.Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb")
@@ -23,6 +29,7 @@ def test_all_five_notebooks_exist():
         "04_axioms",
         "05_evaluating_explanations",
         "06_decoy_mnist",
+        "07_inside_the_network",
     ]
 
 
@@ -45,6 +52,28 @@ def kernel_env(tmp_path_factory, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def kernel(kernel_env):
+    """Runs a notebook in the module's one kernel (started by the first
+    notebook's client, kept alive for the next ones, shut down at the end)."""
+    shared: dict = {}
+
+    def run(nb, path):
+        client = nbclient.NotebookClient(
+            nb,
+            km=shared.get("km"),
+            kernel_name=KERNEL,
+            timeout=300,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        client.execute(cleanup_kc=False)
+        shared["km"] = client.km
+
+    yield run
+    if "km" in shared:
+        run_sync(shared["km"].shutdown_kernel)(now=True)
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
@@ -53,15 +82,12 @@ def monkeypatch_module():
 @pytest.mark.slow
 @pytest.mark.xdist_group("notebooks")  # one worker runs them in order (shared cache)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, kernel_env):
+def test_notebook_runs(path, kernel):
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name=KERNEL,
-        timeout=300,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()  # raises CellExecutionError, with the cell, on any error
+    # A fresh namespace in the shared kernel (modules stay imported).
+    nb.cells.insert(0, nbformat.v4.new_code_cell("%reset -f"))
+    kernel(nb, path)  # raises CellExecutionError, with the cell, on any error
+    del nb.cells[0]
     errors = [
         out
         for cell in nb.cells

@@ -118,7 +118,14 @@ CASES = [(e, TARGETS[i % len(TARGETS)]) for i, e in enumerate(methods())]
 )
 def test_every_method_takes_classifier_targets_and_pytree_outputs(entry, target):
     base = _vit() if "attention" in entry.needs else _cnn()
-    expected = (1, 8, 8) if entry.output == "input" else (8, 8)
+    expected = {"input": (1, 8, 8), "map": (8, 8)}.get(entry.output)
+    if entry.output == "layer":
+        x = digit_like(0, (1, 8, 8))
+        layer = lambda m: m.conv2  # noqa: E731
+        expected = eqx.filter_eval_shape(xa.layer_activation, base, layer, x).shape
+    if not entry.takes_target:  # a neuron method: the neuron, whatever the output
+        assert _shape(entry, Dict(base), None).shape == expected
+        return
     assert _shape(entry, Plain(base), target).shape == expected
     assert _shape(entry, Dict(base), in_dict).shape == expected
     if entry.name not in AGNOSTIC:

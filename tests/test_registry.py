@@ -54,7 +54,7 @@ def test_families_own_their_rows():
     gradient = [e.name for e in methods("gradient")]
     assert {"blur_ig", "guided_ig", "gradient_shap"} <= set(gradient)
     assert {e.family for e in methods()} == {
-        "gradient", "rules", "cam", "perturbation", "region", "transformer",
+        "gradient", "rules", "cam", "perturbation", "region", "transformer", "neuron",
     }  # fmt: skip
 
 

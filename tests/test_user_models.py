@@ -45,6 +45,16 @@ REFUSED: dict[tuple[str, str], tuple[type[Exception], str]] = {
         for method in ("guided_backprop", "deconvolution", "guided_gradcam")
     },
     **{
+        (model, method): (ValueError, _NO_GUIDED)
+        for model in ("a_bn_gelu", "d_vit")
+        for method in ("neuron_guided_backprop", "neuron_deconvolution")
+    },
+    # The MLP's layer is its first: no activation before it to apply a rule to.
+    **{
+        ("b_res_mlp", method): (ValueError, "No ReLU found")
+        for method in ("neuron_guided_backprop", "neuron_deconvolution")
+    },
+    **{
         ("b_res_mlp", e.name): (ValueError, _NOT_A_MAP)
         for e in methods("cam")
         if "layer" in e.needs
@@ -63,8 +73,13 @@ def _x(um, dtype=jnp.float32):
 
 def _build(entry, um, model):
     # The brief's choices where the registry's default build does not fit.
-    if entry.name == "lrp" and um.name in ("b_res_mlp", "d_vit"):
-        return xa.LRP(model, composite=xa.lrp.AttnLRP())
+    if um.name in ("b_res_mlp", "d_vit"):  # AttnLRP's rules for their products
+        if entry.name == "lrp":
+            return xa.LRP(model, composite=xa.lrp.AttnLRP())
+        if entry.name == "layer_lrp":
+            return xa.LayerLRP(model, um.where, composite=xa.lrp.AttnLRP())
+        if entry.name == "crp":
+            return xa.CRP(model, um.where, 0, composite=xa.lrp.AttnLRP())
     if entry.name == "conservative_lrp":
         return xa.ConservativeLRP(
             model,
@@ -90,12 +105,16 @@ CASES = [
 
 def _call(method, entry, x):
     kw = {"key": jax.random.key(1)} if entry.random else {}
-    return method(x, 1, **kw)
+    return method(x, 1 if entry.takes_target else None, **kw)
 
 
 def _expected_shape(um, entry):
     if entry.output == "map":
         return (HW, HW)
+    if entry.output == "layer":  # the layer family: shaped like um.where's output
+        x = _x(um)
+        model = _model(um.name)
+        return eqx.filter_eval_shape(xa.layer_activation, model, um.where, x).shape
     return um.shape
 
 

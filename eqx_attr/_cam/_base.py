@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import equinox as eqx
 import jax
@@ -329,13 +329,14 @@ class AbstractChannelScoreCAM(AbstractCAM):
     `sum_k w_k A_k`. No gradient is used.
 
     **Arguments:** as for [`eqx_attr.AbstractCAM`][], plus `chunk_size`: score at
-    most this many channels at a time (`None`: all at once).
+    most this many channels at a time (`None`: all at once; `"auto"`, the
+    default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** `method(x, target)` gives the `(H, W)` map
     `sum_k w_k A_k` (clipped and resized as the options say).
     """
 
-    chunk_size: eqx.AbstractVar[int | None]
+    chunk_size: eqx.AbstractVar[int | Literal["auto"] | None]
 
     def __init__(
         self,
@@ -344,7 +345,7 @@ class AbstractChannelScoreCAM(AbstractCAM):
         relu: bool = True,
         resize: str | None = "bilinear",
         *,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         input_layout: InputLayout = None,
         **layer_options: Any,
     ):

@@ -8,7 +8,7 @@ only in how the channels of the layer's activation are combined into one map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -271,7 +271,8 @@ class ScoreCAM(AbstractChannelScoreCAM):
     `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`), and
 
     - `chunk_size`: forward at most this many masked inputs at a time (bounded
-        memory, via `jax.lax.map`); `None` runs all channels in one batch.
+        memory, via `jax.lax.map`); `None` runs all channels in one batch;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][].
 
     **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
 
@@ -286,7 +287,7 @@ class ScoreCAM(AbstractChannelScoreCAM):
     resize: str | None = eqx.field(static=True, default="bilinear")
     eigen_smooth: bool = eqx.field(static=True, default=False)
     aug_smooth: bool = eqx.field(static=True, default=False)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     def _channel_score(self, x, objective, act, maps, k):
@@ -327,7 +328,8 @@ class AblationCAM(AbstractChannelScoreCAM):
     `resize`, `layout`, `n_prefix_tokens`, `grid`, `call_index`), and
 
     - `chunk_size`: rerun at most this many ablated activations at a time (bounded
-        memory, via `jax.lax.map`); `None` runs all channels in one batch.
+        memory, via `jax.lax.map`); `None` runs all channels in one batch;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][].
 
     **Returns:** an `(H, W)` map (or the layer's `(h, w)` with `resize=None`).
 
@@ -342,7 +344,7 @@ class AblationCAM(AbstractChannelScoreCAM):
     resize: str | None = eqx.field(static=True, default="bilinear")
     eigen_smooth: bool = eqx.field(static=True, default=False)
     aug_smooth: bool = eqx.field(static=True, default=False)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     def _channel_score(self, x, objective, act, maps, k):

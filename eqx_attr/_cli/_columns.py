@@ -113,7 +113,10 @@ def demo_columns(
         if not (families is None or entry.family in families or entry.name in names):
             continue
         missing = entry.needs - offered(spec)
-        if missing:
+        if entry.family == "neuron":
+            # A layer's or a neuron's attribution is not the class's input map.
+            skipped.append(f"{entry.name} (inside the network: use `explain`)")
+        elif missing:
             skipped.append(f"{entry.name} (needs {', '.join(sorted(missing))})")
         elif "baseline" in entry.needs:
             for label, value in baselines.items():

@@ -117,6 +117,8 @@ def build_context(
             "n_samples": args.n_samples,
             "stdev": args.stdev,
             "chunk_size": args.chunk_size,
+            "neuron": getattr(args, "neuron", 0),
+            "concepts": getattr(args, "concept", 0),
         },
         input_shape=shape,
     )
@@ -194,6 +196,20 @@ def _predict(model: Any, x: Any, target: int | None, out: Callable) -> int:
     return target
 
 
+def _layer_picture(attr: np.ndarray, size: tuple[int, ...], name: str) -> np.ndarray:
+    """A layer's `(C, h, w)` attribution as a picture: summed over channels and
+    resized to the image (as a CAM is); other shapes are saved, not drawn."""
+    if attr.ndim != 3:
+        raise CLIError(
+            f"{name} returned a layer attribution of shape {attr.shape}, which is "
+            "not a feature map to draw; pass --layer naming a convolution, or keep "
+            "the numbers with --save-array"
+        )
+    import jax
+
+    return np.asarray(jax.image.resize(attr.sum(axis=0), size, "bilinear"))
+
+
 def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     """Explain one image; writes `args.out` (and `args.save_array`)."""
     entry = resolve_method(args.method)
@@ -212,7 +228,8 @@ def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) ->
     baseline = _baseline(args.baseline, pixels, mean, std)
     ctx, path = build_context(entry, spec, model, args, baseline, tuple(x.shape))
     method = entry.build(ctx)
-    attr = eqx.filter_jit(lambda m, x, k: m(x, target, key=k))(
+    t = target if entry.takes_target else None  # a neuron method: its neuron
+    attr = eqx.filter_jit(lambda m, x, k: m(x, t, key=k))(
         method, x, jax.random.key(args.seed)
     )
     attr = np.asarray(attr)
@@ -220,7 +237,13 @@ def cmd_explain(args: argparse.Namespace, out: Callable[[str], None] = print) ->
         raise CLIError(f"{entry.name} returned non-finite values for this input")
     if args.save_array:
         np.save(args.save_array, attr, allow_pickle=False)
-    title = f"{entry.name}, class {target}" + (f" ({path})" if path else "")
+    what = f"class {target}" if entry.takes_target else "neuron"
+    title = f"{entry.name}, {what}" + (f" ({path})" if path else "")
+    if entry.output == "layer":
+        if attr.ndim != 3 and args.save_array:  # a vector: the numbers, no picture
+            out(f"target {target}: wrote {args.save_array} (shape {attr.shape})")
+            return 0
+        attr = _layer_picture(attr, tuple(x.shape[-2:]), entry.name)
     grid(
         pixels[None],
         {title: attr[None]},

@@ -210,6 +210,12 @@ def _add_options(ex: Any) -> None:
         help="integrated_gradients: black/white pixels (normalised like the image), "
         "zeros (after normalisation), or a blurred copy (default: black)",
     )
+    ex.add_argument("--neuron", type=int, default=0,
+                    help="neuron_* methods: the neuron, a flat index into the "
+                    "layer's output (default: 0)")  # fmt: skip
+    ex.add_argument("--concept", type=int, default=0,
+                    help="crp: the channel of the layer to condition on "
+                    "(default: 0)")  # fmt: skip
     ex.add_argument("--n-samples", type=int, default=25,
                     help="smoothgrad: noisy samples (default: 25)")  # fmt: skip
     ex.add_argument("--stdev", type=float, default=0.15,

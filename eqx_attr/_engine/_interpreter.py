@@ -214,6 +214,15 @@ class Interpreter:
         region = frame.jaxpr.eqns[i : i + unit.length]
         later = [*frame.jaxpr.eqns[i + unit.length :], frame.jaxpr.outvars]
         ins, outs = region_boundary(region, later)
+        if self.streams is not None and not any(
+            isinstance(frame.read(v), Act) for v in ins
+        ):
+            # Computed from constants alone (a prefix of the network held fixed,
+            # as the layer methods do): no stream to rescale, plain values.
+            for eqn in region:
+                invals = [frame.read(v) for v in eqn.invars]
+                frame.write(eqn.outvars, bind_plain(self, eqn, invals))
+            return
         if len(ins) != 1 or len(outs) != 1:
             raise self.no_rule(
                 region[0],

@@ -187,6 +187,18 @@ def bind(eqn: Any, invals: Sequence) -> list:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
+def without_dead_code(closed: Any) -> Any:
+    """`closed` (a ClosedJaxpr) without the equations no output depends on (its
+    inputs all kept, effectful equations kept). A layer method that replaces a
+    layer's output leaves the layer's inputs computed for nothing; a rule engine
+    must not see that dead prefix as part of the network."""
+    from jax._src.interpreters import partial_eval as pe
+
+    n_out = len(closed.jaxpr.outvars)
+    jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * n_out, instantiate=True)
+    return jex.ClosedJaxpr(jaxpr, closed.consts)
+
+
 def is_tracer(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 

@@ -9,6 +9,8 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from . import _jax_internals as ji
+
 
 @dataclasses.dataclass(frozen=True)
 class Traced:
@@ -40,5 +42,6 @@ def trace(fn: Callable, *args: Any, **kwargs: Any) -> Traced:
         return f(*a, **k)
 
     closed, out_shape = jax.make_jaxpr(flat_call, return_shape=True)(*leaves)
+    closed = ji.without_dead_code(closed)
     out_tree = jax.tree_util.tree_structure(out_shape)
     return Traced(closed, leaves, paths, out_tree)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -100,7 +100,7 @@ class BlurIG(AbstractCompiledAttribution):
     steps: int = eqx.field(static=True, default=100)
     grad_step: float = eqx.field(static=True, default=0.01, converter=float)
     sqrt: bool = eqx.field(static=True, default=False)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
@@ -156,7 +156,7 @@ ROWS = (
             c.model,
             max_sigma=c.option("max_sigma", 50.0),
             steps=c.option("n_steps", 32),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         differentiable=Differentiability(
             1,

@@ -1,7 +1,7 @@
 """GradientShap (Lundberg & Lee, 2017), with Captum's definition."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -52,7 +52,7 @@ def gradient_shap_from_draws(
     idx: Array,
     alpha: Array,
     noise: Array,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = "auto",
 ) -> Attribution:
     """The mean over samples of `(x~ - b) * grad f(b + alpha (x~ - b))`, where
     `x~ = x + noise` and `b = baselines[idx]`."""
@@ -84,7 +84,8 @@ class GradientShap(AbstractCompiledAttribution):
         `eqx_attr.baselines` module).
     - `n_samples`: samples per example (Captum's default 5).
     - `stdev`: the noise on the input (Captum's default 0.0).
-    - `chunk_size`: samples per vectorised chunk (`None`: all at once).
+    - `chunk_size`: samples per vectorised chunk (`None`: all at once;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`.
 
@@ -99,7 +100,7 @@ class GradientShap(AbstractCompiledAttribution):
     baseline: AbstractBaseline = eqx.field(converter=as_baseline)
     n_samples: int = eqx.field(static=True, default=5)
     stdev: float = eqx.field(static=True, default=0.0)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
@@ -133,7 +134,7 @@ ROWS = (
             baseline=c.baseline if c.baseline is not None else UniformNoise(n_draws=8),
             n_samples=c.option("n_samples", 32),
             stdev=c.option("stdev", 0.0),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         aliases=("gradientshap",),
         baselines="many",

@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._attribution import (
     AbstractAttribution,
@@ -24,14 +24,15 @@ from .._attribution import (
     check_positive_int,
     scalar_function,
 )
-from .._engine import vmapped_size
-from .._engine._fast_derivatives import convolves_fast_in_loops, loop_body
+from .._engine._fast_derivatives import loop_body
 from .._layout import (
     InputLayout,
     input_layout_field,
 )
+from .._memory import chunk_for_budget
 from .._method_entry import BuildContext, Differentiability, MethodEntry
 from ..baselines import AbstractBaseline, Zeros, as_baseline, draw_baselines
+from ._ig_auto import AUTO_START, adaptive_path_gradients
 
 __all__ = ["IntegratedGradients"]
 
@@ -85,7 +86,20 @@ class IntegratedGradients(AbstractAttribution):
     **Arguments:**
 
     - `model`: maps one example to a 1-D vector of scores.
-    - `n_steps`: number of quadrature nodes (static). Default 50.
+    - `n_steps`: number of quadrature nodes (static). Default 50. `"auto"`:
+        refine until the completeness residual `|sum(a) - (f(x) - f(b))|` is at
+        most `rtol * |f(x) - f(b)|`, or `max_steps` is reached: the trapezoid
+        rule on 9, 17, 33, ... points, each level reusing the previous level's
+        gradients (Gauss-Legendre nodes do not nest, so with `"auto"` the rule is
+        this nested trapezoid rule, and `method` must be left at its default or
+        be `"riemann_trapezoid"`). Jit-able and vmap-able (a `lax.while_loop`;
+        under `jax.vmap` it runs until every example is done). The steps used
+        and the residual: `attribute_with_info`.
+    - `rtol`: with `n_steps="auto"`, the relative completeness residual to reach
+        (static). Default `1e-3`.
+    - `max_steps`: with `n_steps="auto"`, the most points per baseline draw
+        (static); the last level is the largest `8 * 2**k + 1 <= max_steps`.
+        Default 257.
     - `method`: `"gausslegendre"` (default), `"riemann_left"`, `"riemann_right"`,
         `"riemann_middle"`, `"riemann_trapezoid"` or `"riemann_linspace"` (PAIR
         `saliency`'s rule: `linspace(0, 1, n_steps)`, equal weights `1 / n_steps`).
@@ -94,9 +108,10 @@ class IntegratedGradients(AbstractAttribution):
         same vectorised pass).
     - `chunk_size`: evaluate at most this many path points at a time (bounded
         memory, via `jax.lax.scan`); `None` evaluates all at once. `"auto"`
-        (default) chunks only where that is faster: on CPU, under `jax.vmap`,
-        for models whose convolutions the loop body can rewrite, in chunks of
-        about 32 MNIST digits' worth of input over the whole batch.
+        (default): as many as fit the memory budget
+        ([`eqx_attr.set_memory_budget`][]; a point is one path point's forward
+        and backward pass, times the size of any `jax.vmap` around the call).
+        With `n_steps="auto"` the points go in blocks of 8 per draw instead.
     - `unroll_chunks`: with an integer `chunk_size`, write the chunks out one
         after another instead of scanning them (for backends where loops are
         slow; compile time grows with the number of chunks). Default `False`.
@@ -111,6 +126,8 @@ class IntegratedGradients(AbstractAttribution):
     ig = xa.IntegratedGradients(model, n_steps=32)
     a = ig(x, target=3)
     a, delta = ig.attribute_with_delta(x, target=3)  # delta = sum(a) - (f(x) - f(b))
+    auto = xa.IntegratedGradients(model, n_steps="auto", rtol=1e-3)
+    a, steps, residual = auto.attribute_with_info(x, target=3)
     ```
 
     The timings behind these defaults: `docs/benchmarks.md`, "Integrated Gradients:
@@ -118,7 +135,7 @@ class IntegratedGradients(AbstractAttribution):
     """
 
     model: Callable[..., Any]
-    n_steps: int = eqx.field(static=True, default=50)
+    n_steps: int | Literal["auto"] = eqx.field(static=True, default=50)
     method: str = eqx.field(static=True, default="gausslegendre")
     baseline: AbstractBaseline = eqx.field(default_factory=Zeros, converter=as_baseline)
     chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
@@ -126,9 +143,14 @@ class IntegratedGradients(AbstractAttribution):
     unroll_chunks: bool = eqx.field(static=True, default=False)
     parts: int = eqx.field(static=True, default=4)
     input_layout: InputLayout = input_layout_field()
+    rtol: float = eqx.field(static=True, default=1e-3)
+    max_steps: int = eqx.field(static=True, default=257)
 
     def __check_init__(self):
-        quadrature(self.method, self.n_steps)  # validates method and n_steps
+        if self.n_steps == "auto":
+            _check_auto(self.method, self.rtol, self.max_steps)
+        else:
+            quadrature(self.method, self.n_steps)  # validates method and n_steps
         check_chunk_size(self.chunk_size, allow_auto=True)
         check_bool(self.unroll_chunks, "unroll_chunks")
         check_positive_int(self.parts, "parts")
@@ -147,52 +169,81 @@ class IntegratedGradients(AbstractAttribution):
         Computed in the same call; under `eqx.filter_vmap` you get one delta per
         example.
         """
+        attr, delta, _ = self._attribute(x, target, key)
+        return attr, delta
+
+    def attribute_with_info(
+        self, x: Image, target: Target = None, *, key: PRNGKeyArray | None = None
+    ) -> tuple[Attribution, Int[Array, ""], Float[Array, ""]]:
+        """Attributions, the steps used and the completeness residual.
+
+        **Arguments:** as for `__call__`.
+
+        **Returns:** `(attribution, steps_used, residual)`: `steps_used` (int32) is
+        the number of path points per baseline draw (`n_steps` when it is an
+        int; with `n_steps="auto"`, the level where the refinement stopped), and
+        `residual` (float32) is `|sum(attribution) - (f(x) - f(b))|`.
+
+        ```python
+        ig = xa.IntegratedGradients(model, n_steps="auto", rtol=1e-3)
+        a, steps, residual = ig.attribute_with_info(x, target=3)
+        ```
+        """
+        attr, delta, steps = self._attribute(x, target, key)
+        return attr, steps, jnp.abs(delta)
+
+    def _attribute(
+        self, x: Image, target: Target, key: PRNGKeyArray | None
+    ) -> tuple[Array, Array, Array]:
         x = check_input(x)
         f = scalar_function(self.model, x, target)
         b = draw_baselines(self.baseline, x, key)
-        chunk, unroll = self.chunk_size, self.unroll_chunks
-        if chunk == "auto":
-            n_points = b.shape[0] * self.n_steps
-            chunk = auto_chunk_size(self.model, x, n_points, self.parts)
-            unroll = False
-        mean_grads = path_mean_gradients(
-            f, x, b, self.method, self.n_steps, chunk, unroll, self.parts
-        )
-        attr = jnp.mean((x[None] - b) * mean_grads, axis=0).astype(x.dtype)
         f_x = f(x)
         f_b = jnp.mean(jax.vmap(f)(b))
+        if self.n_steps == "auto":
+            mean_grads, steps, _ = adaptive_path_gradients(
+                f, x, b, self.rtol, self.max_steps, f_x - f_b
+            )
+        else:
+            chunk, unroll = self.chunk_size, self.unroll_chunks
+            if chunk == "auto":
+                n_points = b.shape[0] * self.n_steps
+                # One path point: a forward and backward pass of the model.
+                chunk = chunk_for_budget(jax.grad(f), x, n_points)
+                unroll = False
+            mean_grads = path_mean_gradients(
+                f, x, b, self.method, self.n_steps, chunk, unroll, self.parts
+            )
+            steps = jnp.asarray(self.n_steps, jnp.int32)
+        attr = jnp.mean((x[None] - b) * mean_grads, axis=0).astype(x.dtype)
         delta = jnp.sum(attr.astype(jnp.float32)) - (f_x - f_b).astype(jnp.float32)
-        return attr, delta
+        return attr, delta, steps
 
 
-# What `chunk_size="auto"` holds per chunk on CPU, over the whole batch: the input
-# elements of 32 MNIST digits (see `IntegratedGradients.chunk_size`).
-AUTO_CHUNK_ELEMENTS = 32 * 28 * 28
-# Beyond this many per point (over the batch), `"auto"` does not chunk: 256 digits.
-AUTO_MAX_ELEMENTS = 8 * AUTO_CHUNK_ELEMENTS
+def _check_auto(method: str, rtol: Any, max_steps: Any) -> None:
+    if method not in ("gausslegendre", "riemann_trapezoid"):
+        raise ValueError(
+            f'`n_steps="auto"` refines the nested trapezoid rule; `method={method!r}`'
+            " does not nest. Leave `method` at its default, or pass an int `n_steps`."
+        )
+    if isinstance(rtol, bool) or not isinstance(rtol, int | float) or rtol < 0:
+        raise ValueError(f"`rtol` must be a number >= 0, got {rtol!r}.")
+    check_positive_int(max_steps, "max_steps", minimum=AUTO_START + 1)
 
 
 def auto_chunk_size(
     model: Callable, x: Array, n_points: int, parts: int = 1
 ) -> int | None:
-    """The chunk size `"auto"` means for `model` on one example `x` with
-    `n_points` path points (draws x steps) in `parts` slices, traced now: see
-    `IntegratedGradients.chunk_size`."""
-    if jax.default_backend() != "cpu":
-        return None
-    batch = vmapped_size()
-    if batch < 2:
-        return None
-    per_point = batch * max(x.size, 1)
-    if per_point > AUTO_MAX_ELEMENTS:
-        return None  # even one point per example is far too large for the cache
-    chunk = max(1, AUTO_CHUNK_ELEMENTS // per_point)
-    # A chunk as large as one of the slices that every point at once is split into
-    # keeps no more in cache, and loses the slices' concurrency.
-    if chunk * min(parts, n_points) >= n_points:
-        return None
-    # Only conv nets gain: dense layers run fastest as one large matrix product.
-    return chunk if convolves_fast_in_loops(model, x) else None
+    """The chunk size `chunk_size="auto"` means for `model` on one example `x` with
+    `n_points` path points (draws x steps), traced now: as many points as fit the
+    memory budget ([`eqx_attr.set_memory_budget`][]), or `None` when all do.
+    (`parts` is kept for callers of the former rule: slices share one chunk.)"""
+    del parts
+
+    def f(z):
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(model(z)))
+
+    return chunk_for_budget(jax.grad(f), x, n_points)
 
 
 def _weighted_gradients(

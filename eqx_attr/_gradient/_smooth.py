@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -28,6 +28,7 @@ from .._layout import (
     input_layout_field,
     resolve_input_layout,
 )
+from .._memory import resolve_chunk_size
 from .._method_entry import Differentiability, MethodEntry
 from ._gradients import Gradients
 
@@ -54,7 +55,9 @@ class SmoothGrad(AbstractAttribution):
         `max(x) - min(x)` when `noise="relative"` (default), else absolute.
     - `kind`: `"smoothgrad"` (mean), `"smoothgrad_sq"` (mean of squares) or
         `"vargrad"` (variance).
-    - `chunk_size`: attribute at most this many noisy copies at once.
+    - `chunk_size`: attribute at most this many noisy copies at once; `None`: all
+        at once; `"auto"` (default): as many as fit the memory budget
+        ([`eqx_attr.set_memory_budget`][]; a point is one noisy copy's attribution).
     - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
         shape, see [`eqx_attr.AbstractAttribution`][]): the noise is drawn
         channels first, so one key gives the same (transposed) attribution in
@@ -73,7 +76,7 @@ class SmoothGrad(AbstractAttribution):
     stdev: float = 0.15
     kind: str = eqx.field(static=True, default="smoothgrad")
     noise: str = eqx.field(static=True, default="relative")
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     # Written out so that `base` comes first for type checkers too (they would
@@ -85,7 +88,7 @@ class SmoothGrad(AbstractAttribution):
         stdev: float = 0.15,
         kind: str = "smoothgrad",
         noise: str = "relative",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -151,11 +154,12 @@ class SmoothGrad(AbstractAttribution):
             return a, a * a
 
         keys = (noise_keys, base_keys)
-        if self.chunk_size is None:
+        chunk = resolve_chunk_size(self.chunk_size, one, keys, stacked=False)
+        if chunk is None:
             a, a2 = jax.vmap(one)(keys)
             s1, s2 = jnp.mean(a, axis=0), jnp.mean(a2, axis=0)
         else:
-            s1, s2 = _chunked_moments(one, keys, self.n_samples, self.chunk_size)
+            s1, s2 = _chunked_moments(one, keys, self.n_samples, chunk)
         if self.kind == "smoothgrad":
             out = s1
         elif self.kind == "smoothgrad_sq":

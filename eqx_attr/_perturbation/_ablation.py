@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -38,7 +38,8 @@ class FeatureAblation(AbstractMaskedPerturbation):
     - `mask`: integer feature ids, broadcastable to `x` (e.g. `xa.masks.grid`).
         Ids need not be contiguous; only which elements share an id matters.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: evaluate at most this many features at once (`None`: all).
+    - `chunk_size`: evaluate at most this many features at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`.
 
@@ -52,7 +53,7 @@ class FeatureAblation(AbstractMaskedPerturbation):
     mask: Any
     baseline: Any
     n_features: int = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -60,7 +61,7 @@ class FeatureAblation(AbstractMaskedPerturbation):
         model: Callable[..., Any],
         mask: FeatureMask,
         baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -91,7 +92,10 @@ ROWS = (
         "perturbation",
         "Feature ablation: score drop per masked feature",
         lambda c: FeatureAblation(
-            c.model, default_mask(c), baseline_or_zero(c), c.options.get("chunk_size")
+            c.model,
+            default_mask(c),
+            baseline_or_zero(c),
+            c.option("chunk_size", "auto"),
         ),
         aliases=("ablation",),
         needs=frozenset({"mask"}),

@@ -4,7 +4,7 @@ features (binary keep-vectors)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ def coalition_scores(
     mask: Array,
     baseline: Array,
     coalitions: Array,
-    chunk_size: int | None,
+    chunk_size: int | Literal["auto"] | None,
 ) -> Array:
     """The target's score with the features in each coalition kept, others ablated.
 
@@ -69,7 +69,7 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
     mask: eqx.AbstractVar[Any]
     baseline: eqx.AbstractVar[Any]
     n_features: eqx.AbstractVar[int]
-    chunk_size: eqx.AbstractVar[int | None]
+    chunk_size: eqx.AbstractVar[int | Literal["auto"] | None]
     input_layout: eqx.AbstractVar[InputLayout]
 
     def _init_masked(
@@ -77,7 +77,7 @@ class AbstractMaskedPerturbation(AbstractPerturbation):
         model: Callable[..., Any],
         mask: FeatureMask,
         baseline: Baseline,
-        chunk_size: int | None,
+        chunk_size: int | Literal["auto"] | None,
     ) -> None:
         """Set the shared fields (call from `__init__` only)."""
         self.model = model

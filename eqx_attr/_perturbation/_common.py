@@ -128,7 +128,7 @@ def scored(
     target: Target,
     make_input: Callable[[Any], Array],
     params: Any,
-    chunk_size: int | None,
+    chunk_size: int | str | None,
 ) -> Array:
     """The target's score (float32) on each perturbed copy `make_input(p)`.
 

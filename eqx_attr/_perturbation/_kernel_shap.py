@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -65,7 +65,8 @@ class KernelShap(AbstractMaskedPerturbation):
     - `n_samples`: coalitions evaluated, including the full and empty ones
         (static, >= 3). Default 256.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all).
+    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`; every element carries its feature's
     coefficient. Needs `key`.
@@ -81,7 +82,7 @@ class KernelShap(AbstractMaskedPerturbation):
     baseline: Any
     n_features: int = eqx.field(static=True)
     n_samples: int = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -90,7 +91,7 @@ class KernelShap(AbstractMaskedPerturbation):
         mask: FeatureMask,
         n_samples: int = 256,
         baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -135,7 +136,7 @@ ROWS = (
             default_mask(c),
             c.option("n_samples", 128),
             baseline_or_zero(c),
-            c.options.get("chunk_size"),
+            c.option("chunk_size", "auto"),
         ),
         aliases=("kernelshap",),
         needs=frozenset({"mask", "key"}),

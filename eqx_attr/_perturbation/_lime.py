@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -73,7 +73,8 @@ class Lime(AbstractMaskedPerturbation):
     - `alpha`: L1 penalty of the surrogate. Default 0.01.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
     - `n_sweeps`: coordinate-descent passes for the lasso (static). Default 500.
-    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all).
+    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`; every element carries its feature's
     surrogate coefficient. Needs `key`.
@@ -92,7 +93,7 @@ class Lime(AbstractMaskedPerturbation):
     kernel_width: float = eqx.field(static=True)
     alpha: float = eqx.field(static=True)
     n_sweeps: int = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -104,7 +105,7 @@ class Lime(AbstractMaskedPerturbation):
         alpha: float = 0.01,
         baseline: Baseline = 0.0,
         n_sweeps: int = 500,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -154,7 +155,7 @@ ROWS = (
             default_mask(c),
             n_samples=c.option("n_samples", 128),
             baseline=baseline_or_zero(c),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"mask", "key"}),
         differentiable=Differentiability(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -98,7 +98,8 @@ class Occlusion(AbstractPerturbation):
     - `window`: the window's shape, one size per input axis (static).
     - `strides`: one int, or one per input axis (static). Default 1.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: evaluate at most this many windows at once (`None`: all).
+    - `chunk_size`: evaluate at most this many windows at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`.
 
@@ -112,7 +113,7 @@ class Occlusion(AbstractPerturbation):
     window: tuple[int, ...] = eqx.field(static=True)
     strides: tuple[int, ...] = eqx.field(static=True)
     baseline: Any
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -121,7 +122,7 @@ class Occlusion(AbstractPerturbation):
         window: tuple[int, ...],
         strides: int | tuple[int, ...] = 1,
         baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -180,7 +181,7 @@ ROWS = (
             c.model,
             *default_window(c),
             baseline_or_zero(c),
-            c.options.get("chunk_size"),
+            c.option("chunk_size", "auto"),
         ),
         differentiable=PERTURBATION,
         benchmark=("bench_perturbation.py", "Captum Occlusion"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -25,6 +25,7 @@ from .._layout import (
     resolve_input_layout,
     spatial_shape,
 )
+from .._memory import resolve_chunk_size
 from .._method_entry import PERTURBATION_KEYED, MethodEntry
 from ._common import AbstractPerturbation, scored
 
@@ -104,7 +105,8 @@ class RISE(AbstractPerturbation):
     - `n_masks`: number of random masks (static). Default 2000.
     - `cell_size`: the side of one mask cell in pixels (static). Default 4.
     - `p`: the probability that a cell is kept, in (0, 1]. Default 0.5.
-    - `chunk_size`: evaluate at most this many masks at once (`None`: all).
+    - `chunk_size`: evaluate at most this many masks at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
     - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
         shape, see [`eqx_attr.AbstractAttribution`][]): which axes of `x` are
         `(H, W)`; each mask multiplies every channel.
@@ -122,7 +124,7 @@ class RISE(AbstractPerturbation):
     n_masks: int = eqx.field(static=True)
     cell_size: int = eqx.field(static=True)
     p: float = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -131,7 +133,7 @@ class RISE(AbstractPerturbation):
         n_masks: int = 2000,
         cell_size: int = 4,
         p: float = 0.5,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -177,10 +179,15 @@ class RISE(AbstractPerturbation):
 
 
 def _weighted_mask_sum(
-    make: Callable, keys: Array, weights: Array, chunk_size: int | None, hw: tuple
+    make: Callable,
+    keys: Array,
+    weights: Array,
+    chunk_size: int | Literal["auto"] | None,
+    hw: tuple,
 ) -> Array:
     """`sum_i weights[i] * make(keys[i])`, regenerating masks `chunk_size` at a time."""
     n = keys.shape[0]
+    chunk_size = resolve_chunk_size(chunk_size, make, keys, stacked=False)
     if chunk_size is None or chunk_size >= n:
         return jnp.tensordot(weights, jax.vmap(make)(keys), axes=(0, 0))
     n_chunks = -(-n // chunk_size)
@@ -211,7 +218,7 @@ ROWS = (
             n_masks=c.option("n_masks", 500),
             cell_size=c.option("cell_size", 4),
             p=c.option("p", 0.5),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"key"}),
         output="map",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -71,7 +71,8 @@ class ShapleyValues(AbstractMaskedPerturbation):
     - `mask`: integer feature ids broadcastable to `x`, at most
         `MAX_EXACT_FEATURES` (14) distinct ids.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all).
+    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`.
 
@@ -84,7 +85,7 @@ class ShapleyValues(AbstractMaskedPerturbation):
     mask: Any
     baseline: Any
     n_features: int = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -92,7 +93,7 @@ class ShapleyValues(AbstractMaskedPerturbation):
         model: Callable[..., Any],
         mask: FeatureMask,
         baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -133,7 +134,8 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
     - `mask`: integer feature ids broadcastable to `x`.
     - `n_permutations`: number of random orders (static). Default 25.
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all).
+    - `chunk_size`: evaluate at most this many coalitions at once (`None`: all;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
 
     **Returns:** an array shaped like `x`. Needs `key`; the orders are
     `jax.random.permutation(k, F)` for `k` in `jax.random.split(key, n_permutations)`.
@@ -149,7 +151,7 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
     baseline: Any
     n_features: int = eqx.field(static=True)
     n_permutations: int = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
     def __init__(
@@ -158,7 +160,7 @@ class ShapleyValueSampling(AbstractMaskedPerturbation):
         mask: FeatureMask,
         n_permutations: int = 25,
         baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         input_layout: InputLayout = None,
     ):
@@ -210,7 +212,7 @@ ROWS = (
         "exact Shapley values over all coalitions (the given mask when it has "
         "<= 14 features, else a 2 x 2 grid)",
         lambda c: ShapleyValues(
-            c.model, exact_mask(c), baseline_or_zero(c), c.options.get("chunk_size")
+            c.model, exact_mask(c), baseline_or_zero(c), c.option("chunk_size", "auto")
         ),
         needs=frozenset({"mask"}),
         differentiable=PERTURBATION,
@@ -230,7 +232,7 @@ ROWS = (
             default_mask(c),
             c.option("n_permutations", 8),
             baseline_or_zero(c),
-            c.options.get("chunk_size"),
+            c.option("chunk_size", "auto"),
         ),
         aliases=("svs",),
         needs=frozenset({"mask", "key"}),

@@ -2,7 +2,7 @@
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -223,7 +223,8 @@ class DeepLiftShap(AbstractDeepLift):
 
     - `model`: maps one example to a 1-D vector of scores.
     - `baseline`: the baselines, e.g. `xa.baselines.Custom(bs, draws=True)`.
-    - `chunk_size`: baselines per vectorised chunk (`None`: all at once).
+    - `chunk_size`: baselines per vectorised chunk (`None`: all at once;
+        `"auto"`, the default: as many as fit [`eqx_attr.set_memory_budget`][]).
     - `return_delta`, `eps`, `plain`: as [`eqx_attr.DeepLift`][].
 
     **Returns:** an array shaped like `x` (and the delta).
@@ -236,7 +237,7 @@ class DeepLiftShap(AbstractDeepLift):
 
     model: Callable[..., Any]
     baseline: AbstractBaseline = eqx.field(converter=as_baseline)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     return_delta: bool = eqx.field(static=True, default=False)
     eps: float = eqx.field(static=True, default=1e-10)
     plain: tuple[str, ...] = eqx.field(static=True, default=())
@@ -281,7 +282,7 @@ ROWS = (
             baseline=c.baseline
             if c.baseline is not None
             else UniformNoise(n_draws=c.option("n_samples", 8)),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         aliases=("deepliftshap",),
         baselines="many",

@@ -12,7 +12,7 @@ Workshops 2021 (arXiv:2104.10252), whose ADCC is the harmonic mean of coherency,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -213,7 +213,7 @@ class ARCC(AbstractMetric):
     noise: float = eqx.field(static=True)
     score: str = eqx.field(static=True)
     scale: bool = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -223,7 +223,7 @@ class ARCC(AbstractMetric):
         noise: float = 0.01,
         score: str = "probability",
         scale: bool = False,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         _check_method(method)
         check_bool(scale, "scale")

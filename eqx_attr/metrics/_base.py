@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -221,7 +221,7 @@ def masked_curve(
     bs: Array,
     ranks: Array,
     counts: Array,
-    chunk_size: int | None,
+    chunk_size: int | Literal["auto"] | None,
     insert: bool = False,
 ) -> Array:
     """`f` at each step: the `counts[k]` lowest-ranked entries replaced by a baseline.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -72,7 +72,7 @@ def subset_correlation(
     model: Callable,
     baseline: AbstractBaseline,
     score: str,
-    chunk_size: int | None,
+    chunk_size: int | Literal["auto"] | None,
     x: Array,
     target: Target,
     a: Array,
@@ -127,7 +127,7 @@ class FaithfulnessCorrelation(AbstractMetric):
     n_runs: int = eqx.field(static=True)
     subset_size: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class FaithfulnessCorrelation(AbstractMetric):
         subset_size: int = 224,
         baseline: Any = 0.0,
         score: str = "logit",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         check_positive_int(n_runs, "n_runs", minimum=2)
         check_positive_int(subset_size, "subset_size")
@@ -201,7 +201,7 @@ class SensitivityN(AbstractCurveMetric):
     ns: tuple[int, ...] = eqx.field(static=True)
     n_samples: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -210,7 +210,7 @@ class SensitivityN(AbstractCurveMetric):
         n_samples: int = 100,
         baseline: Any = 0.0,
         score: str = "logit",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         ns = tuple(ns)
         if not ns:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ class _AbstractDeletionInsertion(AbstractCurveMetric):
     baseline: eqx.AbstractVar[AbstractBaseline]
     n_steps: eqx.AbstractVar[int]
     score: eqx.AbstractVar[str]
-    chunk_size: eqx.AbstractVar[int | None]
+    chunk_size: eqx.AbstractVar[int | Literal["auto"] | None]
     _insert: ClassVar[bool]
 
     def __init__(
@@ -46,7 +46,7 @@ class _AbstractDeletionInsertion(AbstractCurveMetric):
         n_steps: int = 20,
         baseline: Any = 0.0,
         score: str = "probability",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         self.model = model
         self.baseline = as_baseline(baseline)
@@ -120,7 +120,7 @@ class Deletion(_AbstractDeletionInsertion):
     baseline: AbstractBaseline
     n_steps: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     _insert: ClassVar[bool] = False
 
 
@@ -143,5 +143,5 @@ class Insertion(_AbstractDeletionInsertion):
     baseline: AbstractBaseline
     n_steps: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     _insert: ClassVar[bool] = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -89,7 +89,7 @@ class PixelFlipping(AbstractCurveMetric):
     baseline: AbstractBaseline
     features_in_step: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class PixelFlipping(AbstractCurveMetric):
         features_in_step: int = 1,
         baseline: Any = 0.0,
         score: str = "probability",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         _check(features_in_step, score, chunk_size)
         self.model = model
@@ -149,7 +149,7 @@ class Monotonicity(AbstractCurveMetric):
     features_in_step: int = eqx.field(static=True)
     score: str = eqx.field(static=True)
     abs: bool = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class Monotonicity(AbstractCurveMetric):
         baseline: Any = 0.0,
         score: str = "probability",
         abs: bool = True,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         _check(features_in_step, score, chunk_size)
         self.model = model

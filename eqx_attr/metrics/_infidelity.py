@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -53,7 +53,7 @@ class Infidelity(AbstractMetric):
     n_samples: int = eqx.field(static=True, default=64)
     stdev: float = 0.1
     normalize: bool = eqx.field(static=True, default=False)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         check_noise_options(self.n_samples, self.stdev, "stdev", self.chunk_size)

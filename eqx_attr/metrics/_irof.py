@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -55,7 +55,7 @@ class IROF(AbstractCurveMetric):
     model: Callable[..., Any]
     n_segments: int = eqx.field(static=True)
     score: str = eqx.field(static=True, default="probability")
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         check_positive_int(self.n_segments, "n_segments")

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -167,7 +167,7 @@ def leaderboard(
     n_steps: int = 20,
     baseline: Any = 0.0,
     road_percentages: tuple[int, ...] = (10, 30, 50, 70, 90),
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = "auto",
 ) -> Leaderboard:
     """Evaluate every method on `xs` with the faithfulness and sanity metrics.
 

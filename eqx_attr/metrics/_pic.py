@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -140,7 +140,7 @@ class _AbstractPIC(AbstractMetric):
     n_points: eqx.AbstractVar[int]
     blur: eqx.AbstractVar[Any]
     information: eqx.AbstractVar[Callable[[Array], Array]]
-    chunk_size: eqx.AbstractVar[int | None]
+    chunk_size: eqx.AbstractVar[int | Literal["auto"] | None]
     _accuracy: ClassVar[bool]
 
     def __init__(
@@ -153,7 +153,7 @@ class _AbstractPIC(AbstractMetric):
         n_points: int = 1000,
         blur: str | Callable[[Array, Array], Array] = "linear",
         information: Callable[[Array], Array] = webp_information,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         thresholds = tuple(float(t) for t in thresholds)
         if not thresholds or not all(0 <= t <= 1 for t in thresholds):
@@ -339,7 +339,7 @@ class SIC(_AbstractPIC):
     n_points: int = eqx.field(static=True)
     blur: Any = eqx.field(static=True)
     information: Callable[[Array], Array] = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     _accuracy: ClassVar[bool] = False
 
 
@@ -364,5 +364,5 @@ class AIC(_AbstractPIC):
     n_points: int = eqx.field(static=True)
     blur: Any = eqx.field(static=True)
     information: Callable[[Array], Array] = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     _accuracy: ClassVar[bool] = True

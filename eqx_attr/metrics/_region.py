@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -69,7 +69,7 @@ class RegionPerturbation(AbstractCurveMetric):
     regions_evaluation: int = eqx.field(static=True)
     order: str = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -79,7 +79,7 @@ class RegionPerturbation(AbstractCurveMetric):
         order: str = "morf",
         baseline: Any = 0.0,
         score: str = "probability",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         check_positive_int(patch_size, "patch_size")
         check_positive_int(regions_evaluation, "regions_evaluation")

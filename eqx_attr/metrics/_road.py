@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -124,7 +124,7 @@ class ROAD(AbstractCurveMetric):
     noise: float = eqx.field(static=True)
     order: str = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class ROAD(AbstractCurveMetric):
         noise: float = 0.01,
         order: str = "morf",
         score: str = "accuracy",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         percentages = tuple(float(p) for p in percentages)
         if not percentages or not all(0 <= p < 100 for p in percentages):
@@ -243,7 +243,7 @@ class ROADConfidenceChange(AbstractMetric):
     order: str = eqx.field(static=True)
     noise: float = eqx.field(static=True)
     score: str = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -252,7 +252,7 @@ class ROADConfidenceChange(AbstractMetric):
         order: str = "combined",
         noise: float = 0.01,
         score: str = "probability",
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ):
         percentiles = tuple(float(p) for p in percentiles)
         if not percentiles or not all(0 <= p <= 100 for p in percentiles):

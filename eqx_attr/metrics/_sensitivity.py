@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -75,7 +75,7 @@ class SensitivityMax(AbstractMetric):
     method: AbstractAttribution
     radius: float = 0.02
     n_samples: int = eqx.field(static=True, default=16)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         check_noise_options(self.n_samples, self.radius, "radius", self.chunk_size)
@@ -130,7 +130,7 @@ class LocalLipschitzEstimate(AbstractMetric):
     method: AbstractAttribution
     stdev: float = 0.1
     n_samples: int = eqx.field(static=True, default=16)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         check_noise_options(self.n_samples, self.stdev, "stdev", self.chunk_size)
