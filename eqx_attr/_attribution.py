@@ -446,10 +446,6 @@ class _FiniteXChecked(eqx.Module):
         )
 
 
-def _finite_x_checked(fn: Callable[..., Any]) -> _FiniteXChecked:
-    return _FiniteXChecked(fn)
-
-
 class AbstractCompiledAttribution(AbstractAttribution):
     """Base of methods that trace once and call through `eqx.filter_jit`.
 
@@ -484,7 +480,7 @@ class AbstractCompiledAttribution(AbstractAttribution):
         one compiled program."""
         x = check_input(x)
         return call_compiled(
-            _finite_x_checked(fn), x, self._checked_target(x, target), key
+            _FiniteXChecked(fn), x, self._checked_target(x, target), key
         )
 
     def _checked_target(self, x: Array, target: Target) -> Target:
