@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 FILTER := 2>&1 | grep -v "is ignored: it is neither" || true
 
-.PHONY: demo test test-isa lint bench docs venv clean
+.PHONY: demo test test-isa lint bench bench-large docs venv clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# ImageNet-size models at 224x224 against Captum and Zennit, each side in its own
+# process (hours on 2 cores; `--models`/`--methods`/`--batches` pick a subset).
+bench-large: $(STAMP)
+	$(BIN)/python benchmarks/bench_large.py --out benchmarks/results/large-cpu.md
 
 # The documentation site, into site/ (`$(BIN)/mkdocs serve` to read it while editing).
 docs: $(STAMP)

@@ -1,6 +1,7 @@
 """Where XLA:CPU spends a gradient method's time: per-kernel times of one program.
 
-Builds SmallCNN (width 16, random weights), compiles the batched input gradient
+Builds SmallCNN (width 16, random weights) or a zoo model (`--model resnet18
+--side 224`), compiles the batched input gradient
 that every gradient method runs (or, with `--forward`, the forward pass alone),
 runs it under JAX's profiler and prints each kernel's mean time per call, largest
 first, with the HLO of the kernels that matter (fusions named `ynn_fusion*` run
@@ -8,6 +9,7 @@ in YNNPACK; the others are XLA's own loops).
 
     python benchmarks/profile_ops.py --batch 200
     python benchmarks/profile_ops.py --batch 200 --forward
+    python benchmarks/profile_ops.py --model resnet18 --side 224 --batch 1
 """
 
 from __future__ import annotations
@@ -33,10 +35,15 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--forward", action="store_true", help="the forward pass alone")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--model", default="small_cnn", help="a zoo architecture")
+    p.add_argument("--side", type=int, default=None, help="input side (zoo default)")
     args = p.parse_args()
 
-    model = xa.models.SmallCNN(width=16, key=jax.random.key(0))
-    xs = jax.random.uniform(jax.random.key(1), (args.batch, 1, 28, 28))
+    spec = xa.models.model_spec(args.model)
+    kw = {"width": 16} if args.model == "small_cnn" else {}
+    model = spec.factory(key=jax.random.key(0), **kw)
+    shape = spec.input_shape(model, args.side)
+    xs = jax.random.uniform(jax.random.key(1), (args.batch, *shape))
     ts = jnp.arange(args.batch) % 10
     one = lambda x, t: scalar_function(model, x, t)(x)
     fn = jax.jit(jax.vmap(one if args.forward else jax.grad(one)))
@@ -63,7 +70,8 @@ def main() -> None:
         if m:
             hlo[m.group(1)] = re.sub(r", metadata=\{.*|, backend_config=.*", "", m[2])
     what = "forward" if args.forward else "input gradient"
-    print(f"SmallCNN {what}, {args.batch} digits: ms per call, by kernel")
+    print(f"{args.model} {what}, {args.batch} x {shape}: ms per call, by kernel")
+    print(f"{sum(total.values()) / args.calls / 1000:8.2f}  (all kernels)")
     for name, us in total.most_common(args.top):
         ms = us / args.calls / 1000
         print(f"{ms:8.2f}  {name:28s} {hlo.get(name, '')[:110]}")

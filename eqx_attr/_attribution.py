@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
+from ._checks import deferred, deferred_checks, error_if
 from ._engine._fast_derivatives import fast_derivatives, loop_body
 from ._layout import check_input_layout
 from ._memory import resolve_chunk_size
@@ -140,7 +141,7 @@ def check_input(x: Any, name: str = "x") -> Array:
             f"`{name}` is empty (shape {x.shape}); attributions need at least one "
             "value. Pass ONE example shaped as the model expects."
         )
-    return eqx.error_if(x, jnp.any(~jnp.isfinite(x)), _NON_FINITE.format(name=name))
+    return error_if(x, jnp.any(~jnp.isfinite(x)), _NON_FINITE.format(name=name))
 
 
 _NON_FINITE = (
@@ -291,14 +292,13 @@ def make_objective(target: Target, out_shape: Any) -> Callable:
                 "pass `target.astype(jnp.int32)`."
             )
 
-        def objective(scores):
-            t = eqx.error_if(
-                target,
+        def objective(scores):  # the score carries the check: it may be a NaN
+            return error_if(
+                scores[target],
                 (target < 0) | (target >= n),
                 f"`target` is out of range for a model with {n} outputs; class "
                 f"indices must lie in [0, {n - 1}].",
             )
-            return scores[t]
 
         return objective
 
@@ -377,16 +377,17 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
 def batched_map(fn: Callable, xs: Any, chunk_size: int | str | None) -> Any:
     """Map `fn` over the leading axis of `xs`, vectorised.
 
-    With `chunk_size=None` all elements run in one `vmap`; with an int,
-    `jax.lax.map(..., batch_size=chunk_size)` bounds the memory to `chunk_size`
-    elements at a time; `"auto"` picks the int from the memory budget
+    `chunk_size=None`: one `vmap`; an int: `jax.lax.map(..., batch_size=...)`,
+    whose body gets convolutions XLA:CPU runs fast in loops (forward passes too),
+    the form the budget measures; `"auto"`: the int the memory budget allows
     (`eqx_attr/_memory.py`), or `None` when every element fits it.
     """
-    chunk_size = resolve_chunk_size(chunk_size, fn, xs)
+    fast = fast_derivatives(fn)
+    chunk_size = resolve_chunk_size(chunk_size, fast, xs)
     if chunk_size is None:
         return jax.vmap(fn)(xs)
-    with loop_body():  # convolutions in forms XLA:CPU runs fast in loops
-        return jax.lax.map(fn, xs, batch_size=chunk_size)
+    with loop_body():
+        return jax.lax.map(fast, xs, batch_size=chunk_size)
 
 
 def check_chunk_size(chunk_size: Any, *, allow_auto: bool = True) -> None:
@@ -416,15 +417,21 @@ def index_target(model: Callable, x: Array, target: Target) -> Target:
     return target
 
 
-@eqx.filter_jit
 def call_compiled(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` as one compiled program (`eqx.filter_jit`).
 
     `fn` may be a method of a Module (`method.attribute`): a bound method is a
     PyTree whose arrays are traced, so every instance of a class with the same
     static options shares the compilation. Inside a caller's `jit` it is inlined.
+    The program is keyed on the checks' mode (`_checks.deferred`).
     """
-    return fn(*args)
+    return _compiled(deferred(), fn, *args)
+
+
+@eqx.filter_jit
+def _compiled(mode: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    with deferred_checks(mode):
+        return fn(*args)
 
 
 class _FiniteXChecked(eqx.Module):
@@ -438,7 +445,7 @@ class _FiniteXChecked(eqx.Module):
         bad = jnp.any(~jnp.isfinite(x))
         return jax.tree.map(
             lambda o: (
-                eqx.error_if(o, bad, _NON_FINITE.format(name="x"))
+                error_if(o, bad, _NON_FINITE.format(name="x"))
                 if eqx.is_inexact_array(o)
                 else o
             ),

@@ -14,12 +14,17 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from ._checks import deferred_checks, raise_deferred
+
 
 def batch_runner() -> Callable[..., Any]:
     """A fresh `run(method, xs, targets, keys=None)`: jitted, vmapped over the batch.
 
     Each call of `batch_runner` makes a new `eqx.filter_jit`, so its first run
-    compiles (what timings want); later runs with the same shapes do not.
+    compiles (what timings want); later runs with the same shapes do not. The
+    method's run-time checks are deferred (`eqx_attr._checks`), so the program
+    has no host callback and JAX's persistent cache keeps it; an example that
+    fails one is run again alone to raise its error.
 
     **Returns:** `run(method, xs, targets, keys=None)`; `keys` (one per example)
     only for random methods.
@@ -31,10 +36,21 @@ def batch_runner() -> Callable[..., Any]:
     """
 
     @eqx.filter_jit
+    def compiled(method, xs, ts, keys):
+        with deferred_checks():  # no host callback: JAX's disk cache keeps it
+            if keys is None:
+                return eqx.filter_vmap(lambda x, t: method(x, t))(xs, ts)
+            return eqx.filter_vmap(lambda x, t, k: method(x, t, key=k))(xs, ts, keys)
+
     def run(method, xs, ts, keys=None):
-        if keys is None:
-            return eqx.filter_vmap(lambda x, t: method(x, t))(xs, ts)
-        return eqx.filter_vmap(lambda x, t, k: method(x, t, key=k))(xs, ts, keys)
+        def rerun(i):  # example `i` alone, its checks raising
+            return (
+                method(xs[i], ts[i])
+                if keys is None
+                else method(xs[i], ts[i], key=keys[i])
+            )
+
+        return raise_deferred(compiled(method, xs, ts, keys), rerun, xs)
 
     return run
 

@@ -13,9 +13,12 @@ in order, of the bytes of the values alive at once that depend on the point
 (values that depend only on the model and the example, such as the parameters,
 are the same for every point and are not counted). `batch` is the size of the
 `jax.vmap`s around the call: under a vmap over a batch of examples, every chunk
-holds that many copies. No compilation is needed: the measurement is one extra
-trace of one point, done once per compilation (`jax.jit` caches the program per
-model structure, input shape and dtype).
+holds that many copies. When every point fits, all run in one `vmap` (XLA's own
+convolutions); otherwise the chunk is sized on the form a loop body runs (on
+CPU, convolutions as im2col products, which take more memory per point). No
+compilation is needed: the measurement is one or two extra traces of one point,
+done once per compilation (`jax.jit` caches the program per model structure,
+input shape and dtype).
 
 What the budget covers: the working memory of the many-point evaluation (XLA's
 temporary buffers, `compiled.memory_analysis().temp_size_in_bytes`). It does not
@@ -26,6 +29,7 @@ never empty).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -240,7 +244,7 @@ def _peak(jaxpr: Any, depends: list[bool]) -> int:
     return peak
 
 
-def measure(fn: Callable, point: Any) -> tuple[int, int]:
+def measure(fn: Callable, point: Any, *, loop: bool = True) -> tuple[int, int]:
     """`(bytes_per_point, output_bytes)` of `fn` on one point: the peak of the
     live values of its traced program that depend on the point (see the module
     docstring), and the bytes of its output.
@@ -250,12 +254,15 @@ def measure(fn: Callable, point: Any) -> tuple[int, int]:
     - `fn`: the per-point function a method maps over its points (it may close
         over traced values: those count as fixed, not per point).
     - `point`: one point, a PyTree of arrays or `jax.ShapeDtypeStruct`s.
+    - `loop`: measure the form traced in a loop body (chunks: convolutions as
+        im2col products on CPU) rather than the one-`vmap` form.
 
     **Returns:** two ints, from one trace (no compilation).
     """
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), point)
-    with loop_body():  # the chunked form is the one a loop body traces
-        closed = jax.make_jaxpr(fn)(shapes)
+    with loop_body() if loop else contextlib.nullcontext():
+        # A fresh function: JAX's trace cache ignores the loop-body context.
+        closed = jax.make_jaxpr(lambda p: fn(p))(shapes)
     jaxpr = closed.jaxpr
     peak = _peak(jaxpr, [True] * len(jaxpr.invars))
     return max(1, peak), sum(_nbytes(v.aval) for v in jaxpr.outvars)
@@ -282,13 +289,19 @@ def chunk_for_budget(
 
     **Returns:** an int in `[1, n_points)`, or `None` (everything at once).
     """
-    per_point, out = measure(fn, point)
-    per_point = int(per_point * PLANNING_FACTOR)
     batch = vmapped_size()
-    fixed = fixed_bytes + (n_points * out if stacked else 0)
-    room = memory_budget() - fixed * batch
-    chunk = max(1, room // (per_point * batch))
-    return None if chunk >= n_points else int(chunk)
+
+    def fitting(loop: bool) -> int:
+        per_point, out = measure(fn, point, loop=loop)
+        fixed = fixed_bytes + (n_points * out if stacked else 0)
+        room = memory_budget() - fixed * batch
+        return max(1, room // (int(per_point * PLANNING_FACTOR) * batch))
+
+    # All at once (one vmap, XLA's own convolutions) when everything fits; else
+    # chunks of the loop-body form, which the loop runs (im2col on CPU).
+    if fitting(loop=False) >= n_points:
+        return None
+    return int(min(fitting(loop=True), n_points - 1))
 
 
 def resolve_chunk_size(

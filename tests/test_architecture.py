@@ -184,7 +184,8 @@ FLOORS: tuple[frozenset[str], ...] = tuple(
     for names in (
         "_engine",  # tracer, the one interpreter, JAX internals, CPU passes
         # the contract and the rows of the method table
-        "_version _attribution _layout _memory _method_entry _model_errors _tokens",
+        "_version _attribution _checks _layout _memory _method_entry _model_errors "
+        "_tokens",
         "_layers baselines masks images models targets",  # shared mechanisms
         # the families
         "_gradient _cam _rules _perturbation _transformer _region _neuron lrp",

@@ -177,11 +177,24 @@ CASES = [
 ]
 
 
+def _check_fits(name, call, whole_call, x, scale=None):
+    """Budget = half of what the unchunked call plans, so the default call must
+    chunk; it then plans at most 1.2x the budget, and equals the unchunked call.
+    Returns `(name, budget, planned)`."""
+    compiled = jax.jit(whole_call).lower(x).compile()
+    budget = compiled.memory_analysis().temp_size_in_bytes  # pyright: ignore[reportOptionalMemberAccess] // 2
+    xa.set_memory_budget(budget)
+    # Chunked: some loop runs more than once (the chunk holds fewer points).
+    assert any(n > 1 for n in _loop_lengths(call, x)), name
+    chunked = jax.jit(call).lower(x).compile()
+    planned = chunked.memory_analysis().temp_size_in_bytes  # pyright: ignore[reportOptionalMemberAccess]
+    assert planned <= 1.2 * budget, (name, planned, budget)
+    assert_close(chunked(x), compiled(x), scale=scale, err_msg=name)
+    return name, budget, planned
+
+
 @pytest.mark.parametrize(("arch", "shape", "names"), CASES)
 def test_default_calls_fit_the_budget(arch, shape, names):
-    # The budget: half of what the unchunked call plans, so every method
-    # must chunk to fit; then the default (`chunk_size="auto"`) call plans at
-    # most 1.2x the budget, and its results equal the unchunked ones.
     key = jax.random.key(0)
     n_in = shape[0] * shape[1] * shape[2]
     model = _CNN(shape[0], 8, key) if arch == "cnn" else _MLP(n_in, key)
@@ -195,22 +208,61 @@ def test_default_calls_fit_the_budget(arch, shape, names):
     ):
         if name not in names:
             continue
-        call = lambda v, m=method, k=k: m(v, 3, key=k)  # noqa: E731
-        whole_call = jax.jit(lambda v, m=whole, k=k: m(v, 3, key=k))
-        compiled = whole_call.lower(x).compile()
-        budget = compiled.memory_analysis().temp_size_in_bytes  # pyright: ignore[reportOptionalMemberAccess] // 2
-        xa.set_memory_budget(budget)
-        # Chunked: some loop runs more than once (the chunk holds fewer points).
-        assert any(n > 1 for n in _loop_lengths(call, x)), (arch, shape, name)
-        chunked = jax.jit(call).lower(x).compile()
-        planned = chunked.memory_analysis().temp_size_in_bytes  # pyright: ignore[reportOptionalMemberAccess]
-        report.append((name, budget, planned))
-        assert planned <= 1.2 * budget, (arch, shape, name, planned, budget)
         # Occlusion's values are differences of scores: rounding is relative to
         # the score (the policy's `scale`: the size of what cancelled).
         scale = float(jnp.abs(model(x)[3])) if name == "occlusion" else None
-        assert_close(chunked(x), compiled(x), scale=scale, err_msg=name)
+        report.append(
+            _check_fits(
+                f"{arch} {shape} {name}",
+                lambda v, m=method, k=k: m(v, 3, key=k),
+                lambda v, m=whole, k=k: m(v, 3, key=k),
+                x,
+                scale,
+            )
+        )
     print(arch, shape, [(n, b, p, round(p / b, 2)) for n, b, p in report])
+
+
+def _inside(model, chunk: Any = "auto"):
+    """Many-point methods inside the network, XRAI's IG and Smooth MPRT."""
+    c, conv1 = {"chunk_size": chunk}, (lambda m: m.conv1)
+    return {
+        "layer_ig": xa.LayerIntegratedGradients(model, conv1, n_steps=64, **c),
+        "layer_conductance": xa.LayerConductance(model, conv1, n_steps=64, **c),
+        "layer_gradient_shap": xa.LayerGradientShap(
+            model,
+            conv1,
+            baseline=xa.baselines.UniformNoise(n_draws=4),
+            n_samples=32,
+            **c,
+        ),  # fmt: skip
+        "layer_ablation": xa.LayerFeatureAblation(model, conv1, **c),
+        "neuron_ig": xa.NeuronIntegratedGradients(model, conv1, 5, n_steps=64, **c),
+        "xrai_ig": xa.XRAI(model, n_steps=64, **c).integrated_gradients(),
+        "smooth_mprt": xa.metrics.SmoothMPRT(xa.Gradients(model), n_samples=48, **c),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["layer_ig", "layer_conductance", "layer_gradient_shap", "layer_ablation",
+             "neuron_ig", "xrai_ig", "smooth_mprt"],
+)  # fmt: skip
+def test_inside_the_network_fits_the_budget(name):
+    model = _CNN(3, 8, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 16, 16))
+    method, whole = _inside(model)[name], _inside(model, None)[name]
+    key = jax.random.key(2)
+    if name == "smooth_mprt":  # (the metric's curve: one explanation per step)
+        call = lambda v: method.curve(v, 3, key=key)  # noqa: E731
+        whole_call = lambda v: whole.curve(v, 3, key=key)  # noqa: E731
+    elif name.startswith("neuron"):
+        call, whole_call = (lambda v: method(v)), (lambda v: whole(v))
+    else:
+        call = lambda v: method(v, 3, key=key)  # noqa: E731
+        whole_call = lambda v: whole(v, 3, key=key)  # noqa: E731
+    # Ablation's values are differences of scores (see the test above).
+    scale = float(jnp.abs(model(x)[3])) if name == "layer_ablation" else None
+    _check_fits(name, call, whole_call, x, scale)
 
 
 def test_a_metric_fits_the_budget():
@@ -243,3 +295,39 @@ def test_budget_under_vmap_covers_the_batch():
     assert any(n > 1 for n in _loop_lengths(batched, xs))
     assert _temp(batched, xs) <= 1.2 * budget
     assert_close(jax.jit(batched)(xs), compiled(xs))
+
+
+def _convs_in_loops(fn, x) -> tuple[int, int]:
+    """(convolutions inside scan bodies, convolutions outside) of `fn`'s program."""
+    counts = [0, 0]
+
+    def walk(j, inside):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                counts[0 if inside else 1] += 1
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, tuple | list) else (v,):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if isinstance(sub, jax.extend.core.Jaxpr):
+                        walk(sub, inside or eqn.primitive.name == "scan")
+
+    walk(jax.make_jaxpr(fn)(x).jaxpr, False)
+    return counts[0], counts[1]
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_chunked_forward_passes_convolve_fast(chunk):
+    # XLA:CPU runs a convolution in a loop body without its fast kernels (8-20x
+    # slower); chunks of masked images, like chunks of gradients, get im2col
+    # products there instead (the unchunked call keeps its convolutions).
+    model = _CNN(3, 8, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 16, 16))
+    occ = xa.Occlusion(model, window=(3, 4, 4), strides=4, chunk_size=chunk)
+    inside, outside = _convs_in_loops(lambda v: occ(v, 3), x)
+    assert outside >= 2  # the unperturbed score, at least
+    if chunk is None:
+        assert inside == 0 and outside >= 4
+    elif jax.default_backend() == "cpu":
+        assert inside == 0, "a convolution was left in the loop body"
+    whole = xa.Occlusion(model, window=(3, 4, 4), strides=4, chunk_size=None)
+    assert_close(occ(x, 3), whole(x, 3), scale=float(jnp.abs(model(x)[3])))

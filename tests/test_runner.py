@@ -165,7 +165,7 @@ def test_cam_scores_come_from_its_own_forward_pass(tmp_path):
     def convolutions(method, scores):
         arrays, static = _dispatch.split(method)
         lowered = _explain._explain_batch.lower(
-            static, scores, arrays, xs[:4], ts[:4], None, None
+            static, scores, True, arrays, xs[:4], ts[:4], None, None
         )
         return lowered.as_text().count("stablehlo.convolution")
 

@@ -25,6 +25,7 @@ from .._attribution import (
     check_where,
     make_objective,
 )
+from .._checks import error_if
 from .._layers import LayerInfo, inspect_layers, read_layers, resolve_layer
 from .._layout import (
     InputLayout,
@@ -138,7 +139,7 @@ def _check_pooled_linear(a: Array, scores: Array, fc: Any, dtype: Any) -> Array:
     # enough that any layer between the pooling and the scores shows.
     rel = max(1e-3, 8 * float(jnp.finfo(dtype).eps))
     tol = rel * (1.0 + jnp.max(jnp.abs(s)))
-    return eqx.error_if(
+    return error_if(
         a,
         jnp.max(jnp.abs(s - predicted)) > tol,
         "CAM: `classifier`'s output is not `classifier(mean over space of layer)`.\n"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._attribution import check_choice, check_index, check_where
+from .._checks import error_if
 from .._layers import LayerInfo, inspect_layer, read_layer
 from .._tokens import token_grid
 
@@ -135,7 +136,7 @@ class LayerSpec(eqx.Module):
             return g
         prefix = grad[: self.n_prefix_tokens]
         only_prefix = jnp.all(g == 0) & jnp.any(prefix != 0)
-        return eqx.error_if(
+        return error_if(
             g,
             only_prefix,
             f"{method}: the target depends only on the class token of `layer`'s "

@@ -37,6 +37,7 @@ from .._attribution import (
     check_where,
     model_rejected_input,
 )
+from .._checks import error_if
 from .._engine._fast_derivatives import fast_derivatives
 
 # ---------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ def read_layers(
     label = "`layer`" if len(infos) == 1 else "every layer it names"
     reached = jnp.stack([r for _, _, r in cotangents])
     acts = [
-        eqx.error_if(a, jnp.any(reached != 1), _NOT_REACHED.format(label=label))
+        error_if(a, jnp.any(reached != 1), _NOT_REACHED.format(label=label))
         for _, a, _ in cotangents
     ]
     grads = [g for g, _, _ in cotangents]

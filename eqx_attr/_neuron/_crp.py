@@ -26,6 +26,7 @@ from .._attribution import (
     check_positive_int,
     check_where,
 )
+from .._checks import error_if
 from .._layers import inspect_layer, layer_activation, resolve_layer
 from .._layout import InputLayout, input_layout_field
 from .._method_entry import Differentiability, MethodEntry
@@ -156,7 +157,7 @@ class CRP(AbstractCompiledAttribution):
         act = inspect_layer(self.model, self.where, x).act
         axis = channel_axis_of(act.shape, self.channel_axis)
         n = act.shape[axis]
-        ids = eqx.error_if(
+        ids = error_if(
             self.concepts,
             jnp.any((self.concepts < 0) | (self.concepts >= n)),
             f"`concepts` holds a channel id outside [0, {n - 1}] (the layer has "

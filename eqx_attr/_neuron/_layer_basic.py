@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -137,7 +137,8 @@ class LayerFeatureAblation(AbstractLayerAttribution):
         e.g. `jnp.arange(C).reshape(C, 1, 1)` for one group per channel.
     - `layer_baseline`: a number or an array broadcastable to the layer's output:
         what an ablated element is set to. Default 0.0.
-    - `chunk_size`: groups per vectorised chunk (`None`: all at once).
+    - `chunk_size`: groups per vectorised chunk (`None`: all at once; `"auto"`,
+        the default: as many as fit the memory budget).
     - `to_layer_input`: ablate the layer's first positional argument instead of
         its output (Captum's `attribute_to_layer_input`).
     - `input_layout`: `"chw"`, `"hwc"` or `None`, keyword-only; checked only.
@@ -156,7 +157,7 @@ class LayerFeatureAblation(AbstractLayerAttribution):
     layer_mask: Array | None
     layer_baseline: Array
     n_features: int | None = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     to_layer_input: bool = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -166,7 +167,7 @@ class LayerFeatureAblation(AbstractLayerAttribution):
         where: Callable,
         layer_mask: FeatureMask | None = None,
         layer_baseline: Baseline = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         *,
         to_layer_input: bool = False,
         input_layout: InputLayout = None,
@@ -260,7 +261,7 @@ ROWS = (
             _layer(c),
             layer_mask=c.options.get("layer_mask"),
             layer_baseline=c.option("layer_baseline", 0.0),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"layer"}),
         output="layer",

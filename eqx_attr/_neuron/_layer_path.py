@@ -4,7 +4,7 @@ internal influence, DeepLIFT and GradientSHAP (Captum's `Layer*` classes)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -23,6 +23,7 @@ from .._attribution import (
 from .._gradient._gradient_shap import gradient_shap_draws
 from .._gradient._integrated import path_mean_gradients, quadrature
 from .._layout import InputLayout, input_layout_field
+from .._memory import chunk_for_budget
 from .._method_entry import BuildContext, Differentiability, MethodEntry
 from .._rules._deeplift import deeplift_multipliers
 from ..baselines import (
@@ -97,7 +98,8 @@ class LayerIntegratedGradients(AbstractLayerAttribution):
         broadcastable to `x`, or a module of `eqx_attr.baselines` (several draws
         are averaged).
     - `multiply_by_inputs`: `False` returns the integrated gradient alone.
-    - `chunk_size`: path points per chunk (`None`: all at once).
+    - `chunk_size`: path points per chunk (`None`: all at once; `"auto"`, the
+        default: as many as fit the memory budget, [`eqx_attr.set_memory_budget`][]).
     - `to_layer_input`: the path and the attribution at the layer's first
         positional argument instead of its output.
     - `input_layout`: `"chw"`, `"hwc"` or `None`, keyword-only; checked only.
@@ -115,7 +117,7 @@ class LayerIntegratedGradients(AbstractLayerAttribution):
     method: str = eqx.field(static=True, default="gausslegendre")
     baseline: AbstractBaseline = eqx.field(default_factory=Zeros, converter=as_baseline)
     multiply_by_inputs: bool = eqx.field(static=True, default=True)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     to_layer_input: bool = eqx.field(static=True, default=False, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -131,16 +133,17 @@ class LayerIntegratedGradients(AbstractLayerAttribution):
         bs = draw_baselines(self.baseline, x, key)
         y = site.act(x)
         y0s = jax.vmap(site.act)(bs)
-        grads = path_mean_gradients(
-            site.rest(x), y, y0s, self.method, self.n_steps, self.chunk_size
-        )
+        rest, chunk = site.rest(x), self.chunk_size
+        if chunk == "auto":  # one path point: a pass from the layer on, and back
+            chunk = chunk_for_budget(jax.grad(rest), y, y0s.shape[0] * self.n_steps)
+        grads = path_mean_gradients(rest, y, y0s, self.method, self.n_steps, chunk)
         if self.multiply_by_inputs:
             grads = (y[None] - y0s) * grads
         return jnp.mean(grads, axis=0).astype(y.dtype)
 
 
 def _path_reads(
-    site: LayerSite, x: Array, bs: Array, alphas: np.ndarray, chunk: int | None
+    site: LayerSite, x: Array, bs: Array, alphas: np.ndarray, chunk: int | str | None
 ) -> tuple[Array, Array]:
     """The point's values and gradients along the input paths, `(draws, steps, ...)`."""
     acts, grads = batched_map(site.act_grad, _input_path(x, bs, alphas), chunk)
@@ -171,7 +174,7 @@ class LayerConductance(AbstractLayerAttribution):
     n_steps: int = eqx.field(static=True, default=50)
     method: str = eqx.field(static=True, default="gausslegendre")
     baseline: AbstractBaseline = eqx.field(default_factory=Zeros, converter=as_baseline)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     to_layer_input: bool = eqx.field(static=True, default=False, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -213,7 +216,7 @@ class InternalInfluence(AbstractLayerAttribution):
     n_steps: int = eqx.field(static=True, default=50)
     method: str = eqx.field(static=True, default="gausslegendre")
     baseline: AbstractBaseline = eqx.field(default_factory=Zeros, converter=as_baseline)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     to_layer_input: bool = eqx.field(static=True, default=False, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -308,7 +311,8 @@ class LayerGradientShap(AbstractLayerAttribution):
     - `n_samples`: samples per example (Captum's default 5).
     - `stdev`: the noise on the input (Captum's default 0.0).
     - `multiply_by_inputs`: `False` returns the mean gradient alone.
-    - `chunk_size`: samples per vectorised chunk (`None`: all at once).
+    - `chunk_size`: samples per vectorised chunk (`None`: all at once; `"auto"`,
+        the default: as many as fit the memory budget).
     - `to_layer_input`, `input_layout`: as [`eqx_attr.LayerIntegratedGradients`][].
 
     **Returns:** `method(x, target, key=key)` gives an array shaped like the
@@ -326,7 +330,7 @@ class LayerGradientShap(AbstractLayerAttribution):
     n_samples: int = eqx.field(static=True, default=5)
     stdev: float = eqx.field(static=True, default=0.0)
     multiply_by_inputs: bool = eqx.field(static=True, default=True)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     to_layer_input: bool = eqx.field(static=True, default=False, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -374,7 +378,7 @@ def _path_build(cls: type) -> Callable[[BuildContext], Any]:
             c.need("layer"),
             n_steps=c.option("n_steps", 32),
             baseline=_baseline(c),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         )
 
     return build
@@ -445,7 +449,7 @@ ROWS = (
             baseline=c.baseline if c.baseline is not None else UniformNoise(n_draws=8),
             n_samples=c.option("n_samples", 16),
             stdev=c.option("stdev", 0.0),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"layer", "baseline", "key"}),
         output="layer",

@@ -3,7 +3,7 @@
 `NeuronFeatureAblation`."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -169,7 +169,8 @@ class NeuronFeatureAblation(AbstractNeuronAttribution):
     - `feature_mask`: integer feature ids broadcastable to `x` (e.g.
         `xa.masks.grid((8, 8), 2)`), or `None` (every element its own feature).
     - `baseline`: a number or an array broadcastable to `x`. Default 0.0.
-    - `chunk_size`: ablate at most this many features at once (`None`: all).
+    - `chunk_size`: ablate at most this many features at once (`None`: all;
+        `"auto"`, the default: as many as fit the memory budget).
 
     **Returns:** `method(x)` gives an array shaped like `x`.
 
@@ -185,7 +186,7 @@ class NeuronFeatureAblation(AbstractNeuronAttribution):
     feature_mask: Array | None
     baseline: Array
     n_features: int | None = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True)
     call_index: int | None = eqx.field(static=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -197,7 +198,7 @@ class NeuronFeatureAblation(AbstractNeuronAttribution):
         *,
         feature_mask: Int[Array, "..."] | Int[np.ndarray, "..."] | None = None,
         baseline: float | Float[Array, "..."] | Float[np.ndarray, "..."] = 0.0,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
         call_index: int | None = None,
         input_layout: InputLayout = None,
     ):
@@ -289,7 +290,7 @@ ROWS = (
             _neuron(c),
             feature_mask=c.mask,
             baseline=c.baseline if c.baseline is not None else 0.0,
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"layer"}),
         takes_target=False,

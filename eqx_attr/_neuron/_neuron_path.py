@@ -116,7 +116,8 @@ class NeuronConductance(AbstractNeuronAttribution):
         Default `"riemann_trapezoid"` (Captum's).
     - `baseline`: as for [`eqx_attr.IntegratedGradients`][] (several draws are
         averaged). Default zeros.
-    - `chunk_size`: evaluate at most this many path points at a time.
+    - `chunk_size`: evaluate at most this many path points at a time (`"auto"`,
+        the default: as many as fit the memory budget).
 
     **Returns:** `method(x, target)` gives an array shaped like `x`.
 
@@ -133,7 +134,9 @@ class NeuronConductance(AbstractNeuronAttribution):
     baseline: AbstractBaseline = eqx.field(
         default_factory=Zeros, converter=as_baseline, kw_only=True
     )
-    chunk_size: int | None = eqx.field(static=True, default=None, kw_only=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(
+        static=True, default="auto", kw_only=True
+    )
     call_index: int | None = eqx.field(static=True, default=None, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -225,7 +228,8 @@ class NeuronGradientShap(AbstractNeuronAttribution):
         `xa.baselines.Custom(bs, draws=True)`.
     - `n_samples`: samples per example (Captum's default 5).
     - `stdev`: the noise on the input (Captum's default 0.0).
-    - `chunk_size`: evaluate at most this many samples at a time.
+    - `chunk_size`: evaluate at most this many samples at a time (`"auto"`, the
+        default: as many as fit the memory budget).
 
     **Returns:** `method(x, key=key)` gives an array shaped like `x`.
 
@@ -242,7 +246,9 @@ class NeuronGradientShap(AbstractNeuronAttribution):
     baseline: AbstractBaseline = eqx.field(converter=as_baseline, kw_only=True)
     n_samples: int = eqx.field(static=True, default=5, kw_only=True)
     stdev: float = eqx.field(static=True, default=0.0, kw_only=True)
-    chunk_size: int | None = eqx.field(static=True, default=None, kw_only=True)
+    chunk_size: int | Literal["auto"] | None = eqx.field(
+        static=True, default="auto", kw_only=True
+    )
     call_index: int | None = eqx.field(static=True, default=None, kw_only=True)
     input_layout: InputLayout = input_layout_field()
 
@@ -307,7 +313,7 @@ ROWS = (
             _neuron(c),
             n_steps=c.option("n_steps", 32),
             baseline=_baseline(c),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"layer", "baseline"}),
         takes_target=True,
@@ -352,7 +358,7 @@ ROWS = (
             ),
             n_samples=c.option("n_samples", 32),
             stdev=c.option("stdev", 0.0),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         needs=frozenset({"layer", "baseline", "key"}),
         takes_target=False,

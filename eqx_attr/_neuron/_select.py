@@ -32,6 +32,7 @@ from .._attribution import (
     check_index,
     index_target,
 )
+from .._checks import error_if
 from .._layers import inspect_layer, resolve_layer
 from .._layout import InputLayout
 
@@ -152,7 +153,7 @@ def select_neuron(
         bad = jnp.any((neuron < 0) | (neuron >= jnp.asarray(shape, jnp.int32)))
         strides = np.cumprod((1,) + shape[::-1])[:-1][::-1]
         flat = jnp.sum(neuron * jnp.asarray(strides, jnp.int32))
-    flat = eqx.error_if(flat, bad, _range_message(shape, "(a traced index)"))
+    flat = error_if(flat, bad, _range_message(shape, "(a traced index)"))
     return jax.lax.dynamic_index_in_dim(act.reshape(-1), flat, keepdims=False)
 
 

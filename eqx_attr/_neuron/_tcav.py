@@ -262,7 +262,7 @@ class TCAV(AbstractCompiledAttribution):
         return call_compiled(self._directional, x, self._checked_target(x, target), cav)
 
     def activations(
-        self, xs: Image, *, chunk_size: int | None = None
+        self, xs: Image, *, chunk_size: int | Literal["auto"] | None = "auto"
     ) -> Float[Array, "n ..."]:
         """The layer's activations for a batch `xs` `(n, *example shape)`, to fit
         CAVs on (for data sets that do not fit in memory, stream them with
@@ -309,7 +309,7 @@ class TCAV(AbstractCompiledAttribution):
         target: Target,
         cav: CAV,
         *,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ) -> TCAVScores:
         """TCAV scores of the inputs `xs` along `cav` (or `k` stacked CAVs).
 
@@ -320,7 +320,8 @@ class TCAV(AbstractCompiledAttribution):
             1-D integer array of one class per input.
         - `cav`: an [`eqx_attr.CAV`][] of this layer, or `k` stacked ones: each
             input's forward and backward pass is shared by all of them.
-        - `chunk_size`: inputs per vectorised chunk (`None`: all at once).
+        - `chunk_size`: inputs per vectorised chunk (`None`: all at once;
+            `"auto"`, the default: as many as fit the memory budget).
 
         **Returns:** a [`eqx_attr.TCAVScores`][].
         """
@@ -358,7 +359,7 @@ class TCAV(AbstractCompiledAttribution):
         test_fraction: float = 0.33,
         l2: float = 0.01,
         n_steps: int = 1000,
-        chunk_size: int | None = None,
+        chunk_size: int | Literal["auto"] | None = "auto",
     ) -> TCAVResult:
         """Fit the CAVs, score `xs` and test the scores' significance.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -166,7 +166,8 @@ class XRAI(AbstractCompiledAttribution):
         image's own size.
     - `dilation_radius`: dilate each segment by a disk of this radius (0: not).
         Default 5.
-    - `chunk_size`: IG's chunk of path points (bounded memory).
+    - `chunk_size`: IG's chunk of path points (`"auto"`, the default: as many as
+        fit the memory budget, [`eqx_attr.set_memory_budget`][]).
     - `input_layout`: `"chw"`, `"hwc"` or `None` (default: inferred from `x`'s
         shape, see [`eqx_attr.AbstractAttribution`][]); `segments` and the
         result are `(H, W)` in either layout.
@@ -199,7 +200,7 @@ class XRAI(AbstractCompiledAttribution):
     min_size: int = eqx.field(static=True, default=regions.MIN_SIZE)
     resize: tuple[int, int] | None = eqx.field(static=True, default=regions.RESIZE)
     dilation_radius: int = eqx.field(static=True, default=regions.DILATION_RADIUS)
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
     input_layout: InputLayout = input_layout_field()
 
     def __check_init__(self):
@@ -409,7 +410,7 @@ ROWS = (
             n_steps=c.option("n_steps", 32),
             baseline=c.baseline,
             algorithm=c.option("algorithm", "full"),
-            chunk_size=c.options.get("chunk_size"),
+            chunk_size=c.option("chunk_size", "auto"),
         ),
         output="map",
         differentiable=Differentiability(

@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._attribution import AbstractAttribution, check_positive_int, forward_shape
+from .._checks import deferred_checks
 from .._compile_cache import enable_compile_cache
 from .._version import __version__
 from . import _dispatch, _fingerprint, _loop, _store
@@ -20,16 +21,27 @@ from ._inputs import check_rows_like, check_targets, num_rows, storage_dtype
 from ._targets import TargetRows, is_target_stack, target_rows
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _explain_batch(static, scores: bool, arrays, xs, targets, rows, key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _explain_batch(
+    static, scores: bool, deferred: bool, arrays, xs, targets, rows, key
+):
     """Attributions (and scores) of a batch; `targets=None`: the arg-max, returned.
+
+    `deferred`: the method's run-time checks turn failures into NaN instead of
+    raising through a host callback (`eqx_attr._checks`), so JAX's persistent
+    cache keeps the program; the writer reruns a non-finite row with them raising.
 
     The method is `static.rebuild(arrays)` (see `_dispatch`). Given targets are not
     returned: the runner writes its own copy, and every output of the program
     costs time per call (~50 us on CPU, a Grad-CAM batch of 16 digits computes in
     ~2 ms).
     """
-    method = static.rebuild(arrays)
+    with deferred_checks(deferred):
+        return _explain_traced(static.rebuild(arrays), scores, xs, targets, rows, key)
+
+
+def _explain_traced(method, scores: bool, xs, targets, rows, key) -> dict[str, Any]:
+    """`_explain_batch`'s body, with the method rebuilt."""
     out = {}
     if targets is None:  # the arg-max: one forward pass before the method's
         logits = jax.vmap(method.model)(xs)
@@ -187,7 +199,8 @@ def _job(
         sources=sources,
         nan_checked=("xs",),
         outputs=outputs,
-        compute=_batch_computer(method, scores, key, stack),
+        compute=(compute := _batch_computer(method, scores, key, stack)),
+        recheck=lambda batch, row: compute(batch, np.array([row], np.int32), False),
         identity=identity,
         record={"version": __version__, "method_config": config},
         check_rows=check_rows_like(n_classes),
@@ -246,13 +259,15 @@ def _batch_computer(
     """`compute(batch, rows) -> outputs` for the runner's loop (see `_loop.Job`)."""
     arrays, static = _dispatch.split(method)
 
-    def compute(batch, rows):
+    def compute(batch, rows, deferred=True):
         r = None if key is None else rows
         if stack is not None:  # the batch's rows of every field of the targets
             t = stack.batch(batch)
-            return _explain_batch(static, scores, arrays, batch["xs"], t, r, key)
+            return _explain_batch(
+                static, scores, deferred, arrays, batch["xs"], t, r, key
+            )
         t = batch.get("targets")  # None: predicted
-        out = _explain_batch(static, scores, arrays, batch["xs"], t, r, key)
+        out = _explain_batch(static, scores, deferred, arrays, batch["xs"], t, r, key)
         return out if t is None else {**out, "targets": t}
 
     return compute

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._checks import finite_rows
 from . import _devices, _store
 from ._progress import progress_bar
 
@@ -43,6 +45,9 @@ class Job:
     - `compute`: `(batch: dict of sharded arrays, rows) -> dict of outputs`
         (device or NumPy arrays, padded rows included: trimmed when written).
     - `identity`: compared with an existing store; `record`: stored as is.
+    - `recheck`: optional `(one-row batch, row) -> outputs`, computing a row whose
+        floating outputs are not finite again with its run-time checks raising
+        (`eqx_attr._checks`): `compute` defers them, so its program is cached.
     """
 
     out: str
@@ -56,6 +61,7 @@ class Job:
     identity: dict[str, Any]
     record: dict[str, Any]
     check_rows: Callable[[str, np.ndarray, int], None] | None = None
+    recheck: Callable[[dict[str, np.ndarray], int], Any] | None = None
     desc: str = "explain"
 
 
@@ -101,12 +107,12 @@ def _read(job: Job, start: int, stop: int) -> dict[str, np.ndarray]:
     for name, source in job.sources.items():
         rows = np.asarray(source[start:stop])
         if name in job.nan_checked and np.issubdtype(rows.dtype, np.inexact):
-            bad = np.isnan(rows.reshape(rows.shape[0], -1)).any(axis=1)
+            bad = ~np.isfinite(rows.reshape(rows.shape[0], -1)).all(axis=1)
             if bad.any():
                 raise ValueError(
-                    f"`{name}` row {start + int(np.argmax(bad))} contains NaN; clean "
-                    "or drop it and run again (rows already written are kept, and "
-                    "the run resumes after them)."
+                    f"`{name}` row {start + int(np.argmax(bad))} contains NaN or "
+                    "inf; clean or drop it and run again (rows already written "
+                    "are kept, and the run resumes after them)."
                 )
         if job.check_rows is not None:
             job.check_rows(name, rows, start)
@@ -128,18 +134,31 @@ def _runs(pieces: list[Piece]) -> list[list[Piece]]:
     return runs
 
 
-def _write(arrays: dict[str, Any], done: Any, pieces: list[Piece]) -> int:
+def _write(
+    arrays: dict[str, Any],
+    done: Any,
+    pieces: list[Piece],
+    recheck: Callable[[int], Any] | None = None,
+) -> int:
     """Write the batches of one chunk: one Zarr write per array and run of rows.
 
     Converting to NumPy here, not where the batch was dispatched, lets the main
-    thread go on to the next batches while the devices finish this one.
+    thread go on to the next batches while the devices finish this one. A row
+    with non-finite outputs is first computed again by `recheck`, which raises
+    if one of the method's checks failed there (nothing of its run is written).
     """
     written = 0
     for run in _runs(pieces):
         start, stop = run[0][0], run[-1][1]
+        host = {}
+        for name in arrays:
+            parts = [np.asarray(out[name])[: b - a] for a, b, out in run]
+            host[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if recheck is not None:
+            for row in np.flatnonzero(~finite_rows(host)):
+                jax.block_until_ready(recheck(start + int(row)))
         for name, array in arrays.items():
-            parts = [np.asarray(out[name], array.dtype)[: b - a] for a, b, out in run]
-            array[start:stop] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            array[start:stop] = host[name].astype(array.dtype, copy=False)
         # Only after the outputs: a row marked done always has its data.
         done[start:stop] = True
         written += stop - start
@@ -150,8 +169,9 @@ class _Writer:
     """Writes finished chunks on one background thread, in order, while the
     devices compute the next ones; at most `depth` chunks wait to be written."""
 
-    def __init__(self, arrays: dict[str, Any], done: Any, depth: int = 2):
+    def __init__(self, arrays: dict[str, Any], done: Any, recheck=None, depth=2):
         self.arrays, self.done, self.depth = arrays, done, depth
+        self.recheck = recheck
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "eqx_attr_writer")
         self.queue: collections.deque = collections.deque()
         self.written = 0
@@ -162,7 +182,9 @@ class _Writer:
 
     def submit(self, pieces: list[Piece]) -> None:
         self._collect(self.depth - 1)
-        self.queue.append(self.pool.submit(_write, self.arrays, self.done, pieces))
+        self.queue.append(
+            self.pool.submit(_write, self.arrays, self.done, pieces, self.recheck)
+        )
 
     def finish(self) -> int:
         try:
@@ -170,6 +192,11 @@ class _Writer:
         finally:
             self.pool.shutdown(wait=True)
         return self.written
+
+
+def _recheck(job: Job, row: int) -> Any:
+    assert job.recheck is not None
+    return job.recheck(_read(job, row, row + 1), row)
 
 
 def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool) -> int:
@@ -190,6 +217,7 @@ def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool)
     writer = _Writer(
         {k: _store.for_writing(group[k]) for k in job.outputs},
         _store.for_writing(group[_store.DONE]),
+        None if job.recheck is None else functools.partial(_recheck, job),
     )
     try:
         for batches in mine:

@@ -24,6 +24,7 @@ from .._attribution import (
     check_choice,
     make_objective,
 )
+from .._checks import error_if
 from .._layers import expose_softmax, inspect_layers, read_layers
 from .._layout import (
     InputLayout,
@@ -92,7 +93,7 @@ def _check_probabilities(a: Array) -> Array:
     tol = max(1e-3, 8 * float(jnp.finfo(a.dtype).eps))
     a32 = a.astype(jnp.float32)
     bad = jnp.any(a32 < -tol) | jnp.any(jnp.abs(jnp.sum(a32, axis=-1) - 1.0) > tol)
-    return eqx.error_if(
+    return error_if(
         a32,
         bad,
         "`attention` must select modules whose outputs are attention "

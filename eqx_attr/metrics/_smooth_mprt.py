@@ -7,6 +7,8 @@ Parameter Randomisation Test*, XAI in Action workshop, NeurIPS 2023; as Quantus
 
 from __future__ import annotations
 
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._attribution import (
     AbstractAttribution,
     Target,
+    batched_map,
     check_choice,
+    check_chunk_size,
     check_input,
     check_key,
     check_positive_int,
@@ -49,6 +53,9 @@ class SmoothMPRT(AbstractMetric):
         `return_average_correlation`, which also counts the original's
         similarity with itself: `(1 + n mean) / (n + 1)` for n layers) instead
         of the last step (`return_last_correlation`).
+    - `chunk_size`: noisy explanations computed at a time (`None`: all at once;
+        `"auto"`, the default: as many as fit the memory budget,
+        [`eqx_attr.set_memory_budget`][]).
 
     **Call:** `metric(x, target, *, key)`; `key` draws the weights, the noise (the
     same draws for every model) and keys a random method. Share one key across a
@@ -69,12 +76,14 @@ class SmoothMPRT(AbstractMetric):
     similarity: str = eqx.field(static=True, default="spearman")
     abs: bool = eqx.field(static=True, default=True)
     average: bool = eqx.field(static=True, default=False)
+    chunk_size: int | Literal["auto"] | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         check_positive_int(self.n_samples, "n_samples")
         check_positive_float(self.noise_magnitude, "noise_magnitude", allow_zero=True)
         check_choice(self.order, "order", ("bottom_up", "top_down"))
         check_choice(self.similarity, "similarity", SIMILARITIES)
+        check_chunk_size(self.chunk_size)
         if _layer_count(self.method) == 0:
             raise ValueError(
                 "SmoothMPRT found no eqx.nn.Linear or eqx.nn.Conv layer in the "
@@ -88,7 +97,7 @@ class SmoothMPRT(AbstractMetric):
     def _smoothed(self, method, x, target, z, key):
         std = self.noise_magnitude * (jnp.max(x) - jnp.min(x))
         noisy = jnp.concatenate([x[None] + z * std, x[None]]).astype(x.dtype)
-        a = jax.vmap(lambda xi: method(xi, target, key=key))(noisy)
+        a = batched_map(lambda xi: method(xi, target, key=key), noisy, self.chunk_size)
         return jnp.mean(a.astype(jnp.float32), axis=0)
 
     def curve(

@@ -14,6 +14,8 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Shaped
 
+from .._checks import error_if
+
 ClassLike = int | np.integer | Int[Array, "*stack"] | Int[np.ndarray, "*stack"]
 
 
@@ -102,7 +104,7 @@ def _checked_index(index: Any, n: int, name: str) -> Any:
                 f"entries; pass indices in [0, {n - 1}]."
             )
         return index
-    return eqx.error_if(
+    return error_if(
         index,
         jnp.any((index < 0) | (index >= n)),
         f"`{name}` is out of range for an output with {n} entries; indices must "
