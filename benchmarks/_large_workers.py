@@ -55,8 +55,43 @@ def ours_method(name: str, model, arch: str, side: int):
         ),
         "feature_ablation": lambda: xa.FeatureAblation(model, mask=grid),
         "lrp": lambda: xa.LRP(model),
+        # The maps at the layer's resolution, as the reference formula gives them.
+        "scorecam": lambda: xa.ScoreCAM(model, layer, relu=False, resize=None, **cam),
+        "rollout": lambda: xa.AttentionRollout(model, ATTENTION, resize=None),
     }
     return table[name](), name in ("smoothgrad", "gradient_shap")
+
+
+ATTENTION = lambda m: [b.attn.attn_drop for b in m.blocks]  # noqa: E731
+
+
+def torch_score_cam(twin, layer, xt, tt, chunk: int = 32):
+    """Score-CAM by its formula: each channel of `layer`, upsampled (bilinear,
+    half-pixel) and min-max normalised, masks the input; the softmax over channels
+    of the masked inputs' target scores weights the channels."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        acts = []
+        handle = layer.register_forward_hook(lambda m, i, o: acts.append(o))
+        try:
+            twin(xt)
+        finally:
+            handle.remove()
+        a = acts[0]
+        maps = []
+        for x, t, ab in zip(xt, tt, a, strict=True):
+            up = F.interpolate(ab[None], size=x.shape[-2:], mode="bilinear")[0]
+            lo = up.amin(dim=(1, 2), keepdim=True)
+            hi = up.amax(dim=(1, 2), keepdim=True)
+            masks = torch.where(hi > lo, (up - lo) / (hi - lo), torch.zeros_like(up))
+            scores = torch.cat([
+                twin(x[None] * masks[k : k + chunk, None])[:, t]
+                for k in range(0, len(masks), chunk)
+            ])  # fmt: skip
+            maps.append(torch.einsum("k,khw->hw", scores.softmax(0), ab))
+        return torch.stack(maps)
 
 
 def run_ours(job: dict, repeats: int) -> dict:
@@ -131,6 +166,13 @@ def peer_method(job: dict, twin):
         return lambda: ggc.attribute(xt, target=tt, interpolate_mode="nearest")
     if name == "lrp":
         return zennit_lrp(twin, xt, tt, job["arch"])
+    if name == "scorecam":
+        layer = where_from_path(spec.cam_layer)(twin)
+        return lambda: torch_score_cam(twin, layer, xt, tt)
+    if name == "rollout":
+        from bench_transformer import torch_rollout
+
+        return lambda: torch_rollout(twin, xt)
     zero = torch.zeros_like(xt[:1])
     calls = {
         "gradients": lambda m: m.attribute(xt, target=tt, abs=False),

@@ -23,8 +23,11 @@ row: an interrupted run keeps the rows it finished.
 (`_large_configs.py`) and runs the methods whose chunking the memory budget
 chooses (IG and SmoothGrad unless `--methods` says otherwise, batch 4) on each;
 the report gives the median and the worst ratio over all of them.
-Methods without a peer for a model (DeepLIFT, LRP and Grad-CAM family on ViT:
+Methods without a peer for a model (DeepLIFT, LRP and Guided Grad-CAM on ViT:
 Captum and Zennit have no rules for attention, LayerNorm and GELU) are skipped.
+Score-CAM (CNNs) is compared with its formula written in torch, attention rollout
+(ViT) with torch forward hooks (`bench_transformer.py`): neither has a peer in
+Captum.
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ from _large_configs import MODELS, named_configs, random_configs  # noqa: E402
 from _large_workers import PATCH, SAMPLES, STEPS, worker  # noqa: E402
 
 METHODS = ("gradients", "ig", "smoothgrad", "deeplift", "gradient_shap", "gradcam",
-           "guided_gradcam", "occlusion", "feature_ablation", "lrp")  # fmt: skip
-NOT_FOR_VIT = {"deeplift", "lrp", "guided_gradcam"}  # no peer rules for these
-NEEDS_LAYER = {"gradcam", "guided_gradcam"}  # not for an MLP
+           "guided_gradcam", "occlusion", "feature_ablation", "lrp", "scorecam",
+           "rollout")  # fmt: skip
+# No peer rules for these on a ViT (and Score-CAM's reference masks pixels with
+# a feature map, which a ViT's tokens are not).
+NOT_FOR_VIT = {"deeplift", "lrp", "guided_gradcam", "scorecam"}
+ONLY_VIT = {"rollout"}
+NEEDS_LAYER = {"gradcam", "guided_gradcam", "scorecam"}  # not for an MLP
 
 
 def parse() -> argparse.Namespace:
@@ -198,7 +205,11 @@ def report(a, rows: list[dict]) -> list[str]:
     import jax
     import torch
 
-    peer = lambda m: "Zennit EpsilonPlusFlat" if m == "lrp" else "Captum"
+    peer = lambda m: {
+        "lrp": "Zennit EpsilonPlusFlat",
+        "scorecam": "formula (torch)",
+        "rollout": "torch hooks",
+    }.get(m, "Captum")
     title = f"ImageNet-size rows, {a.side}x{a.side}"
     if a.random:
         title = f"{a.random} random configurations (seed {a.seed})"
@@ -281,7 +292,8 @@ def main() -> None:
         for cfg in configs or named_configs(a.models, a.side, a.quick):
             info = prepare(cfg, tmp)
             for method in a.methods:
-                if cfg["arch"].startswith("vit") and method in NOT_FOR_VIT:
+                vit = cfg["arch"].startswith("vit")
+                if (vit and method in NOT_FOR_VIT) or (not vit and method in ONLY_VIT):
                     continue
                 if cfg["arch"] == "mlp" and method in NEEDS_LAYER:
                     continue

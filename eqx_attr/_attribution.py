@@ -144,6 +144,10 @@ def check_input(x: Any, name: str = "x") -> Array:
     return error_if(x, jnp.any(~jnp.isfinite(x)), _NON_FINITE.format(name=name))
 
 
+_TARGET_RANGE = (
+    "`target` is out of range for a model with {n} outputs; class indices must lie "
+    "in [0, {last}]."
+)
 _NON_FINITE = (
     "`{name}` contains NaN or inf; attributions of a non-finite input are "
     "meaningless. Clean, clip or impute the input first "
@@ -292,13 +296,14 @@ def make_objective(target: Target, out_shape: Any) -> Callable:
                 "pass `target.astype(jnp.int32)`."
             )
 
-        def objective(scores):  # the score carries the check: it may be a NaN
-            return error_if(
-                scores[target],
+        def objective(scores):
+            bad, msg = (
                 (target < 0) | (target >= n),
-                f"`target` is out of range for a model with {n} outputs; class "
-                f"indices must lie in [0, {n - 1}].",
+                _TARGET_RANGE.format(n=n, last=n - 1),
             )
+            if deferred():  # a NaN score: derivatives carry it (`_checks`)
+                return error_if(scores[target], bad, msg)
+            return scores[error_if(target, bad, msg)]  # raises even if unused
 
         return objective
 

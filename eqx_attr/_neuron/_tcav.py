@@ -274,7 +274,7 @@ class TCAV(AbstractCompiledAttribution):
         xs = self._check_batch(xs)
         return call_compiled(self._activations, xs, chunk_size)
 
-    def _activations(self, xs: Array, chunk_size: int | None) -> Array:
+    def _activations(self, xs: Array, chunk_size: Any) -> Array:
         def one(x):
             return layer_activation(
                 self.model, self.where, x, call_index=self.call_index
