@@ -21,6 +21,7 @@ import gzip
 import json
 import re
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +38,12 @@ def main() -> None:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--model", default="small_cnn", help="a zoo architecture")
     p.add_argument("--side", type=int, default=None, help="input side (zoo default)")
+    p.add_argument("--n-classes", type=int, default=None, help="(zoo default)")
     args = p.parse_args()
 
     spec = xa.models.model_spec(args.model)
     kw = {"width": 16} if args.model == "small_cnn" else {}
+    kw |= {"n_classes": args.n_classes} if args.n_classes else {}
     model = spec.factory(key=jax.random.key(0), **kw)
     shape = spec.input_shape(model, args.side)
     xs = jax.random.uniform(jax.random.key(1), (args.batch, *shape))
@@ -50,6 +53,10 @@ def main() -> None:
     compiled = fn.lower(xs, ts).compile()
     for _ in range(3):
         jax.block_until_ready(fn(xs, ts))
+    start = time.perf_counter()
+    for _ in range(args.calls):
+        jax.block_until_ready(fn(xs, ts))
+    wall = (time.perf_counter() - start) / args.calls * 1000
 
     folder = tempfile.mkdtemp(prefix="eqx_attr_profile_")
     jax.profiler.start_trace(folder, create_perfetto_trace=True)
@@ -71,6 +78,7 @@ def main() -> None:
             hlo[m.group(1)] = re.sub(r", metadata=\{.*|, backend_config=.*", "", m[2])
     what = "forward" if args.forward else "input gradient"
     print(f"{args.model} {what}, {args.batch} x {shape}: ms per call, by kernel")
+    print(f"{wall:8.2f}  (wall time, unprofiled calls)")
     print(f"{sum(total.values()) / args.calls / 1000:8.2f}  (all kernels)")
     for name, us in total.most_common(args.top):
         ms = us / args.calls / 1000
