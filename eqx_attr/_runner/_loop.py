@@ -194,9 +194,8 @@ class _Writer:
         return self.written
 
 
-def _recheck(job: Job, row: int) -> Any:
-    assert job.recheck is not None
-    return job.recheck(_read(job, row, row + 1), row)
+def _recheck(recheck: Callable[..., Any], job: Job, row: int) -> Any:
+    return recheck(_read(job, row, row + 1), row)
 
 
 def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool) -> int:
@@ -217,7 +216,7 @@ def _compute_chunks(job: Job, group: Any, mine: list[list[int]], progress: bool)
     writer = _Writer(
         {k: _store.for_writing(group[k]) for k in job.outputs},
         _store.for_writing(group[_store.DONE]),
-        None if job.recheck is None else functools.partial(_recheck, job),
+        None if job.recheck is None else functools.partial(_recheck, job.recheck, job),
     )
     try:
         for batches in mine:
