@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
-from ._checks import deferred, deferred_checks, error_if
+from ._checks import NON_FINITE, FiniteXChecked, deferred, deferred_checks, error_if
 from ._engine._fast_derivatives import fast_derivatives, loop_body
 from ._layout import check_input_layout
 from ._memory import resolve_chunk_size
@@ -141,17 +141,12 @@ def check_input(x: Any, name: str = "x") -> Array:
             f"`{name}` is empty (shape {x.shape}); attributions need at least one "
             "value. Pass ONE example shaped as the model expects."
         )
-    return error_if(x, jnp.any(~jnp.isfinite(x)), _NON_FINITE.format(name=name))
+    return error_if(x, jnp.any(~jnp.isfinite(x)), NON_FINITE.format(name=name))
 
 
 _TARGET_RANGE = (
     "`target` is out of range for a model with {n} outputs; class indices must lie "
     "in [0, {last}]."
-)
-_NON_FINITE = (
-    "`{name}` contains NaN or inf; attributions of a non-finite input are "
-    "meaningless. Clean, clip or impute the input first "
-    "(e.g. `jnp.nan_to_num({name})`)."
 )
 
 
@@ -439,25 +434,6 @@ def _compiled(mode: bool, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
 
 
-class _FiniteXChecked(eqx.Module):
-    """`fn` whose outputs carry `check_input`'s run-time check of `x`: a map that
-    does not depend on `x`'s values (the gradient at a layer followed only by
-    linear operations) would otherwise let XLA drop the check as dead code."""
-
-    fn: Callable[..., Any]
-
-    def __call__(self, x: Array, target: Target, key: PRNGKeyArray | None) -> Any:
-        bad = jnp.any(~jnp.isfinite(x))
-        return jax.tree.map(
-            lambda o: (
-                error_if(o, bad, _NON_FINITE.format(name="x"))
-                if eqx.is_inexact_array(o)
-                else o
-            ),
-            self.fn(x, target, key),
-        )
-
-
 class AbstractCompiledAttribution(AbstractAttribution):
     """Base of methods that trace once and call through `eqx.filter_jit`.
 
@@ -492,7 +468,7 @@ class AbstractCompiledAttribution(AbstractAttribution):
         one compiled program."""
         x = check_input(x)
         return call_compiled(
-            _FiniteXChecked(fn), x, self._checked_target(x, target), key
+            FiniteXChecked(fn), x, self._checked_target(x, target), key
         )
 
     def _checked_target(self, x: Array, target: Target) -> Target:

@@ -90,3 +90,30 @@ def finite_rows(tree: Any) -> np.ndarray:
         if eqx.is_inexact_array_like(a) and np.ndim(a) > 0
     ]
     return np.logical_and.reduce(flags) if flags else np.ones(0, bool)
+
+
+NON_FINITE = (
+    "`{name}` contains NaN or inf; attributions of a non-finite input are "
+    "meaningless. Clean, clip or impute the input first "
+    "(e.g. `jnp.nan_to_num({name})`)."
+)
+
+
+class FiniteXChecked(eqx.Module):
+    """`fn` whose outputs carry `check_input`'s run-time check of `x` (see
+    `eqx_attr._attribution`): a map that does not depend on `x`'s values (the
+    gradient at a layer followed only by linear operations) would otherwise let
+    XLA drop the check as dead code."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, x: Array, target: Any, key: Any) -> Any:
+        bad = jnp.any(~jnp.isfinite(x))
+        return jax.tree.map(
+            lambda o: (
+                error_if(o, bad, NON_FINITE.format(name="x"))
+                if eqx.is_inexact_array(o)
+                else o
+            ),
+            self.fn(x, target, key),
+        )
