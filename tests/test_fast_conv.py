@@ -54,6 +54,24 @@ CASES = {
         None,
     ),
     "one-d": ((3, 2, 13), (4, 2, 3), (1,), ((1, 1),), (1,), ("NCH", "OIH", "NCH")),
+    # Small: the kernel covers more positions than the map (XLA would swap them).
+    "small-2x2": ((2, 8, 2, 2), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), None),
+    "small-1x1-nhwc": (
+        (2, 1, 1, 8),
+        (3, 3, 8, 5),
+        (1, 1),
+        ((1, 1), (1, 1)),
+        (1, 1),
+        ("NHWC", "HWIO", "NHWC"),
+    ),
+    "small-output": (
+        (2, 6, 5, 5),
+        (3, 6, 5, 5),
+        (1, 1),
+        ((0, 0), (0, 0)),
+        (1, 1),
+        None,
+    ),
 }
 
 
@@ -135,7 +153,7 @@ def test_rewritten_program_has_no_convolution_and_agrees_on_real_inputs():
     ],
 )
 def test_which_convolutions_are_thin(conv, replaced):
-    x = jnp.ones((conv.in_channels, 12, 12))
+    x = jnp.ones((conv.in_channels, 24, 24))
     eqns = [
         e
         for e in jax.make_jaxpr(conv)(x).jaxpr.eqns
@@ -145,6 +163,19 @@ def test_which_convolutions_are_thin(conv, replaced):
     assert _fast_conv.replaceable(eqns[0]) == replaced
     program = str(jax.make_jaxpr(fast_derivatives(conv))(x))
     assert ("conv_general_dilated" not in program) == replaced
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 8])
+def test_small_maps_are_products(side):
+    """A 3x3 convolution on a map with fewer than 9 positions is computed, and
+    differentiated, without XLA's convolution (which swaps its operands there and
+    runs 50-100x slower); on 3x3 maps and larger XLA keeps it."""
+    conv = eqx.nn.Conv2d(16, 8, 3, padding=1, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (16, side, side))
+    f = lambda x: jnp.sum(jnp.tanh(conv(x)))
+    program = str(jax.make_jaxpr(jax.grad(fast_derivatives(f)))(x))
+    assert ("conv_general_dilated" not in program) == (side < 3)
+    assert_close(jax.grad(fast_derivatives(f))(x), jax.grad(f)(x))
 
 
 def test_integer_convolutions_and_other_backends_keep_xla(monkeypatch):

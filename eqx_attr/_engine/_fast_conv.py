@@ -7,6 +7,12 @@ XLA:CPU runs a convolution fast through a library kernel, but not always:
   27 of an RGB one), is lowered to a matrix product with an inner dimension of 9
   or 27 and runs at a few GFLOP/s. That is the first layer of most vision models:
   on the small MNIST CNN it took about a third of the time of the whole gradient;
+- a **small** convolution, whose kernel covers more positions than its input or
+  its output has (a 3x3 convolution on a 2x2 or 1x1 map: the last blocks of a VGG
+  or ResNet on small images), has its operands swapped by XLA (the map becomes
+  the kernel) and then runs in XLA's generic loop emitter: a 3x3, 512-channel
+  convolution of 128 maps of 2x2 took 1.6 s, 27x longer than on 3x3 maps; its
+  input derivative, a convolution of the same shape, as long;
 - inside a **loop body** (`lax.scan`, `lax.map`: chunked methods), convolutions do
   not get the layouts the library kernel needs and run 5-8x slower than outside.
 
@@ -22,9 +28,10 @@ a thin convolution with the same value and derivatives as:
   of XLA's transposed convolution with one or three output channels;
 - its tangent in the weights: the original convolution, bound unchanged.
 
-[`loop_conv_handler`][], for loop bodies, computes every other convolution as
-that same im2col product, which XLA runs as a matrix product there (JAX
-differentiates it: slices, pads and products).
+A small convolution, and in loop bodies ([`loop_conv_handler`][]) every other
+convolution, is computed as that same im2col product, which XLA runs as a matrix
+product (JAX differentiates it: slices, pads and products). A small
+convolution's columns hold at most its kernel's size times its input.
 
 Values and derivatives equal the original's up to floating-point rounding (the
 sums run in another order). Dilated inputs (`lhs_dilation`: transposed
@@ -74,11 +81,24 @@ def _n_taps(eqn: Any) -> int:
     return math.prod(rhs.shape[d] for d in spec[1:])
 
 
+def _small(eqn: Any) -> bool:
+    """Whether the kernel covers more positions than the input or the output has:
+    then XLA swaps the convolution's operands (or those of its input derivative,
+    a convolution over the output's positions) and runs it in a generic loop."""
+    p = eqn.params
+    dims = p["dimension_numbers"]
+    lhs, rhs = (v.aval for v in eqn.invars)
+    kernel = math.prod(rhs.shape[d] for d in dims.rhs_spec[2:])
+    inputs = math.prod(lhs.shape[d] for d in dims.lhs_spec[2:])
+    outputs = math.prod(eqn.outvars[0].aval.shape[d] for d in dims.out_spec[2:])
+    return kernel > min(inputs, outputs)
+
+
 def replaceable(eqn: Any, loop: bool = False) -> bool:
     """Whether `eqn` is a convolution that this module computes differently: a
-    thin one, or with `loop` (in a loop body) any floating one without groups or
-    input dilation."""
-    return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS)
+    thin or small one, or with `loop` (in a loop body) any floating one without
+    groups or input dilation."""
+    return _rewritable(eqn) and (loop or _n_taps(eqn) <= MAX_TAPS or _small(eqn))
 
 
 def _layouts(eqn: Any):
@@ -180,15 +200,18 @@ def _thin_conv(eqn: Any):
 
 
 def thin_conv_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
-    """An [`Interpreter`][] handler for `conv_general_dilated`: thin convolutions."""
+    """An [`Interpreter`][] handler for `conv_general_dilated`: thin and small
+    convolutions."""
     if not replaceable(eqn):
         return ji.bind(eqn, invals)
-    return [_thin_conv(eqn)(*invals)]
+    if _n_taps(eqn) <= MAX_TAPS:
+        return [_thin_conv(eqn)(*invals)]
+    return [_im2col_conv(eqn)(*invals)]
 
 
 def loop_conv_handler(interp: Interpreter, eqn: Any, invals: list) -> list:
     """An [`Interpreter`][] handler for `conv_general_dilated` in loop bodies."""
-    if replaceable(eqn):
+    if replaceable(eqn) and _n_taps(eqn) <= MAX_TAPS:
         return [_thin_conv(eqn)(*invals)]
     if not replaceable(eqn, loop=True):
         return ji.bind(eqn, invals)

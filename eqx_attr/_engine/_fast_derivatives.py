@@ -6,7 +6,8 @@ equation replaced by functions of the same values and derivatives:
 - floating-point max pools (`_max_pool.py`): derivatives without XLA's
   select-and-scatter, exactly equal to JAX's own, in a fraction of the memory;
 - on CPU, convolutions that XLA runs slowly (`_fast_conv.py`): thin ones (first
-  layers on grey or RGB images) everywhere, and every convolution when the
+  layers on grey or RGB images) and small ones (kernels larger than their maps:
+  3x3 on 2x2) everywhere, and every convolution when the
   function is traced inside a loop body of this library (see [`loop_body`][]).
   These equal XLA's convolution up to rounding.
 
@@ -29,7 +30,8 @@ from ._interpreter import Interpreter, bind_plain, run
 from ._trace import trace
 
 _UNCHANGED = (*ji.CUSTOM, *ji.REMAT, ji.SCAN, ji.WHILE, ji.COND)
-# What is replaced: max pools only; and thin convolutions; and every convolution.
+# What is replaced: max pools only; and thin and small convolutions; and every
+# convolution.
 _MODES = ("pools", "thin", "loop")
 _CONV_HANDLERS = {
     "thin": _fast_conv.thin_conv_handler,
