@@ -101,9 +101,9 @@ def parse() -> argparse.Namespace:
 
 def spawn(
     a: argparse.Namespace, side: str, job_path: pathlib.Path, repeats: int | None = None
-) -> None:
+) -> int:
     """Run one worker (it reads its own peak, `VmHWM`: a forked child's
-    `ru_maxrss` would start from the parent's)."""
+    `ru_maxrss` would start from the parent's); its return code."""
     env = dict(os.environ)
     env.setdefault(
         "XLA_FLAGS",
@@ -113,9 +113,14 @@ def spawn(
     repeats = a.repeats if repeats is None else repeats
     cmd = [sys.executable, __file__, "--worker", side, "--job", str(job_path),
            "--repeats", str(repeats), "--threads", str(a.threads)]  # fmt: skip
-    rc = subprocess.run(cmd, env=env).returncode
-    if rc:
-        raise RuntimeError(f"{side} worker failed ({rc}): {job_path}")
+    return subprocess.run(cmd, env=env).returncode
+
+
+def failure(rc: int) -> str:
+    """What a worker's return code says, for the report."""
+    if rc == -9:  # what Linux's out-of-memory killer sends
+        return "killed (SIGKILL: out of memory)"
+    return f"killed by signal {-rc}" if rc < 0 else f"failed (exit {rc})"
 
 
 def prepare(cfg: dict, tmp: pathlib.Path) -> dict:
@@ -169,15 +174,22 @@ def row(a, tmp, cfg: dict, info: dict, method: str, b: int) -> dict:
     job_path.write_text(json.dumps(job))
     result = {"model": cfg["label"], "method": method, "batch": b}
     for side in ("ours", "peer"):
-        spawn(a, side, job_path)
+        rc = spawn(a, side, job_path)
+        if rc:  # the row is kept, marked (e.g. a side that runs out of memory)
+            result[f"{side}_failed"] = failure(rc)
+            continue
         res = json.loads(pathlib.Path(job[f"{side}_json"]).read_text())
         result |= {f"{side}_{k}": v for k, v in res.items()}
+    if "ours_failed" in result or "peer_failed" in result:
+        print(json.dumps(result), flush=True)
+        return result
     if a.compile_cache:  # ours twice more with one fresh cache folder: cold, warm
         job["cache"], job["ours_out"] = str(stem) + "-xla", str(stem) + "-cached.npy"
         job["ours_json"] = str(stem) + "-cached.json"
         job_path.write_text(json.dumps(job))
         for run in ("cold", "warm"):
-            spawn(a, "ours", job_path, repeats=0)
+            if rc := spawn(a, "ours", job_path, repeats=0):
+                raise RuntimeError(f"cached run {failure(rc)}: {job_path}")
             res = json.loads(pathlib.Path(job["ours_json"]).read_text())
             result[f"ours_first_{run}_cache_s"] = res["first_s"]
     ours, peer = np.load(job["ours_out"]), np.load(job["peer_out"])
@@ -228,7 +240,19 @@ def report(a, rows: list[dict]) -> list[str]:
         "peer s | peak RSS ours / peer MiB | RSS ratio | max rel. diff | peer |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    done = [r for r in rows if "ratio" in r]
     for r in rows:
+        if "ratio" not in r:  # a side did not finish
+            side = lambda k: (
+                r.get(f"{k}_failed")
+                or (
+                    f"{r[f'{k}_steady_s']:.3f} (first {r[f'{k}_first_s']:.1f}, peak "
+                    f"{r[f'{k}_peak_mib']:.0f} MiB)"
+                )
+            )
+            cells = [r["model"], r["method"], r["batch"], side("ours"), side("peer")]
+            lines.append("| " + " | ".join(map(str, cells)) + " | | | | | | |")
+            continue
         diff = "n/a (own draws)" if r["rel_diff"] is None else f"{r['rel_diff']:.1e}"
         if r.get("peer_all_zero"):
             diff += (
@@ -242,7 +266,7 @@ def report(a, rows: list[dict]) -> list[str]:
             f"{r['rss_ratio']:.2f}", diff, peer(r["method"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    cached = [r for r in rows if "ours_first_warm_cache_s" in r]
+    cached = [r for r in done if "ours_first_warm_cache_s" in r]
     if cached:
         lines += ["", "Our first call with `xa.enable_compile_cache()`, in a new "
                   "process each: cold cache (compiles, writes) / warm cache (loads)."
@@ -254,7 +278,7 @@ def report(a, rows: list[dict]) -> list[str]:
             f"{r['ours_first_warm_cache_s']:.1f} |"
             for r in cached
         ]
-    complete = [r for r in rows if "ours_completeness" in r]
+    complete = [r for r in done if "ours_completeness" in r]
     if complete:
         lines += ["", "Completeness, max over the batch of |sum(map) - (f(x) - f(0))| "
                   "/ |f(x) - f(0)|:", "", "| model | method | batch | ours | peer |",
@@ -265,12 +289,17 @@ def report(a, rows: list[dict]) -> list[str]:
             for r in complete
         ]
     for key, what in (("ratio", "Time"), ("rss_ratio", "Peak RSS")):
-        values = [r[key] for r in rows]
+        values = [r[key] for r in done]
         if values:
             lines.append(
                 f"\n{what} ratio ours / peer over {len(values)} rows: median "
                 f"{statistics.median(values):.2f}, worst {max(values):.2f}."
             )
+    if len(done) < len(rows):
+        lines.append(
+            f"\n{len(rows) - len(done)} row(s) where a side did not finish are left "
+            "out of the ratios."
+        )
     return lines
 
 

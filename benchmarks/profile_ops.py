@@ -10,6 +10,12 @@ in YNNPACK; the others are XLA's own loops).
     python benchmarks/profile_ops.py --batch 200
     python benchmarks/profile_ops.py --batch 200 --forward
     python benchmarks/profile_ops.py --model resnet18 --side 224 --batch 1
+    python benchmarks/profile_ops.py --model resnet18 --batch 1 --weights-as-arguments
+
+By default the model's weights are compile-time constants of the program, as in
+`jax.jit(lambda x: method(x, t))`; with `--weights-as-arguments` they are passed
+to it, as the library's compiled calls (`eqx.filter_jit` over the method) and
+runners do: XLA:CPU then re-lays out every convolution kernel on every call.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import re
 import tempfile
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +46,12 @@ def main() -> None:
     p.add_argument("--model", default="small_cnn", help="a zoo architecture")
     p.add_argument("--side", type=int, default=None, help="input side (zoo default)")
     p.add_argument("--n-classes", type=int, default=None, help="(zoo default)")
+    p.add_argument(
+        "--weights-as-arguments",
+        action="store_true",
+        help="pass the model's arrays to the program (as the library's compiled "
+        "calls and runners do) instead of closing over them as constants",
+    )
     args = p.parse_args()
 
     spec = xa.models.model_spec(args.model)
@@ -48,9 +61,20 @@ def main() -> None:
     shape = spec.input_shape(model, args.side)
     xs = jax.random.uniform(jax.random.key(1), (args.batch, *shape))
     ts = jnp.arange(args.batch) % 10
-    one = lambda x, t: scalar_function(model, x, t)(x)
-    fn = jax.jit(jax.vmap(one if args.forward else jax.grad(one)))
-    compiled = fn.lower(xs, ts).compile()
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def program(params, xs, ts):
+        m = eqx.combine(params, static)
+        one = lambda x, t: scalar_function(m, x, t)(x)
+        return jax.vmap(one if args.forward else jax.grad(one))(xs, ts)
+
+    if args.weights_as_arguments:
+        jitted = jax.jit(program)
+        fn = lambda xs, ts: jitted(params, xs, ts)
+        compiled = jitted.lower(params, xs, ts).compile()
+    else:
+        fn = jax.jit(lambda xs, ts: program(params, xs, ts))
+        compiled = fn.lower(xs, ts).compile()
     for _ in range(3):
         jax.block_until_ready(fn(xs, ts))
     start = time.perf_counter()
@@ -80,6 +104,8 @@ def main() -> None:
     print(f"{args.model} {what}, {args.batch} x {shape}: ms per call, by kernel")
     print(f"{wall:8.2f}  (wall time, unprofiled calls)")
     print(f"{sum(total.values()) / args.calls / 1000:8.2f}  (all kernels)")
+    moved = sum(us for name, us in total.items() if name.startswith("transpose"))
+    print(f"{moved / args.calls / 1000:8.2f}  (of which transposes)")
     for name, us in total.most_common(args.top):
         ms = us / args.calls / 1000
         print(f"{ms:8.2f}  {name:28s} {hlo.get(name, '')[:110]}")
