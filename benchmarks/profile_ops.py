@@ -11,6 +11,7 @@ in YNNPACK; the others are XLA's own loops).
     python benchmarks/profile_ops.py --batch 200 --forward
     python benchmarks/profile_ops.py --model resnet18 --side 224 --batch 1
     python benchmarks/profile_ops.py --model resnet18 --batch 1 --weights-as-arguments
+    python benchmarks/profile_ops.py --model vgg16 --batch 1 --feature-ablation 32
 
 By default the model's weights are compile-time constants of the program, as in
 `jax.jit(lambda x: method(x, t))`; with `--weights-as-arguments` they are passed
@@ -52,6 +53,13 @@ def main() -> None:
         help="pass the model's arrays to the program (as the library's compiled "
         "calls and runners do) instead of closing over them as constants",
     )
+    p.add_argument(
+        "--feature-ablation",
+        type=int,
+        default=None,
+        metavar="PATCH",
+        help="profile FeatureAblation over PATCHxPATCH squares instead",
+    )
     args = p.parse_args()
 
     spec = xa.models.model_spec(args.model)
@@ -65,6 +73,10 @@ def main() -> None:
 
     def program(params, xs, ts):
         m = eqx.combine(params, static)
+        if args.feature_ablation:
+            patch = (args.feature_ablation,) * 2
+            mask = xa.masks.grid(xs.shape[-2:], patch)
+            return jax.vmap(xa.FeatureAblation(m, mask=mask))(xs, ts)
         one = lambda x, t: scalar_function(m, x, t)(x)
         return jax.vmap(one if args.forward else jax.grad(one))(xs, ts)
 
@@ -101,6 +113,7 @@ def main() -> None:
         if m:
             hlo[m.group(1)] = re.sub(r", metadata=\{.*|, backend_config=.*", "", m[2])
     what = "forward" if args.forward else "input gradient"
+    what = "FeatureAblation" if args.feature_ablation else what
     print(f"{args.model} {what}, {args.batch} x {shape}: ms per call, by kernel")
     print(f"{wall:8.2f}  (wall time, unprofiled calls)")
     print(f"{sum(total.values()) / args.calls / 1000:8.2f}  (all kernels)")
