@@ -1,6 +1,6 @@
 """One pass that gives the gradient methods derivatives XLA:CPU computes fast.
 
-[`fast_derivatives`][] evaluates a function's traced program with two kinds of
+[`fast_derivatives`][] evaluates a function's traced program with three kinds of
 equation replaced by functions of the same values and derivatives:
 
 - floating-point max pools (`_max_pool.py`): derivatives without XLA's
@@ -10,6 +10,9 @@ equation replaced by functions of the same values and derivatives:
   3x3 on 2x2) everywhere, and every convolution when the
   function is traced inside a loop body of this library (see [`loop_body`][]).
   These equal XLA's convolution up to rounding.
+- smooth activations (GELU, SiLU, ... however written) and softmaxes
+  (`_lean.py`): derivatives that keep one array for the backward pass instead of
+  two or three, equal to JAX's own up to rounding.
 
 Every gradient method goes through it ([`scalar_function`][] and the CAM family's
 layer tap). Bodies of loops, conditionals, checkpoints and custom-derivative
@@ -25,7 +28,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _fast_conv, _jax_internals as ji, _max_pool
+from . import _fast_conv, _jax_internals as ji, _lean, _max_pool
 from ._interpreter import Interpreter, bind_plain, run
 from ._trace import trace
 
@@ -59,6 +62,7 @@ def _interpreter(mode: str) -> Interpreter:
     return Interpreter(
         table={**table, **{n: bind_plain for n in _UNCHANGED}},
         method="the fast-derivative pass",
+        match=None if mode == "pools" else _lean.match,
         fallback=bind_plain,
     )
 
@@ -67,6 +71,8 @@ _INTERPRETERS = {mode: _interpreter(mode) for mode in _MODES}
 
 
 def _replaces_some(jaxpr: Any, mode: str) -> bool:
+    if mode != "pools" and _lean.has_candidates(jaxpr):
+        return True
     for eqn in jaxpr.eqns:
         if _max_pool.replaceable(eqn):
             return True
