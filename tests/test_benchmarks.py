@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import sys
 from dataclasses import replace
 
@@ -213,3 +214,25 @@ def test_random_configurations_are_reproducible_and_varied():
     assert a == b and a != random_configs(20, seed=4)
     assert len({c["arch"][:3] for c in a}) >= 4  # res, vgg, vit, mlp, sma(ll_cnn)
     assert len({c["side"] for c in a}) >= 3
+
+
+def test_memory_profile_of_a_vit(tmp_path):
+    # `benchmarks/profile_memory.py` end to end on ViT-Tiny, with and without the
+    # derivative pass: it reports what JAX keeps and what is alive at XLA's peak,
+    # and the pass (one kept array per GELU and softmax) plans less. XLA's default
+    # optimisations, as the script is run (see the large smoke test).
+    import subprocess
+
+    isa = [f for f in os.environ.get("XLA_FLAGS", "").split() if "max_isa" in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join(isa)}
+    script = str(ROOT / "benchmarks" / "profile_memory.py")
+    planned = {}
+    for extra in ([], ["--plain"]):
+        cmd = [sys.executable, script, "--model", "vit_tiny", "--batch", "2", *extra]
+        out = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, timeout=600, env=env
+        ).stdout
+        assert "kept for the backward pass" in out and "alive at XLA's peak" in out
+        (mib,) = re.findall(r"XLA plans ([0-9.]+) MiB of temporaries", out)
+        planned[bool(extra)] = float(mib)
+    assert planned[False] < 0.8 * planned[True], planned
